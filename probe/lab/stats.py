@@ -1,0 +1,55 @@
+"""Counters the lab keeps so tests and benchmarks can see what the probe really did."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+
+class LabStats:
+    """Requests per EWS operation (per forest) and messages per smart host; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ews: Counter[tuple[str, str]] = Counter()
+        self._smarthost: Counter[tuple[str, str]] = Counter()
+
+    def count_ews(self, forest: str, operation: str) -> None:
+        """Count one EWS request of ``operation`` at ``forest``'s endpoint."""
+        with self._lock:
+            self._ews[(forest, operation)] += 1
+
+    def count_smarthost(self, name: str, event: str) -> None:
+        """Count an event at a smart host: ``connections``, ``accepted``, ``auth_attempts``, ``rejected``..."""
+        with self._lock:
+            self._smarthost[(name, event)] += 1
+
+    def ews_requests(self, operation: str | None = None, forest: str | None = None) -> int:
+        """Return how many EWS requests were made, of one operation and/or forest or in all."""
+        with self._lock:
+            return sum(n for (f, op), n in self._ews.items()
+                       if (operation is None or op == operation) and (forest is None or f == forest))
+
+    def smarthost(self, name: str, event: str) -> int:
+        """Return the count of ``event`` at smart host ``name``."""
+        with self._lock:
+            return self._smarthost[(name, event)]
+
+    def reset(self) -> None:
+        """Forget every count."""
+        with self._lock:
+            self._ews.clear()
+            self._smarthost.clear()
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the counts as ``GET /stats`` shows them."""
+        with self._lock:
+            ews: dict[str, dict[str, int]] = {}
+            for (forest, op), n in sorted(self._ews.items()):
+                ews.setdefault(forest, {})[op] = n
+            hosts: dict[str, dict[str, int]] = {}
+            for (name, event), n in sorted(self._smarthost.items()):
+                hosts.setdefault(name, {})[event] = n
+        totals = {op: sum(v.get(op, 0) for v in ews.values()) for op in {o for v in ews.values() for o in v}}
+        return {"ews": ews, "ews_total": dict(sorted(totals.items())), "smarthosts": hosts}

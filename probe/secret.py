@@ -1,0 +1,54 @@
+"""Secrets: a value whose repr is ``<secret>``, and redaction of every known secret from text."""
+
+from __future__ import annotations
+
+import threading
+from typing import Final
+
+REDACTED: Final = "<secret>"
+
+_known: set[str] = set()
+_known_lock = threading.Lock()
+
+
+class Secret:
+    """Hold a password or key; it never shows itself in repr, str, format or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        if len(value) >= 4:  # noqa: PLR2004 - shorter strings would redact ordinary words
+            with _known_lock:
+                _known.add(value)
+
+    def reveal(self) -> str:
+        """Return the value itself, for the one call that needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return REDACTED
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a Secret is not serialised")
+
+
+def redact(text: str) -> str:
+    """Replace every secret known to this process in ``text`` by ``<secret>``."""
+    with _known_lock:
+        known = sorted(_known, key=len, reverse=True)
+    for value in known:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text

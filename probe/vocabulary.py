@@ -1,0 +1,56 @@
+"""The one vocabulary of verdicts, stages and reasons (DESIGN.md), shared by CLI, JSON, metrics and logs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    """What became of one probe."""
+
+    DELIVERED = "delivered"
+    SEND_FAILED = "send_failed"
+    LOST = "lost"
+    LATE = "late"
+    UNKNOWN = "unknown"
+
+
+class Stage(StrEnum):
+    """The SMTP submission stage at which a send failed (or was timed)."""
+
+    CONNECT = "connect"
+    BANNER = "banner"
+    EHLO = "ehlo"
+    STARTTLS = "starttls"
+    AUTH = "auth"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+class SendReason(StrEnum):
+    """Why the smart host did not accept a probe."""
+
+    DNS = "dns"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    TLS_UNAVAILABLE = "tls_unavailable"
+    TLS_CERTIFICATE = "tls_certificate"
+    TLS_HANDSHAKE = "tls_handshake"
+    AUTH_UNAVAILABLE = "auth_unavailable"
+    AUTH_FAILED = "auth_failed"
+    TEMPFAIL = "tempfail"
+    REJECTED = "rejected"
+    PROTOCOL = "protocol"
+
+
+class MailboxReason(StrEnum):
+    """Why a mailbox could not be observed."""
+
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    UNAUTHORIZED = "unauthorized"
+    TLS = "tls"
+    THROTTLED = "throttled"
+    SERVER_ERROR = "server_error"
+    PROTOCOL = "protocol"
