@@ -1,0 +1,424 @@
+"""The ledger: probes in flight and their verdicts, in SQLite. The only place verdicts are decided.
+
+Every transition is a conditional UPDATE, so a verdict is decided exactly once however often, and
+from however many threads or restarts, the same news arrives. Callers observe metrics and write
+log lines only for the ``Decision`` objects the ledger returns.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from probe.vocabulary import Verdict
+
+SCHEMA_VERSION: Final = 1
+
+# Probe states: the five verdicts plus the two states before one.
+SUBMITTING: Final = "submitting"  # the row exists, the smart host has not answered yet
+IN_FLIGHT: Final = "in_flight"  # accepted by the smart host, not yet found
+_OPEN_STATES: Final = (SUBMITTING, IN_FLIGHT)
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS probes (
+    probe_id     TEXT PRIMARY KEY,
+    route        TEXT NOT NULL,
+    smart_host   TEXT NOT NULL,
+    mailbox      TEXT NOT NULL,
+    message_id   TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    deadline     REAL NOT NULL,
+    state        TEXT NOT NULL,
+    accepted_at  REAL,
+    stage        TEXT,
+    reason       TEXT,
+    smtp_code    INTEGER,
+    latency      REAL,
+    received_at  REAL,
+    folder       TEXT,
+    decided_at   REAL,
+    late_at      REAL,
+    detail       TEXT
+);
+CREATE INDEX IF NOT EXISTS probes_open ON probes (state, mailbox);
+CREATE INDEX IF NOT EXISTS probes_pair ON probes (route, smart_host, decided_at);
+CREATE TABLE IF NOT EXISTS sightings (
+    item_id      TEXT PRIMARY KEY,
+    probe_id     TEXT NOT NULL,
+    mailbox      TEXT NOT NULL,
+    change_key   TEXT NOT NULL,
+    seen_at      REAL NOT NULL,
+    cleaned      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sightings_pending ON sightings (mailbox, cleaned);
+CREATE TABLE IF NOT EXISTS observations (
+    mailbox      TEXT PRIMARY KEY,
+    ok_started   REAL,
+    ok_finished  REAL,
+    error_at     REAL,
+    error_reason TEXT
+);
+"""
+
+
+class LedgerError(Exception):
+    """The state file cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """A verdict the ledger has just decided, once, for one probe."""
+
+    probe_id: str
+    route: str
+    smart_host: str
+    mailbox: str
+    message_id: str
+    verdict: Verdict
+    stage: str | None = None
+    reason: str | None = None
+    smtp_code: int | None = None
+    latency: float | None = None
+    decided_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the decision in the JSON shape of ``check --format json``."""
+        return {
+            "route": self.route, "smart_host": self.smart_host, "verdict": str(self.verdict),
+            "stage": self.stage, "reason": self.reason, "smtp_code": self.smtp_code,
+            "latency_seconds": self.latency, "message_id": self.message_id, "probe_id": self.probe_id,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenProbe:
+    """A probe still waiting for its verdict."""
+
+    probe_id: str
+    route: str
+    smart_host: str
+    mailbox: str
+    message_id: str
+    created_at: float
+    accepted_at: float | None
+    deadline: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Arrival:
+    """What the confirm step saw of one probe in the mailbox."""
+
+    probe_id: str
+    item_id: str
+    change_key: str
+    folder: str
+    received_at: float  # arrival on the probe's clock (offset-corrected)
+    seen_at: float  # when the probe first saw it (local clock)
+    detail: dict[str, Any] | None = None
+
+
+_DECISION_COLUMNS: Final = "probe_id, route, smart_host, mailbox, message_id, state, stage, reason, smtp_code, latency"
+
+
+def _decision(row: sqlite3.Row, decided_at: float) -> Decision:
+    return Decision(
+        probe_id=row["probe_id"], route=row["route"], smart_host=row["smart_host"], mailbox=row["mailbox"],
+        message_id=row["message_id"], verdict=Verdict(row["state"]), stage=row["stage"], reason=row["reason"],
+        smtp_code=row["smtp_code"], latency=row["latency"], decided_at=decided_at,
+    )
+
+
+def _open_probe(row: sqlite3.Row) -> OpenProbe:
+    return OpenProbe(
+        probe_id=row["probe_id"], route=row["route"], smart_host=row["smart_host"], mailbox=row["mailbox"],
+        message_id=row["message_id"], created_at=row["created_at"], accepted_at=row["accepted_at"],
+        deadline=row["deadline"],
+    )
+
+
+class Ledger:
+    """Probes and verdicts in one SQLite file (WAL); ``":memory:"`` for a throwaway ledger."""
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._db = self._connect()
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            _check_location(Path(self.path))
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+            db.row_factory = sqlite3.Row
+            _migrate(db, self.path)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"state file {self.path}: {_explain(exc)}; it was left untouched") from None
+        return db
+
+    def close(self) -> None:
+        """Close the state file."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise LedgerError(f"state file {self.path}: {_explain(exc)}") from None
+
+    # -- the life of a probe ------------------------------------------------------------------------
+
+    def open_probe(self, *, probe_id: str, route: str, smart_host: str, mailbox: str, message_id: str,
+                   deadline: float) -> None:
+        """Record a probe before it is submitted, so a crash during submission never loses it."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO probes (probe_id, route, smart_host, mailbox, message_id, created_at, deadline,"
+                " state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (probe_id, route, smart_host, mailbox, message_id, self._clock(), deadline, SUBMITTING),
+            )
+
+    def record_accepted(self, probe_id: str, *, accepted_at: float, detail: dict[str, Any] | None = None) -> None:
+        """Note that the smart host accepted the probe (its final 250) at ``accepted_at``."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE probes SET state = ?, accepted_at = ?, detail = ? WHERE probe_id = ? AND state = ?",
+                (IN_FLIGHT, accepted_at, _dump(detail), probe_id, SUBMITTING),
+            )
+
+    def record_send_failure(self, probe_id: str, *, stage: str, reason: str, smtp_code: int | None,
+                            detail: dict[str, Any] | None = None) -> Decision | None:
+        """Decide ``send_failed`` for a probe the smart host did not accept."""
+        now = self._clock()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE probes SET state = ?, stage = ?, reason = ?, smtp_code = ?, decided_at = ?, detail = ?"
+                " WHERE probe_id = ? AND state = ?",
+                (str(Verdict.SEND_FAILED), stage, reason, smtp_code, now, _dump(detail), probe_id, SUBMITTING),
+            )
+            return self._fetch_decision(db, probe_id, now) if cur.rowcount else None
+
+    def record_arrival(self, arrival: Arrival) -> Decision | None:
+        """Record a verified sighting; decide delivered (or late) the first time, nothing on a duplicate."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO sightings (item_id, probe_id, mailbox, change_key, seen_at)"
+                " SELECT ?, probe_id, mailbox, ?, ? FROM probes WHERE probe_id = ?",
+                (arrival.item_id, arrival.change_key, arrival.seen_at, arrival.probe_id),
+            )
+            row = db.execute("SELECT * FROM probes WHERE probe_id = ?", (arrival.probe_id,)).fetchone()
+            if row is None:
+                return None
+            verdict = _verdict_on_arrival(row, arrival)
+            if verdict is None:
+                return None
+            return self._decide_arrival(db, row, arrival, verdict)
+
+    def _decide_arrival(self, db: sqlite3.Connection, row: sqlite3.Row, arrival: Arrival,
+                        verdict: Verdict) -> Decision | None:
+        now = self._clock()
+        start = row["accepted_at"] if row["accepted_at"] is not None else row["created_at"]
+        latency = max(0.0, arrival.received_at - start)
+        detail = {**json.loads(row["detail"] or "{}"), **(arrival.detail or {})}
+        cur = db.execute(
+            "UPDATE probes SET state = ?, latency = ?, received_at = ?, folder = ?, stage = NULL,"
+            " reason = NULL, decided_at = COALESCE(decided_at, ?), late_at = ?, detail = ?"
+            " WHERE probe_id = ? AND state = ?",
+            (str(verdict), latency, arrival.received_at, arrival.folder, now,
+             now if verdict is Verdict.LATE else None, _dump(detail), row["probe_id"], row["state"]),
+        )
+        return self._fetch_decision(db, row["probe_id"], now) if cur.rowcount else None
+
+    def record_observation(self, mailbox: str, *, ok: bool, started_at: float, finished_at: float,
+                           reason: str | None = None) -> None:
+        """Record that a search of ``mailbox`` ran from ``started_at`` to ``finished_at``, and whether it worked."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO observations (mailbox) VALUES (?)", (mailbox,))
+            if ok:
+                db.execute("UPDATE observations SET ok_started = ?, ok_finished = ? WHERE mailbox = ?"
+                           " AND (ok_started IS NULL OR ok_started < ?)",
+                           (started_at, finished_at, mailbox, started_at))
+            else:
+                db.execute("UPDATE observations SET error_at = ?, error_reason = ? WHERE mailbox = ?",
+                           (finished_at, reason, mailbox))
+
+    def expire(self, *, now: float | None = None, unknown_after: float = 0.0) -> list[Decision]:
+        """Decide probes past their deadline: lost if their mailbox was searched since, else unknown.
+
+        A probe is lost only when a search of its mailbox that *started* after the deadline worked and
+        did not find it. While its mailbox cannot be observed it stays open for ``unknown_after`` more
+        seconds, then is declared unknown (never lost).
+        """
+        now = self._clock() if now is None else now
+        decided: list[Decision] = []
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT p.*, o.ok_started FROM probes p LEFT JOIN observations o ON o.mailbox = p.mailbox"
+                " WHERE p.state IN (?, ?) AND p.deadline <= ?", (*_OPEN_STATES, now),
+            ).fetchall()
+            for row in rows:
+                verdict = _verdict_at_expiry(row, now, unknown_after)
+                if verdict is None:
+                    continue
+                db.execute("UPDATE probes SET state = ?, decided_at = ? WHERE probe_id = ? AND state = ?",
+                           (str(verdict), now, row["probe_id"], row["state"]))
+                decided.append(self._fetch_decision(db, row["probe_id"], now))
+        return decided
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def open_probes(self, mailbox: str | None = None) -> list[OpenProbe]:
+        """Return the probes still waiting for a verdict (of one mailbox, or all)."""
+        query = "SELECT * FROM probes WHERE state IN (?, ?)"
+        params: tuple[Any, ...] = _OPEN_STATES
+        if mailbox is not None:
+            query += " AND mailbox = ?"
+            params = (*params, mailbox)
+        with self._lock:
+            return [_open_probe(r) for r in self._db.execute(query + " ORDER BY created_at", params)]
+
+    def watch_list(self, mailbox: str, *, late_window: float) -> list[str]:
+        """Return the probe ids a search of ``mailbox`` should look for: open ones and recent lost/unknown."""
+        since = self._clock() - late_window
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT probe_id FROM probes WHERE mailbox = ? AND (state IN (?, ?)"
+                " OR (state IN (?, ?) AND decided_at >= ?))",
+                (mailbox, *_OPEN_STATES, str(Verdict.LOST), str(Verdict.UNKNOWN), since),
+            ).fetchall()
+        return [r["probe_id"] for r in rows]
+
+    def oldest_open_created(self, mailbox: str) -> float | None:
+        """Return when the oldest probe a search must cover was created, or None when there is none."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(created_at) FROM probes WHERE mailbox = ? AND state IN (?, ?)",
+                                   (mailbox, *_OPEN_STATES)).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def pending_cleanup(self, mailbox: str, *, limit: int = 100) -> list[tuple[str, str]]:
+        """Return (item_id, change_key) of verified sightings not yet cleaned up."""
+        with self._lock:
+            rows = self._db.execute("SELECT item_id, change_key FROM sightings WHERE mailbox = ? AND cleaned = 0"
+                                    " ORDER BY seen_at LIMIT ?", (mailbox, limit)).fetchall()
+        return [(r["item_id"], r["change_key"]) for r in rows]
+
+    def mark_cleaned(self, item_ids: Sequence[str]) -> None:
+        """Note that these items were cleaned up (or are gone)."""
+        with self._tx() as db:
+            db.executemany("UPDATE sightings SET cleaned = 1 WHERE item_id = ?", [(i,) for i in item_ids])
+
+    def probe(self, probe_id: str) -> dict[str, Any] | None:
+        """Return everything the ledger holds about one probe, with its detail decoded."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM probes WHERE probe_id = ?", (probe_id,)).fetchone()
+        if row is None:
+            return None
+        data = dict(row)
+        data["detail"] = json.loads(data["detail"] or "{}")
+        return data
+
+    def history(self, route: str, smart_host: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """Return the latest decided probes of one (route, smart host), newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM probes WHERE route = ? AND smart_host = ? AND decided_at IS NOT NULL"
+                " ORDER BY decided_at DESC LIMIT ?", (route, smart_host, limit)).fetchall()
+        return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Return how many probes are in each state."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM probes GROUP BY state").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def prune(self, *, older_than: float) -> int:
+        """Forget decided probes (and their cleaned sightings) decided before ``older_than``."""
+        with self._tx() as db:
+            db.execute("DELETE FROM sightings WHERE cleaned = 1 AND probe_id IN (SELECT probe_id FROM probes"
+                       " WHERE decided_at < ? AND state NOT IN (?, ?))", (older_than, *_OPEN_STATES))
+            cur = db.execute("DELETE FROM probes WHERE decided_at < ? AND state NOT IN (?, ?) AND probe_id NOT IN"
+                             " (SELECT probe_id FROM sightings)", (older_than, *_OPEN_STATES))
+            return cur.rowcount
+
+    def _fetch_decision(self, db: sqlite3.Connection, probe_id: str, decided_at: float) -> Decision:
+        row = db.execute(f"SELECT {_DECISION_COLUMNS} FROM probes WHERE probe_id = ?",  # noqa: S608 - fixed columns
+                         (probe_id,)).fetchone()
+        return _decision(row, decided_at)
+
+
+def _verdict_on_arrival(row: sqlite3.Row, arrival: Arrival) -> Verdict | None:
+    state = row["state"]
+    if state in _OPEN_STATES:
+        return Verdict.DELIVERED
+    if state == Verdict.LOST:
+        return Verdict.LATE
+    if state == Verdict.UNKNOWN:
+        # It could not be observed in time; now that it is found, its own receipt time tells.
+        return Verdict.LATE if arrival.received_at > row["deadline"] else Verdict.DELIVERED
+    return None  # delivered, late, send_failed: a duplicate or a stray copy counts nothing
+
+
+def _verdict_at_expiry(row: sqlite3.Row, now: float, unknown_after: float) -> Verdict | None:
+    observed_after_deadline = row["ok_started"] is not None and row["ok_started"] >= row["deadline"]
+    if row["state"] == IN_FLIGHT and observed_after_deadline:
+        return Verdict.LOST
+    if now >= row["deadline"] + unknown_after:
+        return Verdict.UNKNOWN
+    return None
+
+
+def _dump(detail: dict[str, Any] | None) -> str | None:
+    return None if detail is None else json.dumps(detail, default=str)
+
+
+def _check_location(path: Path) -> None:
+    if path.is_dir():
+        raise LedgerError(f"state file {path} is a directory")
+    if not path.parent.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"state file {path}: cannot create its directory: {exc.strerror}") from None
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        db.close()
+        raise LedgerError(f"state file {path} was written by a newer mailflow-probe (schema {version}, this one"
+                          f" knows {SCHEMA_VERSION}); it was left untouched")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    if version < SCHEMA_VERSION:
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute("SELECT COUNT(*) FROM probes").fetchone()  # a corrupt file fails here, not later
+
+
+def _explain(exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return "not a mailflow-probe state file or corrupt (move it aside to start afresh)"
+    if "readonly" in text or "unable to open" in text:
+        return f"cannot be written ({text}); check the permissions of the file and its directory"
+    if "disk" in text and "full" in text:
+        return "the disk is full"
+    return text

@@ -1,0 +1,188 @@
+"""The ledger decides every verdict, exactly once (DESIGN.md, "Verdicts")."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from probe.ledger import Arrival, Ledger, LedgerError
+from probe.vocabulary import Verdict
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: Clock) -> Ledger:
+    return Ledger(tmp_path / "state.db", clock=clock)
+
+
+def _open(ledger: Ledger, probe_id: str = "p1", *, deadline: float = 1_300.0, mailbox: str = "fc") -> None:
+    ledger.open_probe(probe_id=probe_id, route="c2f", smart_host="edge-1", mailbox=mailbox,
+                      message_id=f"<{probe_id}@x>", deadline=deadline)
+
+
+def _arrival(probe_id: str = "p1", *, item: str = "item-1", at: float = 1_002.5) -> Arrival:
+    return Arrival(probe_id=probe_id, item_id=item, change_key="ck", folder="inbox", received_at=at, seen_at=at)
+
+
+def test_an_accepted_probe_found_in_time_is_delivered_with_latency_from_the_final_250(ledger: Ledger) -> None:
+    """Latency runs from the smart host's final 250 to the mailbox's receipt."""
+    _open(ledger)
+    ledger.record_accepted("p1", accepted_at=1_000.5)
+    decision = ledger.record_arrival(_arrival(at=1_002.5))
+    assert decision is not None
+    assert decision.verdict is Verdict.DELIVERED
+    assert decision.latency == pytest.approx(2.0)
+    assert ledger.open_probes() == []
+
+
+def test_a_duplicate_delivery_counts_once_but_both_copies_are_cleaned_up(ledger: Ledger) -> None:
+    """The second copy of a delivered probe decides nothing, yet is queued for cleanup."""
+    _open(ledger)
+    ledger.record_accepted("p1", accepted_at=1_000.0)
+    assert ledger.record_arrival(_arrival(item="a")) is not None
+    assert ledger.record_arrival(_arrival(item="b")) is None
+    assert ledger.record_arrival(_arrival(item="a")) is None
+    assert sorted(i for i, _ in ledger.pending_cleanup("fc")) == ["a", "b"]
+    ledger.mark_cleaned(["a", "b"])
+    assert ledger.pending_cleanup("fc") == []
+
+
+def test_a_send_failure_is_decided_once_with_stage_reason_and_code(ledger: Ledger) -> None:
+    """send_failed carries where and why; news of it again decides nothing."""
+    _open(ledger)
+    first = ledger.record_send_failure("p1", stage="rcpt", reason="tempfail", smtp_code=451)
+    again = ledger.record_send_failure("p1", stage="rcpt", reason="tempfail", smtp_code=451)
+    assert first is not None
+    assert (first.verdict, first.stage, first.reason, first.smtp_code) == (Verdict.SEND_FAILED, "rcpt", "tempfail", 451)
+    assert again is None
+
+
+def test_a_probe_is_lost_only_when_its_mailbox_was_searched_after_the_deadline(ledger: Ledger,
+                                                                                clock: Clock) -> None:
+    """Past the deadline with no search since, nothing is decided yet; a search that started later decides lost."""
+    _open(ledger, deadline=1_300.0)
+    ledger.record_accepted("p1", accepted_at=1_000.0)
+    ledger.record_observation("fc", ok=True, started_at=1_250.0, finished_at=1_251.0)
+    clock.now = 1_301.0
+    assert ledger.expire(unknown_after=300.0) == []
+    ledger.record_observation("fc", ok=True, started_at=1_301.0, finished_at=1_302.0)
+    decided = ledger.expire(unknown_after=300.0)
+    assert [d.verdict for d in decided] == [Verdict.LOST]
+    assert ledger.expire(unknown_after=300.0) == []
+
+
+def test_an_unobservable_mailbox_gives_unknown_never_lost(ledger: Ledger, clock: Clock) -> None:
+    """Failed searches after the deadline never make a probe lost; after the grace it is unknown."""
+    _open(ledger, deadline=1_300.0)
+    ledger.record_accepted("p1", accepted_at=1_000.0)
+    ledger.record_observation("fc", ok=False, started_at=1_301.0, finished_at=1_302.0, reason="unauthorized")
+    clock.now = 1_400.0
+    assert ledger.expire(unknown_after=300.0) == []
+    clock.now = 1_600.0
+    assert [d.verdict for d in ledger.expire(unknown_after=300.0)] == [Verdict.UNKNOWN]
+
+
+def test_a_lost_probe_found_later_is_late_and_counted_once_more(ledger: Ledger, clock: Clock) -> None:
+    """late follows lost once; further copies decide nothing."""
+    _open(ledger, deadline=1_300.0)
+    ledger.record_accepted("p1", accepted_at=1_000.0)
+    ledger.record_observation("fc", ok=True, started_at=1_305.0, finished_at=1_306.0)
+    clock.now = 1_310.0
+    assert [d.verdict for d in ledger.expire()] == [Verdict.LOST]
+    late = ledger.record_arrival(_arrival(item="x", at=1_320.0))
+    assert late is not None
+    assert late.verdict is Verdict.LATE
+    assert late.latency == pytest.approx(320.0)
+    assert ledger.record_arrival(_arrival(item="y", at=1_321.0)) is None
+    assert "p1" not in ledger.watch_list("fc", late_window=3600)
+
+
+def test_an_unknown_probe_found_with_an_in_time_receipt_is_delivered(ledger: Ledger, clock: Clock) -> None:
+    """When the mailbox comes back, the receipt time decides between delivered and late."""
+    _open(ledger, "early", deadline=1_300.0)
+    _open(ledger, "tardy", deadline=1_300.0)
+    for pid in ("early", "tardy"):
+        ledger.record_accepted(pid, accepted_at=1_000.0)
+    clock.now = 1_400.0
+    assert {d.verdict for d in ledger.expire(unknown_after=0)} == {Verdict.UNKNOWN}
+    assert set(ledger.watch_list("fc", late_window=3600)) == {"early", "tardy"}
+    early = ledger.record_arrival(_arrival("early", item="e", at=1_010.0))
+    tardy = ledger.record_arrival(_arrival("tardy", item="t", at=1_350.0))
+    assert early is not None
+    assert tardy is not None
+    assert (early.verdict, tardy.verdict) == (Verdict.DELIVERED, Verdict.LATE)
+
+
+def test_a_probe_interrupted_during_submission_is_resolved_after_a_restart(tmp_path: Path, clock: Clock) -> None:
+    """A row written before submission survives a crash; found, it is delivered; never found, unknown."""
+    first = Ledger(tmp_path / "state.db", clock=clock)
+    _open(first, "found")
+    _open(first, "never")
+    first.close()
+    second = Ledger(tmp_path / "state.db", clock=clock)
+    assert {p.probe_id for p in second.open_probes()} == {"found", "never"}
+    found = second.record_arrival(_arrival("found", at=1_004.0))
+    assert found is not None
+    assert found.verdict is Verdict.DELIVERED
+    second.record_observation("fc", ok=True, started_at=1_301.0, finished_at=1_302.0)
+    clock.now = 1_302.0
+    assert [d.verdict for d in second.expire(unknown_after=0)] == [Verdict.UNKNOWN]
+
+
+def test_probes_of_another_mailbox_are_not_lost_by_this_mailboxs_searches(ledger: Ledger, clock: Clock) -> None:
+    """Observation is per mailbox."""
+    _open(ledger, "p1", mailbox="fc")
+    ledger.record_accepted("p1", accepted_at=1_000.0)
+    ledger.record_observation("contoso", ok=True, started_at=1_301.0, finished_at=1_302.0)
+    clock.now = 1_302.0
+    assert ledger.expire(unknown_after=600) == []
+
+
+def test_a_corrupt_state_file_is_a_clear_error_and_is_left_untouched(tmp_path: Path) -> None:
+    """Junk where the state file should be is refused, byte for byte unchanged."""
+    path = tmp_path / "state.db"
+    junk = b"this is not sqlite\n" * 100
+    path.write_bytes(junk)
+    with pytest.raises(LedgerError, match="corrupt"):
+        Ledger(path)
+    assert path.read_bytes() == junk
+
+
+def test_a_state_file_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A newer schema is not downgraded."""
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(LedgerError, match="newer mailflow-probe"):
+        Ledger(path)
+
+
+def test_a_state_file_whose_directory_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    """A parent path that is a file, not a directory, gives an error naming the state file."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory")
+    with pytest.raises(LedgerError, match=r"state file .*blocker/sub/state.db"):
+        Ledger(blocker / "sub" / "state.db")
+
+
+def test_a_state_file_that_is_a_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """A directory in the state file's place is named in the error."""
+    with pytest.raises(LedgerError, match="is a directory"):
+        Ledger(tmp_path)
