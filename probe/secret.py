@@ -18,7 +18,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
-        if len(value) >= 4:  # noqa: PLR2004 - shorter strings would redact ordinary words
+        if len(value) >= 4:
             with _known_lock:
                 _known.add(value)
 
