@@ -366,12 +366,10 @@ class Ledger:
 
 def _verdict_on_arrival(row: sqlite3.Row, arrival: Arrival) -> Verdict | None:
     state = row["state"]
-    if state in _OPEN_STATES:
-        return Verdict.DELIVERED
     if state == Verdict.LOST:
         return Verdict.LATE
-    if state == Verdict.UNKNOWN:
-        # It could not be observed in time; now that it is found, its own receipt time tells.
+    if state in (*_OPEN_STATES, Verdict.UNKNOWN):
+        # Delivered means received within the timeout: the receipt time decides, not when we looked.
         return Verdict.LATE if arrival.received_at > row["deadline"] else Verdict.DELIVERED
     return None  # delivered, late, send_failed: a duplicate or a stray copy counts nothing
 

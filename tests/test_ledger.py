@@ -186,3 +186,12 @@ def test_a_state_file_that_is_a_directory_is_a_clear_error(tmp_path: Path) -> No
     """A directory in the state file's place is named in the error."""
     with pytest.raises(LedgerError, match="is a directory"):
         Ledger(tmp_path)
+
+
+def test_an_open_probe_received_after_its_deadline_is_late_not_delivered(ledger: Ledger) -> None:
+    """A message found before the lost verdict, but received after the deadline, was not delivered in time."""
+    _open(ledger, deadline=1_300.0)
+    ledger.record_accepted("p1", accepted_at=1_000.0)
+    decision = ledger.record_arrival(_arrival(at=1_300.5))
+    assert decision is not None
+    assert decision.verdict is Verdict.LATE
