@@ -1,0 +1,458 @@
+"""The lab as a whole: forests with smart hosts, mailboxes and EWS endpoints, started as one context manager.
+
+    with Lab.start(tmp_path) as lab:
+        host = lab.smart_host("fourthcoffee-edge-1")
+        ...
+
+It writes ``lab.json`` (where everything is) and ``probe.yaml`` (a ready probe configuration) into its
+state directory, with each password in a 0600 file under ``secrets/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import yaml
+
+from probe.lab.admin import AdminServer
+from probe.lab.ca import LabCA
+from probe.lab.faults import Fault, FaultError, FaultRegistry, parse_fault
+from probe.lab.smarthost import MAX_FORESTS, LabSmartHost, SmartHostFleet, smart_host_address
+from probe.lab.stats import LabStats
+from probe.lab.store import MailboxStore
+from probe.secret import Secret
+
+FIXED_SMTP_PORT: Final = 2525  # every smart host, each on its own loopback address
+FIXED_EWS_HTTPS_PORT: Final = 8443  # forest i (in order) gets 8443 + i on 127.0.0.1
+FIXED_EWS_HTTP_PORT: Final = 8090  # forest i gets 8090 + i on 127.0.0.1
+FIXED_ADMIN_PORT: Final = 9426
+EWS_HOST: Final = "127.0.0.1"
+EWS_PATH: Final = "/EWS/Exchange.asmx"
+_FOREST_NAME: Final = re.compile(r"^[a-z][a-z0-9]{0,30}$")
+
+EwsAuth = Literal["ntlm", "basic"]
+
+
+class LabError(Exception):
+    """The lab cannot be built or started as asked; the message says why."""
+
+
+@dataclass(kw_only=True)
+class LabForest:
+    """One forest of the lab: its domain, smart hosts, probe mailboxes and EWS endpoint."""
+
+    name: str
+    domain: str
+    smart_hosts: list[LabSmartHost]
+    mailboxes: list[str]
+    ews_username: str
+    ews_password: Secret
+    smtp_username: str
+    smtp_password: Secret
+    ews_url: str = ""  # https; empty while the lab has no EWS endpoint
+    ews_http_url: str = ""
+
+    @property
+    def ews_upn(self) -> str:
+        """Return the EWS account's UPN form, e.g. ``svc-mailflow@fourthcoffee.test``."""
+        return f"svc-mailflow@{self.domain}"
+
+    @property
+    def mailbox_names(self) -> list[str]:
+        """Return the probe config's key for each mailbox: ``fourthcoffee``, ``fourthcoffee-2``..."""
+        return [self.name if i == 0 else f"{self.name}-{i + 1}" for i in range(len(self.mailboxes))]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabRoute:
+    """A direction of mail flow between two forests of the lab, as probe.yaml names it."""
+
+    name: str
+    sender: str
+    source: str
+    forest: str
+    mailbox: str  # the probe config's mailbox key
+    recipient: str
+
+
+def _password() -> Secret:
+    return Secret(secrets.token_urlsafe(18))
+
+
+def _plan_forest(index: int, name: str, *, smart_hosts: int, mailboxes: int, port: int) -> LabForest:
+    domain = f"{name}.test"
+    smtp_username, smtp_password = f"smtp-relay@{domain}", _password()
+    hosts = [
+        LabSmartHost(name=f"{name}-edge-{n + 1}", forest=name, domain=domain,
+                     host=smart_host_address(index, n), port=port, username=smtp_username,
+                     password=smtp_password)
+        for n in range(smart_hosts)
+    ]
+    boxes = [f"mailflow.probe{'' if i == 0 else i + 1}@{domain}" for i in range(mailboxes)]
+    return LabForest(name=name, domain=domain, smart_hosts=hosts, mailboxes=boxes,
+                     ews_username=f"{name.upper()}\\svc-mailflow", ews_password=_password(),
+                     smtp_username=smtp_username, smtp_password=smtp_password)
+
+
+def _check_request(forests: Sequence[str], smart_hosts: int, mailboxes: int, ews_auth: str) -> None:
+    if not forests or len(forests) > MAX_FORESTS:
+        raise LabError(f"a lab has 1 to {MAX_FORESTS} forests")
+    for name in forests:
+        if not _FOREST_NAME.match(name):
+            raise LabError(f"forest name {name!r}: use a lowercase letter then letters or digits")
+    if len(set(forests)) != len(forests):
+        raise LabError("forest names must be distinct")
+    if smart_hosts < 1 or mailboxes < 1:
+        raise LabError("each forest needs at least one smart host and one mailbox")
+    if ews_auth not in ("ntlm", "basic"):
+        raise LabError("ews_auth is ntlm or basic")
+
+
+def duration(seconds: float) -> str:
+    """Write seconds as a config duration: ``2s``, ``500ms``, ``1.25s``."""
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    millis = seconds * 1000
+    if float(millis).is_integer():
+        return f"{int(millis)}ms"
+    return f"{seconds}s"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    path.chmod(0o600)
+
+
+def _ews_server_class() -> Any | None:
+    """Return probe.lab.ews.server.EwsServer, or None while the EWS endpoint is not built."""
+    try:
+        module = importlib.import_module("probe.lab.ews.server")
+    except ModuleNotFoundError as exc:
+        if exc.name in {"probe.lab.ews", "probe.lab.ews.server"}:
+            return None
+        raise
+    return module.EwsServer
+
+
+@dataclass
+class _Parts:
+    """What a running lab has started, so that stop() can end exactly those."""
+
+    fleet: SmartHostFleet | None = None
+    ews: list[Any] = field(default_factory=list)
+    admin: AdminServer | None = None
+
+
+class Lab:
+    """A running lab: use ``with Lab.start(state_dir) as lab:``; everything listens on loopback."""
+
+    def __init__(self, state_dir: Path, *, forests: Sequence[str], smart_hosts_per_forest: int,
+                 mailboxes_per_forest: int, fixed_ports: bool, ews_auth: EwsAuth) -> None:
+        _check_request(forests, smart_hosts_per_forest, mailboxes_per_forest, ews_auth)
+        self.state_dir = Path(state_dir).resolve()
+        self.fixed_ports = fixed_ports
+        self.ews_auth: EwsAuth = ews_auth
+        port = FIXED_SMTP_PORT if fixed_ports else 0
+        self.forests: dict[str, LabForest] = {
+            name: _plan_forest(i, name, smart_hosts=smart_hosts_per_forest,
+                               mailboxes=mailboxes_per_forest, port=port)
+            for i, name in enumerate(forests)
+        }
+        self.faults = FaultRegistry()
+        self.stats = LabStats()
+        self.store = MailboxStore(clock=self._clock)
+        self._parts = _Parts()
+        self._ca: LabCA | None = None
+
+    @classmethod
+    def start(cls, state_dir: Path, *, forests: Sequence[str] = ("contoso", "fourthcoffee"),
+              smart_hosts_per_forest: int = 2, mailboxes_per_forest: int = 1, fixed_ports: bool = False,
+              ews_auth: EwsAuth = "ntlm") -> Lab:
+        """Start a lab and return it (use it as a context manager to stop it)."""
+        lab = cls(state_dir, forests=forests, smart_hosts_per_forest=smart_hosts_per_forest,
+                  mailboxes_per_forest=mailboxes_per_forest, fixed_ports=fixed_ports, ews_auth=ews_auth)
+        try:
+            lab._start()
+        except BaseException:
+            lab.stop()
+            raise
+        return lab
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- where things are
+
+    @property
+    def ca_file(self) -> Path:
+        """Return the lab CA's certificate file, for clients to trust."""
+        if self._ca is None:
+            raise LabError("the lab is not started")
+        return self._ca.ca_file
+
+    @property
+    def ca(self) -> LabCA:
+        """Return the lab CA (``lab.ca.client_context()`` trusts it)."""
+        if self._ca is None:
+            raise LabError("the lab is not started")
+        return self._ca
+
+    @property
+    def admin_url(self) -> str:
+        """Return the admin API's base URL."""
+        return self._parts.admin.url if self._parts.admin is not None else ""
+
+    @property
+    def json_path(self) -> Path:
+        """Return the path of ``lab.json``."""
+        return self.state_dir / "lab.json"
+
+    @property
+    def config_path(self) -> Path:
+        """Return the path of the ready probe configuration, ``probe.yaml``."""
+        return self.state_dir / "probe.yaml"
+
+    @property
+    def has_ews(self) -> bool:
+        """Say whether the lab runs EWS endpoints."""
+        return bool(self._parts.ews)
+
+    @property
+    def smart_hosts(self) -> list[LabSmartHost]:
+        """Return every smart host of every forest."""
+        return [h for f in self.forests.values() for h in f.smart_hosts]
+
+    def smart_host(self, name: str) -> LabSmartHost:
+        """Return a smart host by name, e.g. ``fourthcoffee-edge-1``."""
+        for host in self.smart_hosts:
+            if host.name == name:
+                return host
+        raise KeyError(f"no smart host named {name!r}")
+
+    @property
+    def routes(self) -> list[LabRoute]:
+        """Return every route probe.yaml holds: each ordered pair of forests, each target mailbox."""
+        routes = []
+        for source in self.forests.values():
+            for target in self.forests.values():
+                if source is target:
+                    continue
+                for i, (key, address) in enumerate(zip(target.mailbox_names, target.mailboxes, strict=True)):
+                    routes.append(LabRoute(
+                        name=f"{source.name}-to-{target.name}" + (f"-{i + 1}" if i else ""),
+                        sender=source.mailboxes[0], source=source.name, forest=target.name,
+                        mailbox=key, recipient=address))
+        return routes
+
+    # -- faults
+
+    def add_fault(self, *, target: str, kind: str, **params: Any) -> Fault:
+        """Put a fault in force, e.g. ``add_fault(target="smarthost/contoso-edge-1", kind="drop")``."""
+        return self.add_fault_json({"target": target, "kind": kind, **params})
+
+    def add_fault_json(self, data: object) -> Fault:
+        """Put in force a fault given as the admin API's JSON; raise FaultError when it is wrong."""
+        fault = parse_fault(data)
+        known = ({h.name for h in self.smart_hosts} if fault.target_type == "smarthost"
+                 else set(self.forests))
+        if fault.target_name not in known:
+            what = "smart host" if fault.target_type == "smarthost" else "forest"
+            raise FaultError(f"no {what} named {fault.target_name!r} in this lab")
+        self.faults.add(fault)
+        return fault
+
+    def clear_faults(self, target: str | None = None) -> None:
+        """Lift every fault, or those of one target."""
+        self.faults.clear(target)
+
+    def _clock(self, forest: str) -> float:
+        offset = self.faults.find(f"ews/{forest}", "clock_offset")
+        return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
+
+    # -- life cycle
+
+    def _start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._ca = LabCA(self.state_dir / "ca")
+        for forest in self.forests.values():
+            for address in forest.mailboxes:
+                self.store.add_mailbox(address, forest.name)
+        self._start_smart_hosts(self._ca)
+        self._start_ews(self._ca)
+        self._start_admin()
+        self._write_files()
+
+    def _start_smart_hosts(self, ca: LabCA) -> None:
+        fleet = SmartHostFleet(ca=ca, store=self.store, faults=self.faults, stats=self.stats,
+                               untrusted_dir=self.state_dir / "untrusted-ca")
+        self._parts.fleet = fleet
+        fleet.start()
+        try:
+            bound = {h.name: h for h in fleet.add(self.smart_hosts)}
+        except OSError as exc:
+            raise LabError(str(exc)) from exc
+        for forest in self.forests.values():
+            forest.smart_hosts = [bound[h.name] for h in forest.smart_hosts]
+
+    def _start_ews(self, ca: LabCA) -> None:
+        server_class = _ews_server_class()
+        if server_class is None:
+            return
+        for i, forest in enumerate(self.forests.values()):
+            context = ca.issue(f"mail-{forest.name}", [EWS_HOST, "localhost", f"mail.{forest.domain}"])
+            users = {forest.ews_username: forest.ews_password.reveal(),
+                     forest.ews_upn: forest.ews_password.reveal()}
+            server = server_class(
+                forest.name, store=self.store, faults=self.faults, stats=self.stats, users=users,
+                host=EWS_HOST, https_port=FIXED_EWS_HTTPS_PORT + i if self.fixed_ports else 0,
+                http_port=FIXED_EWS_HTTP_PORT + i if self.fixed_ports else 0,
+                ssl_context=context.server_context())
+            try:
+                server.start()
+            except OSError as exc:
+                raise LabError(f"the EWS endpoint of {forest.name} cannot listen: {exc}") from exc
+            self._parts.ews.append(server)
+            forest.ews_url, forest.ews_http_url = str(server.https_url), str(server.http_url)
+
+    def _start_admin(self) -> None:
+        try:
+            admin = AdminServer(add_fault=self.add_fault_json, faults=self.faults, stats=self.stats,
+                                store=self.store, smart_hosts=lambda: [h.name for h in self.smart_hosts],
+                                port=FIXED_ADMIN_PORT if self.fixed_ports else 0)
+        except OSError as exc:
+            raise LabError(f"the admin API cannot listen: {exc}") from exc
+        self._parts.admin = admin
+        admin.start()
+
+    def stop(self) -> None:
+        """Stop everything the lab started (safe to call twice)."""
+        parts, self._parts = self._parts, _Parts()
+        if parts.admin is not None:
+            parts.admin.stop()
+        for server in parts.ews:
+            server.stop()
+        if parts.fleet is not None:
+            parts.fleet.stop()
+
+    # -- files
+
+    def secret_file(self, name: str) -> Path:
+        """Return the path of a password file under ``secrets/`` (e.g. ``fourthcoffee-smtp``)."""
+        return self.state_dir / "secrets" / name
+
+    def _write_files(self) -> None:
+        for forest in self.forests.values():
+            _write_private(self.secret_file(f"{forest.name}-smtp"), forest.smtp_password.reveal())
+            _write_private(self.secret_file(f"{forest.name}-ews"), forest.ews_password.reveal())
+        _write_private(self.json_path, json.dumps(self.describe(), indent=2) + "\n")
+        self.write_probe_config(self.config_path, interval=60.0, timeout=120.0, jitter=5.0)
+
+    def describe(self) -> dict[str, Any]:
+        """Return what lab.json holds: addresses, ports, users, passwords, CA file, admin URL."""
+        return {
+            "state_dir": str(self.state_dir), "ca_file": str(self.ca_file), "admin_url": self.admin_url,
+            "probe_config": str(self.config_path), "fixed_ports": self.fixed_ports,
+            "ports": self._ports(), "ews_available": self.has_ews,
+            "forests": {name: self._forest_json(forest) for name, forest in self.forests.items()},
+            "routes": [r.name for r in self.routes],
+        }
+
+    def _ports(self) -> dict[str, Any]:
+        names = list(self.forests)
+        return {
+            "smtp": FIXED_SMTP_PORT if self.fixed_ports else None,
+            "ews_https": {n: FIXED_EWS_HTTPS_PORT + i for i, n in enumerate(names)} if self.fixed_ports else None,
+            "ews_http": {n: FIXED_EWS_HTTP_PORT + i for i, n in enumerate(names)} if self.fixed_ports else None,
+            "admin": FIXED_ADMIN_PORT if self.fixed_ports else None,
+        }
+
+    def _forest_json(self, forest: LabForest) -> dict[str, Any]:
+        return {
+            "domain": forest.domain,
+            "mailboxes": dict(zip(forest.mailbox_names, forest.mailboxes, strict=True)),
+            "ews": {"url": forest.ews_url, "http_url": forest.ews_http_url, "auth": self.ews_auth,
+                    "username": forest.ews_username, "users": [forest.ews_username, forest.ews_upn],
+                    "password": forest.ews_password.reveal(),
+                    "password_file": str(self.secret_file(f"{forest.name}-ews"))},
+            "smtp": {"username": forest.smtp_username, "password": forest.smtp_password.reveal(),
+                     "password_file": str(self.secret_file(f"{forest.name}-smtp"))},
+            "smart_hosts": [
+                {"name": h.name, "host": h.host, "port": h.port, "fqdn": h.fqdn, "target": h.target,
+                 "username": h.username, "password": h.password.reveal()}
+                for h in forest.smart_hosts
+            ],
+        }
+
+    def write_probe_config(self, path: Path, *, interval: float, timeout: float, jitter: float,
+                           watch: str = "streaming", poll_interval: float = 2.0,
+                           routes: list[str] | None = None) -> Path:
+        """Write a probe configuration for this lab (DESIGN.md "Config") and return its path."""
+        chosen = self.routes if routes is None else self._chosen_routes(routes)
+        keys = {r.mailbox for r in chosen}
+        mailboxes = {
+            key: self._mailbox_yaml(forest, address, watch=watch, poll_interval=poll_interval)
+            for forest in self.forests.values()
+            for key, address in zip(forest.mailbox_names, forest.mailboxes, strict=True)
+            if routes is None or key in keys
+        }
+        config = {
+            "signing_key_file": str(self.state_dir / "signing.key"),
+            "state_file": str(self.state_dir / "state.db"),
+            "defaults": {"interval": duration(interval), "timeout": duration(timeout),
+                         "jitter": duration(jitter)},
+            "mailboxes": mailboxes,
+            "routes": [self._route_yaml(r) for r in chosen],
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return path
+
+    def _chosen_routes(self, names: list[str]) -> list[LabRoute]:
+        by_name = {r.name: r for r in self.routes}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise LabError(f"no route named {', '.join(unknown)}; the lab has {', '.join(by_name)}")
+        return [by_name[n] for n in names]
+
+    def _mailbox_yaml(self, forest: LabForest, address: str, *, watch: str,
+                      poll_interval: float) -> dict[str, Any]:
+        return {
+            "address": address,
+            "ews": {"url": forest.ews_url, "username": forest.ews_username,
+                    "password_file": str(self.secret_file(f"{forest.name}-ews")), "auth": self.ews_auth,
+                    "ca_file": str(self.ca_file)},
+            "folders": ["inbox", "junkemail"],
+            "cleanup": "move_to_deleted_items",
+            "watch": watch,
+            "poll_interval": duration(poll_interval),
+        }
+
+    def _route_yaml(self, route: LabRoute) -> dict[str, Any]:
+        forest = self.forests[route.forest]
+        return {
+            "name": route.name, "sender": route.sender, "mailbox": route.mailbox,
+            "smart_hosts": [
+                {"name": h.name, "host": h.host, "port": h.port, "tls": "starttls", "username": h.username,
+                 "password_file": str(self.secret_file(f"{forest.name}-smtp")), "ca_file": str(self.ca_file)}
+                for h in forest.smart_hosts
+            ],
+        }
+
