@@ -295,23 +295,18 @@ class Ledger:
         with self._lock:
             return [_open_probe(r) for r in self._db.execute(query + " ORDER BY created_at", params)]
 
-    def watch_list(self, mailbox: str, *, late_window: float) -> list[str]:
-        """Return the probe ids a search of ``mailbox`` should look for: open ones and recent lost/unknown."""
+    def watch_list(self, mailbox: str, *, late_window: float) -> tuple[list[str], float | None]:
+        """Return the probe ids a search of ``mailbox`` should look for (open ones and recent lost/unknown),
+        and when the oldest of them was created (None when there is none)."""
         since = self._clock() - late_window
         with self._lock:
             rows = self._db.execute(
-                "SELECT probe_id FROM probes WHERE mailbox = ? AND (state IN (?, ?)"
+                "SELECT probe_id, created_at FROM probes WHERE mailbox = ? AND (state IN (?, ?)"
                 " OR (state IN (?, ?) AND decided_at >= ?))",
                 (mailbox, *_OPEN_STATES, str(Verdict.LOST), str(Verdict.UNKNOWN), since),
             ).fetchall()
-        return [r["probe_id"] for r in rows]
-
-    def oldest_open_created(self, mailbox: str) -> float | None:
-        """Return when the oldest probe a search must cover was created, or None when there is none."""
-        with self._lock:
-            row = self._db.execute("SELECT MIN(created_at) FROM probes WHERE mailbox = ? AND state IN (?, ?)",
-                                   (mailbox, *_OPEN_STATES)).fetchone()
-        return None if row[0] is None else float(row[0])
+        oldest = min((float(r["created_at"]) for r in rows), default=None)
+        return [r["probe_id"] for r in rows], oldest
 
     def pending_cleanup(self, mailbox: str, *, limit: int = 100) -> list[tuple[str, str]]:
         """Return (item_id, change_key) of verified sightings not yet cleaned up."""

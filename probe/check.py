@@ -1,0 +1,163 @@
+"""``mailflow-probe check``: one probe through every smart host of the chosen routes, wait, report, exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from probe.config import Config, ConfigError, load_config
+from probe.duration import parse_duration
+from probe.ledger import Decision, Ledger
+from probe.mailbox.base import Mailbox
+from probe.mailbox.ews import EwsMailbox
+from probe.pipeline import NullObserver, Target, confirm, expire, send_probe, targets
+from probe.report import EXIT_USAGE, exit_code, format_json, format_nagios, format_table, nagios_code
+from probe.secret import redact
+from probe.signing import load_or_create_key
+
+POLL_SECONDS = 1.0
+MAX_PARALLEL_SENDS = 32
+
+
+@dataclass(kw_only=True)
+class CheckOptions:
+    """What one check probes and how long it waits."""
+
+    routes: Sequence[str] | None = None
+    timeout: float | None = None
+    poll_seconds: float = POLL_SECONDS
+    progress: TextIO | None = None
+
+
+@dataclass(kw_only=True)
+class CheckOutcome:
+    """The verdict of every probe of one check, with the ledger that decided them."""
+
+    decisions: list[Decision]
+    ledger: Ledger
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_check(config: Config, options: CheckOptions,
+              mailbox_factory: Callable[[Config, str, bytes], Mailbox] | None = None) -> CheckOutcome:
+    """Send one probe through each chosen smart host, then search until each has a verdict."""
+    key = load_or_create_key(config.signing_key_file)
+    chosen = targets(config, options.routes)
+    ledger = Ledger(":memory:")
+    factory = mailbox_factory or _ews_mailbox
+    mailboxes = {name: factory(config, name, key) for name in sorted({t.mailbox.name for t in chosen})}
+    try:
+        decisions = _send_all(chosen, key=key, ledger=ledger, timeout=options.timeout)
+        decisions += _wait(mailboxes, ledger=ledger, options=options)
+    finally:
+        for mailbox in mailboxes.values():
+            mailbox.close()
+    return CheckOutcome(decisions=decisions, ledger=ledger)
+
+
+def _ews_mailbox(config: Config, name: str, key: bytes) -> Mailbox:
+    return EwsMailbox(config.mailboxes[name], key=key)
+
+
+def _send_all(chosen: Sequence[Target], *, key: bytes, ledger: Ledger, timeout: float | None) -> list[Decision]:
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_SENDS, len(chosen)))) as pool:
+        futures = [pool.submit(send_probe, t, key=key, ledger=ledger, observer=NullObserver(), timeout=timeout)
+                   for t in chosen]
+        results = [f.result() for f in futures]
+    return [d for d in results if d is not None]
+
+
+def _wait(mailboxes: dict[str, Mailbox], *, ledger: Ledger, options: CheckOptions) -> list[Decision]:
+    decisions: list[Decision] = []
+    observer = NullObserver()
+    last_deadline = max((p.deadline for p in ledger.open_probes()), default=time.time())
+    while ledger.open_probes() and time.time() < last_deadline:
+        for name, mailbox in mailboxes.items():
+            if ledger.open_probes(name):
+                decisions += confirm(name, mailbox, ledger=ledger, observer=observer, late_window=0)
+        _progress(options.progress, ledger, last_deadline)
+        if ledger.open_probes():
+            time.sleep(min(options.poll_seconds, max(0.0, last_deadline - time.time())))
+    # One last look, started after every deadline: what it does not find is lost; if it fails, unknown.
+    for name, mailbox in mailboxes.items():
+        if ledger.open_probes(name):
+            decisions += confirm(name, mailbox, ledger=ledger, observer=observer, late_window=0)
+    decisions += expire(ledger, observer=observer, unknown_after=0.0, now=max(time.time(), last_deadline))
+    _progress(options.progress, ledger, last_deadline, final=True)
+    return decisions
+
+
+def _progress(stream: TextIO | None, ledger: Ledger, deadline: float, *, final: bool = False) -> None:
+    if stream is None:
+        return
+    waiting = len(ledger.open_probes())
+    decided = sum(n for state, n in ledger.counts().items() if state not in ("submitting", "in_flight"))
+    left = max(0, int(deadline - time.time()))
+    line = f"\r{decided} decided, {waiting} waiting, {left}s left "
+    stream.write(line + ("\n" if final else ""))
+    stream.flush()
+
+
+def _debug_text(outcome: CheckOutcome) -> str:
+    parts = []
+    for d in outcome.decisions:
+        record = outcome.ledger.probe(d.probe_id) or {}
+        detail = record.get("detail", {})
+        parts.append(f"--- {d.route} via {d.smart_host}: {d.verdict} (message {d.message_id})")
+        parts.extend(f"    {line}" for line in detail.get("transcript", []))
+        for hop in detail.get("hops", []):
+            parts.append(f"    hop: {hop}")
+    return redact("\n".join(parts)) + "\n"
+
+
+def _replies(outcome: CheckOutcome) -> dict[str, str]:
+    replies = {}
+    for d in outcome.decisions:
+        detail = (outcome.ledger.probe(d.probe_id) or {}).get("detail", {})
+        if detail.get("smtp_reply") and d.smtp_code:
+            replies[d.probe_id] = f"{d.smtp_code} {detail['smtp_reply']}"[:60]
+    return replies
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``check`` from parsed arguments; return the exit code of DESIGN.md (or Nagios' with --format nagios)."""
+    try:
+        config = load_config(args.config_file)
+        options = _options(args, config)
+        outcome = run_check(config, options)
+    except ConfigError as exc:
+        print(f"mailflow-probe check: {exc.describe()}", file=sys.stderr)
+        return EXIT_USAGE if args.format != "nagios" else 3
+    return _report(outcome, args)
+
+
+def _options(args: argparse.Namespace, config: Config) -> CheckOptions:
+    known = {r.name for r in config.routes}
+    for name in args.route or []:
+        if name not in known:
+            raise ConfigError(f"no route named {name!r}; routes: {', '.join(sorted(known))}",
+                              file=config.source, field_path="--route")
+    try:
+        timeout = None if args.timeout is None else parse_duration(args.timeout)
+    except ValueError as exc:
+        raise ConfigError(f"--timeout: {exc}") from None
+    progress = sys.stderr if sys.stderr.isatty() and args.format == "text" else None
+    return CheckOptions(routes=args.route, timeout=timeout, progress=progress)
+
+
+def _report(outcome: CheckOutcome, args: argparse.Namespace) -> int:
+    if args.format == "json":
+        sys.stdout.write(format_json(outcome.decisions))
+    elif args.format == "nagios":
+        sys.stdout.write(format_nagios(outcome.decisions))
+        return nagios_code(outcome.decisions)
+    else:
+        sys.stdout.write(format_table(outcome.decisions, replies=_replies(outcome)))
+    if args.debug:
+        sys.stdout.write(_debug_text(outcome))
+    return exit_code(outcome.decisions)

@@ -1,0 +1,171 @@
+"""The probe's data flow, step by step: submit -> ledger -> confirm -> ledger (DESIGN.md).
+
+The one-shot check and the daemon both drive these functions; neither decides a verdict itself.
+What happens is reported to an ``Observer`` (metrics, logs, the check's table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from probe.config import Config, MailboxConfig, RouteConfig, SmartHostConfig
+from probe.ledger import Arrival, Decision, Ledger
+from probe.mailbox.base import Mailbox, SearchResult, Sighting
+from probe.mailbox.received import Hop
+from probe.message import build_probe_message
+from probe.smtp import SubmitResult, submit
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """One (route, smart host) pair: what one probe is sent through and where it should land."""
+
+    route: RouteConfig
+    smart_host: SmartHostConfig
+    mailbox: MailboxConfig
+    recipient: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Return (route name, smart host name)."""
+        return (self.route.name, self.smart_host.name)
+
+
+class Observer(Protocol):
+    """What wants to hear of each step: metrics, logs, a report."""
+
+    def on_submit(self, target: Target, result: SubmitResult) -> None:
+        """Hear the outcome of one submission."""
+
+    def on_search(self, mailbox: str, result: SearchResult) -> None:
+        """Hear the outcome of one mailbox search."""
+
+    def on_decision(self, decision: Decision) -> None:
+        """Hear a verdict the ledger has decided."""
+
+
+class NullObserver:
+    """An observer that ignores everything."""
+
+    def on_submit(self, target: Target, result: SubmitResult) -> None:
+        """Ignore a submission."""
+
+    def on_search(self, mailbox: str, result: SearchResult) -> None:
+        """Ignore a search."""
+
+    def on_decision(self, decision: Decision) -> None:
+        """Ignore a decision."""
+
+
+def targets(config: Config, routes: Iterable[str] | None = None) -> list[Target]:
+    """Return every (route, smart host) pair of the chosen routes (all when ``routes`` is None)."""
+    wanted = None if routes is None else set(routes)
+    return [
+        Target(route=route, smart_host=host, mailbox=config.mailboxes[route.mailbox],
+               recipient=config.recipient_of(route))
+        for route in config.routes if wanted is None or route.name in wanted
+        for host in route.smart_hosts
+    ]
+
+
+def send_probe(target: Target, *, key: bytes, ledger: Ledger, observer: Observer,
+               timeout: float | None = None, clock: Callable[[], float] = time.time) -> Decision | None:
+    """Build, record and submit one probe; return the send_failed decision, or None when accepted."""
+    message = build_probe_message(key=key, route=target.route.name, smart_host=target.smart_host.name,
+                                  sender=target.route.sender, recipient=target.recipient)
+    ledger.open_probe(probe_id=message.probe_id, route=target.route.name, smart_host=target.smart_host.name,
+                      mailbox=target.mailbox.name, message_id=message.message_id,
+                      deadline=clock() + (timeout if timeout is not None else target.route.timeout))
+    result = submit(host=target.smart_host, sender=target.route.sender, recipient=target.recipient,
+                    message=message.raw)
+    observer.on_submit(target, result)
+    detail = submit_detail(result)
+    if result.ok and result.accepted_at is not None:
+        ledger.record_accepted(message.probe_id, accepted_at=result.accepted_at, detail=detail)
+        return None
+    decision = ledger.record_send_failure(
+        message.probe_id, stage=str(result.stage or "connect"), reason=str(result.reason or "protocol"),
+        smtp_code=result.smtp_code, detail=detail)
+    if decision is not None:
+        observer.on_decision(decision)
+    return decision
+
+
+def submit_detail(result: SubmitResult) -> dict[str, Any]:
+    """Return what the debug view shows of a submission: transcript, TLS facts, timings, reply."""
+    tls = result.tls
+    return {
+        "transcript": list(result.transcript),
+        "smtp_reply": result.smtp_reply,
+        "enhanced_code": result.enhanced_code,
+        "queue_id": result.queue_id,
+        "error": result.error,
+        "stage_seconds": {str(k): round(v, 6) for k, v in result.stage_seconds.items()},
+        "tls": None if tls is None else {
+            "version": tls.version, "cipher": tls.cipher,
+            "not_after": tls.not_after.isoformat() if tls.not_after else None,
+        },
+    }
+
+
+def confirm(mailbox_name: str, mailbox: Mailbox, *, ledger: Ledger, observer: Observer,
+            late_window: float, cleanup: bool = True, search_deadline: float | None = None) -> list[Decision]:
+    """Search one mailbox once for every probe in flight to it; record what it saw; clean up."""
+    probe_ids, since = ledger.watch_list(mailbox_name, late_window=late_window)
+    decisions: list[Decision] = []
+    if probe_ids and since is not None:
+        result = mailbox.search(probe_ids, since=since, deadline=search_deadline)
+        decisions = _record_sightings(ledger, result.sightings)
+        ledger.record_observation(mailbox_name, ok=result.ok, started_at=result.started_at,
+                                  finished_at=result.finished_at,
+                                  reason=None if result.error_reason is None else str(result.error_reason))
+        observer.on_search(mailbox_name, result)
+        for decision in decisions:
+            observer.on_decision(decision)
+    if cleanup:
+        clean_up(mailbox_name, mailbox, ledger=ledger)
+    return decisions
+
+
+def _record_sightings(ledger: Ledger, sightings: Sequence[Sighting]) -> list[Decision]:
+    decisions = []
+    for sighting in sightings:
+        decision = ledger.record_arrival(Arrival(
+            probe_id=sighting.probe_id, item_id=sighting.item_id, change_key=sighting.change_key,
+            folder=sighting.folder, received_at=sighting.received_local, seen_at=sighting.first_seen_local,
+            detail={"hops": [_hop_json(hop) for hop in sighting.hops], "folder": sighting.folder,
+                    "received_server": sighting.received_server.isoformat()},
+        ))
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+def _hop_json(hop: Hop) -> dict[str, Any]:
+    data = dataclasses.asdict(hop)
+    data["timestamp"] = hop.timestamp.isoformat() if hop.timestamp else None
+    return data
+
+
+def clean_up(mailbox_name: str, mailbox: Mailbox, *, ledger: Ledger) -> int:
+    """Delete (the configured way) verified probe messages already counted; return how many."""
+    pending = ledger.pending_cleanup(mailbox_name)
+    if not pending:
+        return 0
+    result = mailbox.cleanup(pending)
+    if not result.ok:
+        return 0  # kept for the next round; the mailbox error is reported by the searches
+    ledger.mark_cleaned([item_id for item_id, _ in pending])
+    return result.deleted
+
+
+def expire(ledger: Ledger, *, observer: Observer, unknown_after: float, now: float | None = None) -> list[Decision]:
+    """Decide the probes past their deadline (lost or unknown) and tell the observer."""
+    decisions = ledger.expire(now=now, unknown_after=unknown_after)
+    for decision in decisions:
+        observer.on_decision(decision)
+    return decisions
