@@ -1,0 +1,437 @@
+"""The submit step: one probe message straight to one smart host over SMTP (DESIGN.md, step 2).
+
+``tls: starttls`` (the default): connect, banner, EHLO, STARTTLS (required: a host that does not
+offer it is never sent credentials), certificate check, EHLO again, AUTH (PLAIN or LOGIN, only when
+the host has credentials), MAIL, RCPT, DATA, QUIT.
+
+``tls: implicit``: TLS from the first byte (usually port 465), no STARTTLS command; the handshake
+is timed, and fails, as stage ``starttls`` (the TLS handshake stage of the vocabulary).
+
+``tls: none``: refused before any connection unless the host sets ``allow_insecure``. With it, no
+TLS is attempted, and if the host has credentials they ARE sent in the clear: ``allow_insecure``
+is that explicit consent.
+
+Names under ``.invalid`` fail as ``dns`` without asking any resolver (RFC 6761, section 6.4).
+Every network operation, the TLS handshake and name resolution included, has the host's timeout.
+Every network or protocol problem becomes a :class:`SubmitResult`; only programming errors raise.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from probe.config import SmartHostConfig
+from probe.secret import REDACTED, redact
+from probe.tls_facts import TlsFacts, tls_facts_of
+from probe.vocabulary import SendReason, Stage
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str,
+                  tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]]
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
+_QUEUE_ID_FORMS = (
+    re.compile(r"\[InternalId=([^,\]\s]+)", re.IGNORECASE),  # Exchange: "<msgid> [InternalId=123, ...]"
+    re.compile(r"queued as\s+<?([\w.@:+-]+?)>?(?:[\s,;]|$)", re.IGNORECASE),  # Postfix, aiosmtpd-style
+    re.compile(r"\bid=<?([\w.@:+-]+?)>?(?:[\s,;]|$)", re.IGNORECASE),  # Exim: "OK id=1abc-0001-AB"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmitResult:
+    """What one submission to one smart host came to; ``stage`` and ``reason`` say where and why it failed."""
+
+    ok: bool
+    stage: Stage | None = None
+    reason: SendReason | None = None
+    smtp_code: int | None = None
+    enhanced_code: str | None = None
+    smtp_reply: str | None = None
+    accepted_at: float | None = None
+    queue_id: str | None = None
+    stage_seconds: dict[Stage, float] = field(default_factory=dict)
+    tls: TlsFacts | None = None
+    transcript: tuple[str, ...] = ()
+    error: str | None = None
+
+
+class _SendFailedError(Exception):
+    """A submission that stopped: where, why, and the server's reply if there was one."""
+
+    def __init__(self, stage: Stage, reason: SendReason, error: str, *,
+                 code: int | None = None, reply: str | None = None) -> None:
+        super().__init__(error)
+        self.stage, self.reason, self.error, self.code, self.reply = stage, reason, error, code, reply
+
+
+class _Stopwatch:
+    """Time the stages of one session; entering a stage ends the one before it."""
+
+    def __init__(self) -> None:
+        self.stage = Stage.CONNECT
+        self.seconds: dict[Stage, float] = {}
+        self._since: float | None = None
+
+    def enter(self, stage: Stage) -> None:
+        """End the current stage and start ``stage``."""
+        self.stop()
+        self.stage, self._since = stage, time.perf_counter()
+
+    def stop(self) -> None:
+        """End the current stage, adding its time to that stage's total."""
+        if self._since is not None:
+            elapsed = time.perf_counter() - self._since
+            self.seconds[self.stage] = self.seconds.get(self.stage, 0.0) + elapsed
+            self._since = None
+
+
+class _ProbeSMTP(smtplib.SMTP):
+    """smtplib's client, recording a redacted transcript, stage times and reply times."""
+
+    def __init__(self, *, host: SmartHostConfig, local_hostname: str, clock: Callable[[], float],
+                 implicit_tls: ssl.SSLContext | None) -> None:
+        super().__init__(local_hostname=local_hostname, timeout=host.timeout)
+        self._host = host.server_name or host.host  # what STARTTLS verifies the certificate against
+        self._implicit_tls = implicit_tls
+        self._clock = clock
+        self._in_putcmd = False
+        self.authenticating = False
+        self.watch = _Stopwatch()
+        self.lines: list[str] = []
+        self.reply_at: float | None = None
+        self.tls: TlsFacts | None = None
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = _open_connection(host, port, timeout)
+        if self._implicit_tls is not None:
+            self.watch.enter(Stage.STARTTLS)
+            sock = self._handshake(sock, self._implicit_tls)
+        self.watch.enter(Stage.BANNER)
+        return sock
+
+    def _handshake(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """Do the implicit TLS handshake on ``sock`` (under its timeout) and keep the TLS facts."""
+        try:
+            tls = context.wrap_socket(sock, server_hostname=self._host)
+        except BaseException:
+            sock.close()
+            raise
+        self.tls = tls_facts_of(tls, verified=context.verify_mode != ssl.CERT_NONE)
+        return tls
+
+    def putcmd(self, cmd: str, args: str = "") -> None:
+        self.lines.append("C: " + self._shown(cmd, args))
+        self._in_putcmd = True
+        try:
+            super().putcmd(cmd, args)
+        finally:
+            self._in_putcmd = False
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        if not self._in_putcmd:  # the message itself, from data()
+            size = len(s) if isinstance(s, str) else memoryview(s).nbytes
+            self.lines.append(f"C: <message and final dot, {size} bytes>")
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        code, text = super().getreply()
+        self.reply_at = self._clock()
+        lines = text.decode("utf-8", errors="replace").split("\n")
+        for i, line in enumerate(lines):
+            self.lines.append(f"S: {code}{'-' if i < len(lines) - 1 else ' '}{line}".rstrip())
+        return code, text
+
+    def _shown(self, cmd: str, args: str) -> str:
+        if not self.authenticating:
+            return f"{cmd} {args}" if args else cmd
+        if cmd.upper() == "AUTH":
+            mechanism, _, payload = args.partition(" ")
+            return f"{cmd} {mechanism} {REDACTED}" if payload else f"{cmd} {mechanism}"
+        return REDACTED  # a response to an AUTH challenge
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(name: str, port: int, timeout: float) -> list[_AddrInfo]:
+    """Resolve ``name`` within ``timeout``; raise socket.gaierror if it does not resolve."""
+    if name.lower().rstrip(".").endswith(".invalid") or name.lower() == "invalid":
+        raise socket.gaierror(socket.EAI_NONAME, f"{name} is under .invalid (RFC 6761): it never resolves")
+    if _is_ip(name):
+        return list(socket.getaddrinfo(name, port, type=socket.SOCK_STREAM))
+    found: list[list[_AddrInfo] | OSError] = []
+
+    def work() -> None:
+        try:
+            found.append(list(socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)))
+        except OSError as exc:
+            found.append(exc)
+
+    worker = threading.Thread(target=work, name=f"resolve {name}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not found:
+        raise socket.gaierror(socket.EAI_AGAIN, f"resolving {name} took more than {timeout:g}s")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
+
+
+def _open_connection(name: str, port: int, timeout: float) -> socket.socket:
+    """Connect to the first address of ``name`` that answers, each attempt under ``timeout``."""
+    last: OSError = OSError(f"{name} has no address")
+    for family, kind, proto, _, address in _resolve(name, port, timeout):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+        else:
+            return sock
+    raise last
+
+
+def _tls_context(host: SmartHostConfig) -> ssl.SSLContext:
+    """Return the client TLS context: verification on unless the host turns it off."""
+    context = ssl.create_default_context(cafile=str(host.ca_file) if host.ca_file else None)
+    if not host.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _reply_failure(stage: Stage, code: int, text: bytes, what: str) -> _SendFailedError:
+    reply = redact(text.decode("utf-8", errors="replace").replace("\n", " / "))
+    if 400 <= code < 500:
+        reason = SendReason.TEMPFAIL
+    elif 500 <= code < 600:
+        reason = SendReason.AUTH_FAILED if stage is Stage.AUTH else SendReason.REJECTED
+    else:
+        reason = SendReason.PROTOCOL
+    shown = code if code >= 0 else "an unreadable reply"
+    return _SendFailedError(stage, reason, f"{what}: the smart host answered {shown} {reply}".rstrip(),
+                    code=code if code >= 0 else None, reply=reply)
+
+
+def _expect(stage: Stage, reply: tuple[int, bytes], *ok: int) -> None:
+    code, text = reply
+    if code not in ok:
+        raise _reply_failure(stage, code, text, f"{stage.value} failed")
+
+
+def _starttls(session: _ProbeSMTP, context: ssl.SSLContext) -> None:
+    session.watch.enter(Stage.STARTTLS)
+    if not session.has_extn("starttls"):
+        raise _SendFailedError(Stage.STARTTLS, SendReason.TLS_UNAVAILABLE,
+                       "the smart host does not offer STARTTLS; no credentials were sent")
+    session.starttls(context=context)  # the handshake runs under the socket's timeout
+    if isinstance(session.sock, ssl.SSLSocket):
+        session.tls = tls_facts_of(session.sock, verified=context.verify_mode != ssl.CERT_NONE)
+    session.watch.enter(Stage.EHLO)
+    _expect(Stage.EHLO, session.ehlo(), 250)
+
+
+def _mechanism(session: _ProbeSMTP) -> str:
+    if not session.has_extn("auth"):
+        raise _SendFailedError(Stage.AUTH, SendReason.AUTH_UNAVAILABLE,
+                       "the smart host offers no AUTH, but this host has credentials")
+    offered = session.esmtp_features["auth"].upper().split()
+    for mechanism in ("PLAIN", "LOGIN"):
+        if mechanism in offered:
+            return mechanism
+    raise _SendFailedError(Stage.AUTH, SendReason.AUTH_UNAVAILABLE,
+                   f"the smart host offers AUTH {' '.join(offered)}, neither PLAIN nor LOGIN")
+
+
+def _authenticate(session: _ProbeSMTP, host: SmartHostConfig) -> None:
+    assert host.username is not None
+    assert host.password is not None
+    session.watch.enter(Stage.AUTH)
+    mechanism = _mechanism(session)
+    session.user, session.password = host.username, host.password.reveal()
+    session.authenticating = True
+    try:
+        session.auth(mechanism, session.auth_plain if mechanism == "PLAIN" else session.auth_login)
+    finally:
+        session.authenticating = False
+        session.password = ""
+
+
+def _converse(session: _ProbeSMTP, *, host: SmartHostConfig, context: ssl.SSLContext | None,
+              sender: str, recipient: str, message: bytes) -> tuple[int, bytes]:
+    """Run the session to the final reply after DATA; raise _SendFailedError or the network's exception."""
+    session.watch.enter(Stage.CONNECT)
+    _expect(Stage.BANNER, session.connect(host.host, host.port), 220)
+    session.watch.enter(Stage.EHLO)
+    _expect(Stage.EHLO, session.ehlo(), 250)
+    if host.tls == "starttls":
+        assert context is not None
+        _starttls(session, context)
+    if host.username is not None and host.password is not None:
+        _authenticate(session, host)
+    session.watch.enter(Stage.MAIL)
+    _expect(Stage.MAIL, session.mail(sender), 250)
+    session.watch.enter(Stage.RCPT)
+    _expect(Stage.RCPT, session.rcpt(recipient), 250, 251)
+    session.watch.enter(Stage.DATA)
+    final = session.data(message)  # a reply to DATA other than 354 raises SMTPDataError
+    _expect(Stage.DATA, final, 250)
+    return final
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _classify(exc: OSError, stage: Stage) -> _SendFailedError:
+    """Map a network, TLS or SMTP exception at ``stage`` to DESIGN.md's stage and reason."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    timed_out = _caused_by(exc, TimeoutError)
+    if isinstance(exc, smtplib.SMTPResponseException) and not timed_out:
+        reply = exc.smtp_error if isinstance(exc.smtp_error, bytes) else exc.smtp_error.encode()
+        return _reply_failure(stage, exc.smtp_code, reply, f"{stage.value} failed")
+    reason, what = SendReason.PROTOCOL, f"{stage.value} failed"
+    if isinstance(exc, socket.gaierror):
+        stage, reason, what = Stage.CONNECT, SendReason.DNS, "the smart host's name does not resolve"
+    elif timed_out:
+        reason, what = SendReason.TIMEOUT, f"{stage.value} timed out"
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        reason, what = SendReason.TLS_CERTIFICATE, "the certificate was not accepted"
+        text = exc.verify_message or text
+    elif isinstance(exc, smtplib.SMTPException):
+        pass  # an unexpected disconnect or an unusable reply: protocol
+    elif stage is Stage.STARTTLS:
+        reason, what = SendReason.TLS_HANDSHAKE, "the TLS handshake failed"
+    elif stage is Stage.CONNECT:
+        reason, what = SendReason.REFUSED, "could not connect"
+    return _SendFailedError(stage, reason, f"{what}: {text}")
+
+
+def _queue_id(reply: str) -> str | None:
+    """Return the queue id of a final 250 reply, in the forms Postfix, Exim and Exchange use."""
+    for form in _QUEUE_ID_FORMS:
+        found = form.search(reply)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _enhanced(reply: str | None) -> str | None:
+    found = _ENHANCED.match(reply or "")
+    return found.group(1) if found else None
+
+
+def _quit(session: _ProbeSMTP) -> None:
+    """Say QUIT if the connection is still up, ignore whatever goes wrong, and always close."""
+    try:
+        if session.sock is not None:
+            session.quit()
+    except (OSError, smtplib.SMTPException):
+        pass
+    finally:
+        session.close()
+
+
+def _scrubber(host: SmartHostConfig) -> Callable[[str], str]:
+    """Return a function that removes the host's password, and its AUTH encodings, from text."""
+    forms: list[str] = []
+    if host.password is not None and host.password.reveal():
+        password = host.password.reveal()
+        user = host.username or ""
+        forms = [password, _b64(password), _b64(f"\0{user}\0{password}"), _b64(f"{user}\0{user}\0{password}")]
+
+    def scrub(text: str) -> str:
+        for form in forms:
+            text = text.replace(form, REDACTED)
+        return redact(text)
+
+    return scrub
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _refusal(host: SmartHostConfig) -> SubmitResult | None:
+    if host.tls == "none" and not host.allow_insecure:
+        return SubmitResult(ok=False, stage=Stage.STARTTLS, reason=SendReason.TLS_UNAVAILABLE,
+                            error=f"smart host {host.name}: tls none needs allow_insecure; not connecting")
+    return None
+
+
+def _check_addresses(sender: str, recipient: str) -> None:
+    for what, address in (("sender", sender), ("recipient", recipient)):
+        if not address or any(c in address for c in "\r\n<> "):
+            raise ValueError(f"the {what} address {address!r} is not a plain mail address")
+
+
+def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes,
+           local_hostname: str | None = None, clock: Callable[[], float] = time.time) -> SubmitResult:
+    """Submit ``message`` from ``sender`` to ``recipient`` straight to ``host``; never raise for the network."""
+    _check_addresses(sender, recipient)
+    refusal = _refusal(host)
+    if refusal is not None:
+        return refusal
+    try:
+        context = _tls_context(host) if host.tls != "none" else None
+    except OSError as exc:  # ssl.SSLError is an OSError: a CA file that is missing or not PEM
+        return SubmitResult(ok=False, stage=Stage.STARTTLS, reason=SendReason.TLS_CERTIFICATE,
+                            error=f"smart host {host.name}: cannot load ca_file {host.ca_file}: {exc}")
+    session = _ProbeSMTP(host=host, local_hostname=local_hostname or host.helo or socket.gethostname(),
+                         clock=clock, implicit_tls=context if host.tls == "implicit" else None)
+    failure: _SendFailedError | None = None
+    final: tuple[int, bytes] | None = None
+    try:
+        final = _converse(session, host=host, context=context, sender=sender, recipient=recipient,
+                          message=message)
+    except _SendFailedError as stopped:
+        failure = stopped
+    except OSError as exc:  # socket, ssl and smtplib errors are all OSErrors
+        failure = _classify(exc, session.watch.stage)
+    finally:
+        session.watch.stop()
+        accepted_at = session.reply_at
+        _quit(session)
+    return _result(session, host, failure, final, accepted_at)
+
+
+def _result(session: _ProbeSMTP, host: SmartHostConfig, failure: _SendFailedError | None,
+            final: tuple[int, bytes] | None, accepted_at: float | None) -> SubmitResult:
+    scrub = _scrubber(host)
+    base = SubmitResult(ok=False, stage_seconds=dict(session.watch.seconds), tls=session.tls,
+                        transcript=tuple(scrub(line) for line in session.lines))
+    if failure is not None:
+        reply = scrub(failure.reply) if failure.reply is not None else None
+        return replace(base, stage=failure.stage, reason=failure.reason, smtp_code=failure.code,
+                       enhanced_code=_enhanced(reply), smtp_reply=reply,
+                       error=scrub(f"smart host {host.name}: {failure.error}"))
+    assert final is not None
+    code, text = final
+    reply = scrub(text.decode("utf-8", errors="replace").replace("\n", " / "))
+    return replace(base, ok=True, smtp_code=code, enhanced_code=_enhanced(reply), smtp_reply=reply,
+                   accepted_at=accepted_at, queue_id=_queue_id(reply))
