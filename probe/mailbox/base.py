@@ -1,0 +1,96 @@
+"""The mailbox interface of the confirm step: search for probes in flight, clean up, watch for new mail.
+
+One implementation per protocol (EWS now; IMAP and Microsoft Graph later), each in its own module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from probe.mailbox.received import Hop
+from probe.vocabulary import MailboxReason
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sighting:
+    """One probe message found in the mailbox, its tag verified."""
+
+    probe_id: str
+    tag: str
+    mailbox: str
+    folder: str  # "inbox" or "junkemail"
+    item_id: str
+    change_key: str
+    message_id: str
+    subject: str
+    received_server: datetime  # the server's receipt stamp (DateTimeReceived), UTC, on the server's clock
+    received_precise: bool  # True when the stamp has milliseconds, False when whole seconds
+    received_local: float  # the arrival on the probe's clock (a time.time() value), offset-corrected
+    received_uncertainty: float  # half-width, in seconds, of the interval received_local lies in
+    first_seen_local: float  # time.time() when the probe first saw it: an upper bound of the arrival
+    hops: tuple[Hop, ...] = ()  # from the Received headers, oldest first
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    """What one search of a mailbox found, or why it could not look."""
+
+    ok: bool
+    started_at: float
+    finished_at: float
+    sightings: list[Sighting] = field(default_factory=list)
+    error_reason: MailboxReason | None = None
+    error: str | None = None  # redacted
+    foreign_skipped: int = 0  # matched the search but carry no tag at all
+    forged: int = 0  # carry a tag of the right shape whose HMAC does not verify
+    clock_offset: float | None = None  # server clock minus probe clock, seconds, when known
+    clock_uncertainty: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanupResult:
+    """What a cleanup removed, refused, or why it failed."""
+
+    ok: bool
+    deleted: int = 0
+    missing: int = 0  # already gone
+    refused: int = 0  # ids never seen verified by this mailbox: not touched
+    error_reason: MailboxReason | None = None
+    error: str | None = None
+
+
+class Watch(Protocol):
+    """A running new-mail watch; stop it when done."""
+
+    @property
+    def connected(self) -> bool:
+        """Say whether the notification stream is open now."""
+
+    @property
+    def last_error(self) -> str | None:
+        """Return the last error of the stream (redacted), if any."""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching and wait up to ``timeout`` seconds for the stream to close."""
+
+
+class Mailbox(Protocol):
+    """A probe mailbox the confirm step can search."""
+
+    def search(self, probe_ids: Collection[str], *, since: float, deadline: float | None = None) -> SearchResult:
+        """Find the probes in flight in Inbox and Junk with one search; never raise.
+
+        ``since`` is the local time the oldest of them was sent; ``deadline`` a local time to give up by.
+        """
+
+    def cleanup(self, item_ids: Sequence[tuple[str, str]]) -> CleanupResult:
+        """Delete verified sightings, given as (item_id, change_key), in batches; never raise."""
+
+    def watch(self, on_new_mail: Callable[[float], None]) -> Watch:
+        """Call ``on_new_mail(local_time)`` whenever new mail arrives, from a background thread."""
+
+    def close(self) -> None:
+        """Release connections and stop any watch."""

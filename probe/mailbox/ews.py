@@ -1,0 +1,597 @@
+"""The confirm step over Exchange Web Services, with exchangelib 5.6 (DESIGN.md, "What one probe is", step 3).
+
+One search per mailbox covers every probe in flight: one FindItem over Inbox and Junk (subject contains
+the tag prefix, received since the oldest send), then one GetItem for the verified matches. Requests ask
+for millisecond receipt stamps (SOAP header ``t:DateTimePrecision``) and are parsed here, because
+exchangelib 5.6 neither sends the header nor parses fractional-second UTC stamps.
+
+exchangelib's knobs that matter here are global or cached (``BaseProtocol.TIMEOUT``, ``HTTP_ADAPTER_CLS``,
+the protocol cache keyed by endpoint and credentials). This module sets none of them: each mailbox has its
+own protocol object, made outside the cache, whose sessions mount an adapter that verifies against the
+mailbox's own CA, applies the mailbox's timeout, and times every exchange for the clock offset. The
+retry policy is FailFast; throttling is retried here, a bounded number of times, honouring the server's
+back-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Final, TypeVar
+
+import requests
+import requests.adapters
+from exchangelib import DELEGATE, Account, Build, Configuration, Credentials, EWSDateTime, FailFast, Q, Version
+from exchangelib.errors import (
+    CASError,
+    ErrorAccessDenied,
+    ErrorExceededConnectionCount,
+    ErrorInternalServerError,
+    ErrorInternalServerTransientError,
+    ErrorMailboxStoreUnavailable,
+    ErrorServerBusy,
+    ErrorTimeoutExpired,
+    ErrorTooManyObjectsOpened,
+    MalformedResponseError,
+    UnauthorizedError,
+)
+from exchangelib.ewsdatetime import UTC as EWS_UTC
+from exchangelib.fields import FieldPath
+from exchangelib.folders import Folder
+from exchangelib.items import Message
+from exchangelib.properties import DistinguishedFolderId
+from exchangelib.properties import Mailbox as EwsAddress
+from exchangelib.protocol import Protocol
+from exchangelib.restriction import Restriction
+from exchangelib.services import (
+    DeleteItem,
+    FindItem,
+    GetItem,
+    GetStreamingEvents,
+    SubscribeToStreaming,
+    Unsubscribe,
+)
+from exchangelib.transport import BASIC, NTLM
+from exchangelib.util import SOAPNS, TNS
+from lxml import etree
+
+from probe import message as probe_message
+from probe.config import MailboxConfig
+from probe.mailbox.base import SearchResult, Sighting
+from probe.mailbox.clock import ClockOffset, local_arrival
+from probe.mailbox.received import parse_received
+from probe.secret import redact
+from probe.vocabulary import MailboxReason
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_TRIES: Final = 3  # attempts per request when the server says it is busy
+SEARCH_MARGIN: Final = 300.0  # seconds before the oldest send that a search still covers (clock skew, queues)
+DEFAULT_LOOKBACK: Final = 86400.0  # how far back a search looks when the caller gives no ``since``
+PAGE_SIZE: Final = 500
+GET_CHUNK: Final = 500
+WATCH_MINUTES: Final = 1  # GetStreamingEvents ConnectionTimeout; the stream is reopened after it
+_FOLDER_ATTR: Final = "probe-folder"
+_DELETE_TYPES: Final = {
+    "move_to_deleted_items": "MoveToDeletedItems", "soft_delete": "SoftDelete", "hard_delete": "HardDelete",
+}
+_STAMP: Final = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)?")
+
+
+def parse_ews_datetime(text: str | None) -> tuple[datetime, bool] | None:
+    """Parse an EWS dateTime (``2026-11-28T09:00:01.123Z`` or whole seconds) to UTC and say if it is precise."""
+    match = _STAMP.fullmatch((text or "").strip())
+    if match is None:
+        return None
+    try:
+        base = datetime.fromisoformat(match[1])
+    except ValueError:
+        return None
+    fraction, zone = match[2], match[3] or "Z"
+    micro = int((fraction + "000000")[:6]) if fraction else 0
+    tz = UTC
+    if zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    return base.replace(microsecond=micro, tzinfo=tz).astimezone(UTC), fraction is not None
+
+
+def _with_precision(envelope: bytes) -> bytes:
+    """Add ``<t:DateTimePrecision>Milliseconds</t:DateTimePrecision>`` to a SOAP envelope's header."""
+    root = etree.fromstring(envelope)  # our own request
+    header = root.find(f"{{{SOAPNS}}}Header")
+    if header is None:
+        header = etree.Element(f"{{{SOAPNS}}}Header")
+        root.insert(0, header)
+    etree.SubElement(header, f"{{{TNS}}}DateTimePrecision").text = "Milliseconds"
+    result: bytes = etree.tostring(root, xml_declaration=True, encoding="utf-8")
+    return result
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+_MAX_ERROR: Final = 400
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """Return the exception and those it was raised from or during, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 16:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _is_server_error(exc: BaseException) -> bool:
+    if isinstance(exc, ErrorInternalServerError | ErrorInternalServerTransientError | CASError
+                  | ErrorMailboxStoreUnavailable | ErrorTimeoutExpired):
+        return not any(isinstance(e, requests.RequestException | OSError) for e in _chain(exc))
+    return isinstance(exc, MalformedResponseError) and "Code: 5" in str(exc)
+
+
+_RULES: Final[tuple[tuple[MailboxReason, Callable[[BaseException], bool]], ...]] = (
+    (MailboxReason.TLS, lambda e: isinstance(e, requests.exceptions.SSLError | ssl.SSLError)),
+    (MailboxReason.TIMEOUT, lambda e: isinstance(e, requests.exceptions.Timeout | TimeoutError)),
+    (MailboxReason.UNREACHABLE, lambda e: isinstance(
+        e, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError | ConnectionError)),
+    (MailboxReason.UNAUTHORIZED, lambda e: isinstance(e, UnauthorizedError | ErrorAccessDenied)),
+    (MailboxReason.THROTTLED, lambda e: isinstance(
+        e, ErrorServerBusy | ErrorExceededConnectionCount | ErrorTooManyObjectsOpened)),
+    (MailboxReason.SERVER_ERROR, _is_server_error),
+)
+
+
+def classify(exc: BaseException) -> MailboxReason:
+    """Say why a mailbox request failed, from the most specific cause in the exception's chain."""
+    chain = _chain(exc)
+    for reason, matches in _RULES:
+        if any(matches(e) for e in chain):
+            return reason
+    return MailboxReason.PROTOCOL
+
+
+def describe(exc: BaseException) -> str:
+    """Return a short, redacted description of a failure."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(text) > _MAX_ERROR:
+        text = text[:_MAX_ERROR] + "..."
+    return redact(text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _RawItem:
+    """An item as the server sent it, read from the XML itself."""
+
+    item_id: str
+    change_key: str
+    folder: str
+    subject: str
+    received: str | None
+    message_id: str
+    headers: tuple[tuple[str, str], ...]
+
+
+def _raw_item(elem: Any, folder: str = "") -> _RawItem:
+    ident = elem.find(f"{{{TNS}}}ItemId")
+    headers = tuple(
+        (h.get("HeaderName", ""), h.text or "")
+        for h in elem.iterfind(f"{{{TNS}}}InternetMessageHeaders/{{{TNS}}}InternetMessageHeader")
+    )
+    return _RawItem(
+        item_id="" if ident is None else ident.get("Id", ""),
+        change_key="" if ident is None else ident.get("ChangeKey", ""),
+        folder=folder or elem.get(_FOLDER_ATTR, ""),
+        subject=elem.findtext(f"{{{TNS}}}Subject") or "",
+        received=elem.findtext(f"{{{TNS}}}DateTimeReceived"),
+        message_id=(elem.findtext(f"{{{TNS}}}InternetMessageId") or "").strip(),
+        headers=headers,
+    )
+
+
+class _FindTagged(FindItem):  # type: ignore[misc]
+    """FindItem asking for millisecond stamps, returning raw items labelled with their folder."""
+
+    def wrap(self, content: Any, api_version: Any = None) -> bytes:
+        return _with_precision(super().wrap(content, api_version=api_version))
+
+    def _get_pages(self, payload_func: Any, kwargs: dict[str, Any], expected_message_count: int) -> Any:
+        pages = super()._get_pages(payload_func, kwargs, expected_message_count)
+        for (page, _next), folder in zip(pages, list(kwargs["folders"]), strict=False):
+            if page is not None and not isinstance(page, Exception):
+                page.set(_FOLDER_ATTR, str(folder.id))
+        return pages
+
+    def _get_elems_from_page(self, elem: Any, max_items: Any, total_item_count: int) -> Iterator[Any]:
+        folder = elem.get(_FOLDER_ATTR, "")
+        for item in super()._get_elems_from_page(elem, max_items, total_item_count):
+            item.set(_FOLDER_ATTR, folder)
+            yield item
+
+    def _elem_to_obj(self, elem: Any) -> _RawItem:
+        return _raw_item(elem)
+
+
+class _GetRaw(GetItem):  # type: ignore[misc]
+    """GetItem asking for millisecond stamps, returning raw items."""
+
+    def wrap(self, content: Any, api_version: Any = None) -> bytes:
+        return _with_precision(super().wrap(content, api_version=api_version))
+
+    def _elem_to_obj(self, elem: Any) -> _RawItem:
+        return _raw_item(elem)
+
+
+class _NewMailEvents(GetStreamingEvents):  # type: ignore[misc]
+    """GetStreamingEvents yielding the number of NewMail events in each notification."""
+
+    def _elem_to_obj(self, elem: Any) -> int:
+        return sum(1 for e in elem.iter() if isinstance(e.tag, str) and e.tag.endswith("}NewMailEvent"))
+
+
+class _ProbeAdapter(requests.adapters.HTTPAdapter):
+    """Verify against this mailbox's CA, bound every request in time, and time each exchange for the clock."""
+
+    def __init__(self, *, verify: bool | str, timeout: float, clock: ClockOffset) -> None:
+        self._probe_verify = verify
+        self._probe_timeout = timeout
+        self._clock = clock
+        super().__init__(pool_connections=1, pool_maxsize=1, pool_block=True, max_retries=0)
+
+    def send(self, request: requests.PreparedRequest,  # noqa: PLR0917 - HTTPAdapter.send's signature
+             stream: bool = False, timeout: Any = None,
+             verify: bool | str = True, cert: Any = None, proxies: Any = None) -> requests.Response:
+        """Send with this mailbox's verification and timeout; feed the response's Date to the clock."""
+        sent_at = time.time()
+        response = super().send(request, stream=stream, timeout=timeout or self._probe_timeout,
+                                verify=self._probe_verify, cert=cert, proxies=proxies)
+        self._clock.observe(sent_at=sent_at, received_at=time.time(), date_header=response.headers.get("Date"))
+        return response
+
+
+class _ProbeProtocol(Protocol):  # type: ignore[misc]
+    """A protocol of one mailbox: its own sessions, adapter and timeout, outside exchangelib's cache."""
+
+    def __init__(self, *, config: Configuration, adapter: Callable[[], _ProbeAdapter], timeout: float) -> None:
+        super().__init__(config=config)
+        self._make_adapter = adapter
+        self.TIMEOUT = timeout  # read by exchangelib as self.protocol.TIMEOUT; the class default stays
+
+    def create_session(self) -> Any:
+        session = super().create_session()
+        session.mount(self.service_endpoint, self._make_adapter())
+        return session
+
+
+def _build(cfg: Any) -> Version | None:
+    if not cfg:
+        return None
+    parts = [int(p) for p in str(cfg).split(".")]
+    return Version(build=Build(*parts))
+
+
+def _account(config: MailboxConfig, clock: ClockOffset, *, max_connections: int) -> Account:
+    """Make an exchangelib Account whose protocol is this mailbox's own."""
+    ews = config.ews
+    verify: bool | str = str(ews.ca_file) if ews.verify and ews.ca_file else ews.verify
+    exconfig = Configuration(
+        service_endpoint=ews.url, credentials=Credentials(ews.username, ews.password.reveal()),
+        auth_type=NTLM if ews.auth == "ntlm" else BASIC, version=_build(ews.version),
+        retry_policy=FailFast(), max_connections=max_connections,
+    )
+    account = Account(primary_smtp_address=config.address, config=exconfig, autodiscover=False,
+                      access_type=DELEGATE, default_timezone=EWS_UTC)
+    cached = account.protocol  # Account() put a default protocol in exchangelib's cache: not ours, drop it
+    with contextlib.suppress(KeyError):
+        del Protocol[exconfig]
+    cached.close()
+
+    def adapter() -> _ProbeAdapter:
+        return _ProbeAdapter(verify=verify, timeout=ews.timeout, clock=clock)
+
+    account.protocol = type.__call__(_ProbeProtocol, config=exconfig, adapter=adapter, timeout=ews.timeout)
+    return account
+
+
+class EwsMailbox:
+    """A probe mailbox reached over EWS: search, cleanup, watch."""
+
+    def __init__(self, config: MailboxConfig, *, key: bytes) -> None:
+        self._config = config
+        self._key = key
+        self.clock = ClockOffset()
+        self._account = _account(config, self.clock, max_connections=2)
+        self._folders = [DistinguishedFolderId(id=f, mailbox=EwsAddress(email_address=config.address))
+                         for f in config.folders]
+        self._first_seen: dict[str, float] = {}
+        self._verified: set[str] = set()
+        self._lock = threading.Lock()
+        self._watches: list[EwsWatch] = []
+
+    @property
+    def name(self) -> str:
+        """Return the configured name of the mailbox."""
+        return self._config.name
+
+    # -- search ---------------------------------------------------------------------------------------
+
+    def search(self, probe_ids: Collection[str], *, since: float | None = None,
+               deadline: float | None = None) -> SearchResult:
+        """Find the probes in flight in Inbox and Junk with one FindItem and one GetItem; never raise."""
+        started = time.time()
+        deadline = deadline if deadline is not None else started + 2 * self._config.ews.timeout
+        since = since if since is not None else started - DEFAULT_LOOKBACK
+        try:
+            found = self._retrying(lambda: self._find(since), deadline)
+            seen_at = time.time()
+            wanted, foreign, forged = self._screen(found, set(probe_ids))
+            details = self._retrying(lambda: self._get([w.item for w in wanted]), deadline) if wanted else []
+            sightings = self._sightings(wanted, details, seen_at)
+        except Exception as exc:  # a failed search is a result, never a raise
+            return self._failed(started, exc)
+        estimate = self.clock.estimate()
+        return SearchResult(
+            ok=True, started_at=started, finished_at=time.time(), sightings=sightings,
+            foreign_skipped=foreign, forged=forged,
+            clock_offset=None if estimate is None else estimate.offset,
+            clock_uncertainty=None if estimate is None else estimate.uncertainty,
+        )
+
+    def _failed(self, started: float, exc: BaseException) -> SearchResult:
+        reason, text = classify(exc), describe(exc)
+        log.warning("mailbox %s: search failed (%s): %s", self._config.name, reason, text)
+        return SearchResult(ok=False, started_at=started, finished_at=time.time(), error_reason=reason, error=text)
+
+    def _find(self, since: float) -> list[_RawItem]:
+        estimate = self.clock.estimate()
+        skew = 0.0 if estimate is None else estimate.offset
+        floor = datetime.fromtimestamp(since + skew - SEARCH_MARGIN, tz=UTC).replace(microsecond=0)
+        query = Q(subject__contains=probe_message.tag_search_prefix()) & Q(
+            datetime_received__gte=EWSDateTime.from_datetime(floor))
+        service = _FindTagged(account=self._account, page_size=PAGE_SIZE)
+        fields = [FieldPath(field=Message.get_field_by_fieldname(n)) for n in ("subject", "datetime_received")]
+        return _raise_first(service.call(
+            folders=self._folders, additional_fields=fields,
+            restriction=Restriction(query, folders=[Folder()], applies_to=Restriction.ITEMS),
+            order_fields=None, shape="IdOnly", query_string=None, depth="Shallow", calendar_view=None,
+            max_items=None, offset=0,
+        ))
+
+    def _get(self, items: Sequence[_RawItem]) -> list[_RawItem]:
+        service = _GetRaw(account=self._account, chunk_size=GET_CHUNK)
+        names = ("subject", "datetime_received", "message_id", "headers")
+        fields = [FieldPath(field=Message.get_field_by_fieldname(n)) for n in names]
+        results = service.call(items=[(i.item_id, i.change_key) for i in items], additional_fields=fields,
+                               shape="IdOnly")
+        return [r for r in results if isinstance(r, _RawItem)]  # an item gone since FindItem is skipped
+
+    def _screen(self, found: Iterable[_RawItem], wanted: set[str]) -> tuple[list[_Candidate], int, int]:
+        """Keep items whose tag verifies and that are wanted; count foreign and forged ones."""
+        candidates: list[_Candidate] = []
+        foreign = forged = 0
+        for item in found:
+            tag = probe_message.parse_tag(item.subject)
+            if tag is None:
+                foreign += 1
+            elif not probe_message.verify_tag(self._key, tag):
+                forged += 1
+            elif tag.probe_id in wanted:
+                candidates.append(_Candidate(item=item, probe_id=tag.probe_id, tag=str(tag)))
+        return candidates, foreign, forged
+
+    def _sightings(self, wanted: Sequence[_Candidate], details: Sequence[_RawItem],
+                   seen_at: float) -> list[Sighting]:
+        by_id = {d.item_id: d for d in details}
+        estimate = self.clock.estimate()
+        sightings = []
+        for candidate in wanted:
+            detail = by_id.get(candidate.item.item_id)
+            stamp = parse_ews_datetime(detail.received if detail else candidate.item.received)
+            if detail is None or stamp is None:
+                continue
+            with self._lock:
+                first_seen = self._first_seen.setdefault(detail.item_id, seen_at)
+                self._verified.add(detail.item_id)
+            arrival = local_arrival(received_server=stamp[0].timestamp(), precise=stamp[1],
+                                    first_seen_local=first_seen, offset=estimate)
+            sightings.append(Sighting(
+                probe_id=candidate.probe_id, tag=candidate.tag, mailbox=self._config.name,
+                folder=candidate.item.folder, item_id=detail.item_id, change_key=detail.change_key,
+                message_id=detail.message_id, subject=detail.subject, received_server=stamp[0],
+                received_precise=stamp[1], received_local=arrival.at,
+                received_uncertainty=(arrival.latest - arrival.earliest) / 2, first_seen_local=first_seen,
+                hops=parse_received([v for k, v in detail.headers if k.lower() == "received"]),
+            ))
+        return sightings
+
+    def _retrying(self, action: Callable[[], T], deadline: float) -> T:
+        """Run ``action``; when the server is busy, wait its back-off and try again, a bounded number of times."""
+        for attempt in range(1, MAX_TRIES + 1):
+            try:
+                return action()
+            except Exception as exc:
+                if classify(exc) is not MailboxReason.THROTTLED or attempt == MAX_TRIES:
+                    raise
+                wait = float(getattr(exc, "back_off", None) or 1.0)
+                if time.time() + wait > deadline:
+                    raise
+                log.info("mailbox %s: server busy, retrying in %.3f s", self._config.name, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    # -- cleanup --------------------------------------------------------------------------------------
+
+    def cleanup(self, item_ids: Sequence[tuple[str, str]]) -> list[str]:
+        """Delete verified probe messages the configured way; return the ids now gone; never raise.
+
+        Ids this mailbox has not itself seen verified are read first and deleted only if their tag verifies.
+        """
+        if not item_ids or self._config.cleanup == "keep":
+            return []
+        deadline = time.time() + 2 * self._config.ews.timeout
+        try:
+            ids = self._retrying(lambda: self._verified_ids(item_ids), deadline)
+            if not ids:
+                return []
+            return self._retrying(lambda: self._delete(ids), deadline)
+        except Exception as exc:  # a failed cleanup is retried on the next poll
+            log.warning("mailbox %s: cleanup failed (%s): %s", self._config.name, classify(exc), describe(exc))
+            return []
+
+    def _verified_ids(self, item_ids: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        with self._lock:
+            known = [i for i in item_ids if i[0] in self._verified]
+            unknown = [i for i in item_ids if i[0] not in self._verified]
+        if unknown:
+            probes = [_RawItem(item_id=i, change_key=c, folder="", subject="", received=None, message_id="",
+                               headers=()) for i, c in unknown]
+            for item in self._get(probes):
+                tag = probe_message.parse_tag(item.subject)
+                if tag is not None and probe_message.verify_tag(self._key, tag):
+                    known.append((item.item_id, item.change_key))
+        return known
+
+    def _delete(self, ids: Sequence[tuple[str, str]]) -> list[str]:
+        service = DeleteItem(account=self._account, chunk_size=GET_CHUNK)
+        results = list(service.call(
+            items=list(ids), delete_type=_DELETE_TYPES[self._config.cleanup],
+            send_meeting_cancellations="SendToNone", affected_task_occurrences="AllOccurrences",
+            suppress_read_receipts=True,
+        ))
+        gone = []
+        for (item_id, _ck), result in zip(ids, results, strict=False):
+            if result is True or type(result).__name__ == "ErrorItemNotFound":
+                gone.append(item_id)
+            elif isinstance(result, Exception):
+                raise result
+        with self._lock:
+            self._verified.difference_update(gone)
+        return gone
+
+    # -- watch ----------------------------------------------------------------------------------------
+
+    def watch(self, on_new_mail: Callable[[float], None]) -> EwsWatch:
+        """Open a streaming subscription on the folders and call ``on_new_mail(time)`` on each NewMail event."""
+        account = _account(self._config, self.clock, max_connections=1)
+        watch = EwsWatch(account=account, folders=self._folders, on_new_mail=on_new_mail, name=self._config.name)
+        with self._lock:
+            self._watches.append(watch)
+        watch.start()
+        return watch
+
+    def close(self) -> None:
+        """Stop every watch and close this mailbox's connections."""
+        with self._lock:
+            watches, self._watches = self._watches, []
+        for watch in watches:
+            watch.stop()
+        self._account.protocol.close()
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Candidate:
+    item: _RawItem
+    probe_id: str
+    tag: str
+
+
+def _raise_first(results: Iterable[Any]) -> list[Any]:
+    items = list(results)
+    for item in items:
+        if isinstance(item, Exception):
+            raise item
+    return items
+
+
+class EwsWatch:
+    """A background thread holding a streaming subscription open, reopening it after each timeout or error."""
+
+    RETRY_SECONDS: Final = 5.0
+
+    def __init__(self, *, account: Account, folders: Sequence[DistinguishedFolderId],
+                 on_new_mail: Callable[[float], None], name: str) -> None:
+        self._account = account
+        self._folders = list(folders)
+        self._on_new_mail = on_new_mail
+        self._name = name
+        self._stopping = threading.Event()
+        self._service: _NewMailEvents | None = None
+        self._connected = False
+        self._last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name=f"ews-watch-{name}", daemon=True)
+
+    @property
+    def connected(self) -> bool:
+        """Say whether the notification stream is open now."""
+        return self._connected
+
+    @property
+    def last_error(self) -> str | None:
+        """Return the last error of the stream (redacted), if any."""
+        return self._last_error
+
+    def start(self) -> None:
+        """Start the background thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching and wait up to ``timeout`` seconds for the stream to close."""
+        self._stopping.set()
+        service = self._service
+        if service is not None and service.streaming:
+            try:
+                service.stop_streaming()
+            except Exception:  # the reading thread may have closed it first
+                log.debug("mailbox %s: stream already closed", self._name)
+        self._thread.join(timeout)
+        self._account.protocol.close()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._subscribed()
+            except Exception as exc:  # the watch outlives any one failure
+                self._connected = False
+                if self._stopping.is_set():
+                    break
+                self._last_error = f"{classify(exc)}: {describe(exc)}"
+                log.warning("mailbox %s: watch stream failed: %s", self._name, self._last_error)
+                self._stopping.wait(self.RETRY_SECONDS)
+
+    def _subscribed(self) -> None:
+        subscription = SubscribeToStreaming(account=self._account).get(
+            folders=self._folders, event_types=["NewMailEvent"])
+        try:
+            while not self._stopping.is_set():
+                self._stream(subscription)
+        finally:
+            self._connected = False
+            try:
+                Unsubscribe(account=self._account).get(subscription_id=subscription, expect_result=None)
+            except Exception:  # the subscription expires on its own anyway
+                log.debug("mailbox %s: unsubscribe failed", self._name)
+
+    def _stream(self, subscription: str) -> None:
+        self._service = service = _NewMailEvents(account=self._account)
+        self._connected = True
+        for count in service.call(subscription_ids=[subscription], connection_timeout=WATCH_MINUTES):
+            if isinstance(count, Exception):
+                raise count
+            if count and not self._stopping.is_set():
+                self._notify()
+        self._connected = False
+
+    def _notify(self) -> None:
+        try:
+            self._on_new_mail(time.time())
+        except Exception:
+            log.exception("mailbox %s: the new-mail callback failed", self._name)

@@ -1,0 +1,121 @@
+"""Received headers parsed into hops, oldest first, with the delay between consecutive hops."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+_CLAUSES: Final = ("from", "by", "via", "with", "id", "for")
+_WORD: Final = re.compile(r"\(|[^\s()]+")
+_MAX_HEADER: Final = 4096  # a Received header longer than this is cut before parsing
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hop:
+    """One Received header: who handed the message to whom, how, and when."""
+
+    from_host: str | None
+    by_host: str | None
+    with_protocol: str | None
+    id: str | None
+    for_address: str | None
+    timestamp: datetime | None  # UTC; None when the date is missing or unreadable
+    delay: float | None  # seconds since the previous hop's timestamp; None for the first or when unknown
+    raw: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the hop as plain JSON values."""
+        return {
+            "from": self.from_host, "by": self.by_host, "with": self.with_protocol, "id": self.id,
+            "for": self.for_address, "timestamp": None if self.timestamp is None else self.timestamp.isoformat(),
+            "delay": self.delay,
+        }
+
+
+def parse_received(headers: Sequence[str]) -> tuple[Hop, ...]:
+    """Parse Received header values (in header order, newest first) into hops, oldest first; never raise."""
+    hops = [parse_hop(value) for value in reversed(headers)]
+    timed: list[Hop] = []
+    previous: datetime | None = None
+    for hop in hops:
+        delay = None
+        if hop.timestamp is not None and previous is not None:
+            delay = (hop.timestamp - previous).total_seconds()
+        timed.append(replace(hop, delay=delay))
+        if hop.timestamp is not None:
+            previous = hop.timestamp
+    return tuple(timed)
+
+
+def parse_hop(value: str) -> Hop:
+    """Parse one Received header value into a hop (without its delay); never raise."""
+    text = " ".join(str(value)[:_MAX_HEADER].split())
+    clauses_text, _, date_text = text.rpartition(";")
+    if not clauses_text:
+        clauses_text, date_text = text, ""
+    clauses = _clauses(clauses_text)
+    return Hop(
+        from_host=clauses.get("from"), by_host=clauses.get("by"), with_protocol=clauses.get("with"),
+        id=clauses.get("id"), for_address=_address(clauses.get("for")), timestamp=_timestamp(date_text),
+        delay=None, raw=text,
+    )
+
+
+def _clauses(text: str) -> dict[str, str]:
+    """Return the first word of each clause (from, by, with, id, for), comments skipped."""
+    found: dict[str, str] = {}
+    current: str | None = None
+    pos = 0
+    while (match := _WORD.search(text, pos)) is not None:
+        word = match.group(0)
+        pos = match.end()
+        if word == "(":
+            pos = _skip_comment(text, match.start())
+            continue
+        lowered = word.lower()
+        if lowered in _CLAUSES and lowered not in found:
+            current = lowered
+        elif current is not None:
+            found[current] = word
+            current = None
+    return found
+
+
+def _skip_comment(text: str, start: int) -> int:
+    """Return the index just past the (possibly nested) comment that opens at ``start``."""
+    depth = 0
+    for index in range(start, len(text)):
+        char = text[index]
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    return len(text)
+
+
+def _address(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value.strip("<>") or None
+
+
+def _timestamp(text: str) -> datetime | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        stamp = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if stamp.tzinfo is None:  # "-0000" means the zone is unknown; read it as UTC
+        stamp = stamp.replace(tzinfo=UTC)
+    try:
+        return stamp.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
