@@ -1,0 +1,30 @@
+"""What an EWS operation handler gets to work with: the store, the forest and the request's options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from probe.lab.store import MailboxStore
+
+if TYPE_CHECKING:
+    from probe.lab.ews.subscriptions import SubscriptionRegistry
+
+
+@dataclass(kw_only=True)
+class EwsRequest:
+    """One authenticated EWS request, as the operation handlers see it."""
+
+    store: MailboxStore
+    forest: str
+    operation: etree._Element
+    header: etree._Element | None
+    milliseconds: bool
+    default_mailbox: str
+    subscriptions: SubscriptionRegistry
+
+    def serves(self, address: str) -> bool:
+        """Say whether this endpoint serves the mailbox ``address``."""
+        return self.store.has_mailbox(address) and self.store.forest_of(address) == self.forest

@@ -1,0 +1,52 @@
+"""The table of EWS operations the lab answers, one handler per operation name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from lxml import etree
+
+from probe.lab.ews import folders, items, soap, subscriptions
+from probe.lab.ews.context import EwsRequest
+from probe.lab.ews.soap import m
+
+Handler = Callable[[EwsRequest], etree._Element]
+StreamHandler = Callable[[EwsRequest], Iterator[etree._Element]]
+
+
+def convert_id(request: EwsRequest) -> etree._Element:
+    """Answer ConvertId: the lab converts nothing, so every id is malformed (as DUMMY is on Exchange)."""
+    root, messages = soap.response("ConvertId")
+    for _ in request.operation.iterfind(f"{m('SourceIds')}/*"):
+        soap.error(messages, "ConvertId", "ErrorInvalidIdMalformed", "Id is malformed.")
+    return root
+
+
+OPERATIONS: Final[dict[str, Handler]] = {
+    "ConvertId": convert_id,
+    "GetFolder": folders.get_folder,
+    "FindItem": items.find_item,
+    "GetItem": items.get_item,
+    "DeleteItem": items.delete_item,
+    "MoveItem": items.move_item,
+    "Subscribe": subscriptions.subscribe,
+    "Unsubscribe": subscriptions.unsubscribe,
+    "GetEvents": subscriptions.get_events,
+}
+STREAMING_OPERATIONS: Final[dict[str, StreamHandler]] = {
+    "GetStreamingEvents": subscriptions.get_streaming_events,
+}
+
+
+def operation_name(operation: etree._Element) -> str:
+    """Return the local name of an operation element in the messages namespace, or raise SoapFault."""
+    qname = etree.QName(operation)
+    if qname.namespace != soap.M_NS:
+        raise soap.SoapFault("ErrorInvalidRequest", f"{qname.localname} is not an EWS operation.")
+    return qname.localname
+
+
+def is_known(name: str) -> bool:
+    """Say whether the lab answers this operation."""
+    return name in OPERATIONS or name in STREAMING_OPERATIONS

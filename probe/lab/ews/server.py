@@ -1,0 +1,358 @@
+"""The lab's EWS endpoint: HTTP/1.1 keep-alive over HTTPS and HTTP, auth, faults, stats and streaming."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+
+from lxml import etree
+
+from probe.lab.ews import soap
+from probe.lab.ews.auth import Authenticator, AuthResult, ConnectionAuth, NtlmUserFile
+from probe.lab.ews.context import EwsRequest
+from probe.lab.ews.operations import OPERATIONS, STREAMING_OPERATIONS, is_known, operation_name
+from probe.lab.ews.subscriptions import SubscriptionRegistry
+from probe.lab.faults import FaultRegistry
+from probe.lab.stats import LabStats
+from probe.lab.store import MailboxStore, StoredItem
+
+EWS_PATH: Final = "/EWS/Exchange.asmx"
+MAX_BODY: Final = 16 * 1024 * 1024
+log = logging.getLogger(__name__)
+
+ResponseObserver = Callable[[bytes, str], None]
+_observers: list[ResponseObserver] = []
+_observers_lock = threading.Lock()
+
+
+def add_response_observer(callback: ResponseObserver) -> None:
+    """Call ``callback(body, operation)`` with every SOAP envelope any lab EWS server sends."""
+    with _observers_lock:
+        _observers.append(callback)
+
+
+def remove_response_observer(callback: ResponseObserver) -> None:
+    """Stop calling an observer added with add_response_observer."""
+    with _observers_lock, contextlib.suppress(ValueError):
+        _observers.remove(callback)
+
+
+def _notify(body: bytes, operation: str) -> None:
+    with _observers_lock:
+        observers = list(_observers)
+    for observer in observers:
+        observer(body, operation)
+
+
+class _Dropped(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The connection is closed without a response (the unreachable fault)."""
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], ews: EwsServer, tls: ssl.SSLContext | None) -> None:
+        self.ews = ews
+        self.tls = tls
+        super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Handshake TLS in the connection's own thread, then serve it."""
+        conn = request
+        try:
+            if self.ews.fault("unreachable") is not None:
+                return
+            if self.tls is not None:
+                request.settimeout(10)
+                conn = self.tls.wrap_socket(request, server_side=True)
+            self.ews.track(conn, add=True)
+            self.RequestHandlerClass(conn, client_address, self)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("EWS connection from %s ended: %s", client_address, exc)
+        finally:
+            self.ews.track(conn, add=False)
+            if conn is not request:
+                with contextlib.suppress(OSError):
+                    conn.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Microsoft-IIS/10.0"
+    sys_version = ""
+    timeout = 300
+    server: _HttpServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.auth_state = ConnectionAuth()
+        self.user: str | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """Stamp the Date header on the forest's server clock."""
+        return email.utils.formatdate(self.server.ews.server_time(), usegmt=True)
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class dispatches on this name
+        self._plain(404 if self._path() != EWS_PATH.lower() else 405, b"")
+
+    def do_POST(self) -> None:  # noqa: N802 - the base class dispatches on this name
+        try:
+            self._post()
+        except _Dropped:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0].lower()
+
+    def _read_body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            return b""
+        return self.rfile.read(length)
+
+    def _post(self) -> None:
+        body = self._read_body()
+        ews = self.server.ews
+        if self._path() != EWS_PATH.lower():
+            self._plain(404, b"")
+            return
+        if ews.fault("unreachable") is not None:
+            raise _Dropped
+        slow = ews.fault("slow")
+        if slow is not None and ews.sleep(slow.seconds or 0.0):
+            raise _Dropped
+        parsed = _parse(body)
+        op_name = parsed[2] if isinstance(parsed, tuple) else "Invalid"
+        if not self._authenticated(ews):
+            return
+        ews.stats.count_ews(ews.forest, op_name)
+        if isinstance(parsed, soap.SoapFault):
+            self._fault(parsed, op_name)
+            return
+        self._answer(ews, parsed, op_name)
+
+    def _authenticated(self, ews: EwsServer) -> bool:
+        if ews.fault("unauthorized") is not None:
+            self._unauthorized(None)
+            return False
+        result: AuthResult = ews.authenticator.check(self.headers.get("Authorization"), self.auth_state)
+        if result.user is None:
+            self._unauthorized(result.challenge)
+            return False
+        self.user = result.user
+        return True
+
+    def _answer(self, ews: EwsServer, parsed: tuple[etree._Element | None, etree._Element, str],
+                op_name: str) -> None:
+        busy, broken = ews.fault("server_busy"), ews.fault("server_error")
+        if busy is not None:
+            self._fault(soap.SoapFault("ErrorServerBusy", "The server cannot service this request right now. "
+                                       "Try again later.", back_off_ms=busy.back_off_ms or 1000), op_name)
+            return
+        if broken is not None:
+            self._fault(soap.SoapFault("ErrorInternalServerError", "An internal server error occurred. "
+                                       "The operation failed."), op_name)
+            return
+        header, operation, _ = parsed
+        if not is_known(op_name):
+            self._fault(soap.SoapFault("ErrorInvalidRequest", f"The request is invalid: the lab does not "
+                                       f"implement {op_name}."), op_name)
+            return
+        request = ews.request(header, operation, anchor=self.headers.get("X-AnchorMailbox"), user=self.user)
+        if op_name in STREAMING_OPERATIONS:
+            self._stream(STREAMING_OPERATIONS[op_name](request), op_name)
+            return
+        try:
+            payload = soap.envelope(OPERATIONS[op_name](request))
+        except soap.SoapFault as fault:
+            self._fault(fault, op_name)
+            return
+        except Exception:
+            log.exception("EWS %s failed", op_name)
+            self._fault(soap.SoapFault("ErrorInternalServerError", "An internal server error occurred."), op_name)
+            return
+        self._soap(200, payload, op_name)
+
+    def _soap(self, status: int, payload: bytes, op_name: str) -> None:
+        _notify(payload, op_name)
+        self.send_response(status)
+        self.send_header("Content-Type", "text/xml; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _fault(self, fault: soap.SoapFault, op_name: str) -> None:
+        self._soap(fault.http_status, soap.fault_envelope(fault), op_name)
+
+    def _plain(self, status: int, payload: bytes, headers: list[tuple[str, str]] | None = None) -> None:
+        self.send_response(status)
+        for name, value in headers or []:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _unauthorized(self, challenge: str | None) -> None:
+        if challenge is not None:
+            self._plain(401, b"", [("WWW-Authenticate", challenge)])
+            return
+        realm = self.server.ews.host
+        self._plain(401, b"", [("WWW-Authenticate", "Negotiate"), ("WWW-Authenticate", "NTLM"),
+                               ("WWW-Authenticate", f'Basic realm="{realm}"')])
+
+    def _stream(self, bodies: Iterator[etree._Element], op_name: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for body in bodies:
+                payload = soap.envelope(body)
+                _notify(payload, op_name)
+                self.wfile.write(f"{len(payload):X}\r\n".encode() + payload + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except (OSError, ValueError):
+            self.close_connection = True
+        finally:
+            close = getattr(bodies, "close", None)
+            if close is not None:
+                close()
+
+
+def _parse(body: bytes) -> tuple[etree._Element | None, etree._Element, str] | soap.SoapFault:
+    try:
+        header, operation = soap.parse_envelope(body)
+        return header, operation, operation_name(operation)
+    except soap.SoapFault as fault:
+        return fault
+
+
+class EwsServer:
+    """One forest's EWS endpoint at /EWS/Exchange.asmx, over HTTPS (with ssl_context) and plain HTTP."""
+
+    def __init__(self, forest: str, *, store: MailboxStore, faults: FaultRegistry, stats: LabStats,
+                 users: dict[str, str], host: str, https_port: int = 0, http_port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.forest = forest
+        self.store = store
+        self.faults = faults
+        self.stats = stats
+        self.users = dict(users)
+        self.host = host
+        self.authenticator = Authenticator(users)
+        self.subscriptions = SubscriptionRegistry(forest)
+        self._ports = (https_port, http_port)
+        self._ssl_context = ssl_context
+        self._servers: list[_HttpServer] = []
+        self._threads: list[threading.Thread] = []
+        self._connections: set[Any] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.https_url: str | None = None
+        self.http_url: str | None = None
+
+    @property
+    def target(self) -> str:
+        """Return the fault target of this endpoint."""
+        return f"ews/{self.forest}"
+
+    def start(self) -> None:
+        """Listen on the HTTPS (when an SSL context is given) and HTTP ports and serve in threads."""
+        self.store.add_listener(self._on_new_item)
+        NtlmUserFile.register(id(self), self.users)
+        https_port, http_port = self._ports
+        if self._ssl_context is not None:
+            self.https_url = self._listen(https_port, self._ssl_context, "https")
+        self.http_url = self._listen(http_port, None, "http")
+
+    def _listen(self, port: int, tls: ssl.SSLContext | None, scheme: str) -> str:
+        server = _HttpServer((self.host, port), self, tls)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name=f"ews-{self.forest}-{scheme}", daemon=True)
+        thread.start()
+        self._servers.append(server)
+        self._threads.append(thread)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{server.server_address[1]}{EWS_PATH}"
+
+    def stop(self) -> None:
+        """Stop listening, end open streams and connections."""
+        self._stopped.set()
+        self.subscriptions.stop()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        NtlmUserFile.unregister(id(self))
+
+    def __enter__(self) -> EwsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def track(self, conn: Any, *, add: bool) -> None:
+        """Remember (or forget) an open connection, so stop() can close it."""
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def fault(self, kind: str) -> Any:
+        """Return the fault of this kind in force on this endpoint, if any."""
+        return self.faults.find(self.target, kind)
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep (the slow fault); True when the server stopped meanwhile."""
+        return self._stopped.wait(seconds)
+
+    def server_time(self) -> float:
+        """Return the forest's server clock: true time plus any clock_offset fault."""
+        offset = self.fault("clock_offset")
+        return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
+
+    def request(self, header: etree._Element | None, operation: etree._Element, *, anchor: str | None,
+                user: str | None) -> EwsRequest:
+        """Build the handler's view of one request."""
+        return EwsRequest(store=self.store, forest=self.forest, operation=operation, header=header,
+                          milliseconds=soap.wants_milliseconds(header),
+                          default_mailbox=self._default_mailbox(anchor, user), subscriptions=self.subscriptions)
+
+    def _default_mailbox(self, anchor: str | None, user: str | None) -> str:
+        for candidate in (anchor, user):
+            if candidate and self.store.has_mailbox(candidate) and self.store.forest_of(candidate) == self.forest:
+                return candidate.lower()
+        addresses = self.store.addresses(self.forest)
+        return addresses[0] if addresses else ""
+
+    def _on_new_item(self, item: StoredItem) -> None:
+        if not self._stopped.is_set() and self.store.forest_of(item.mailbox) == self.forest:
+            self.subscriptions.on_new_item(item)
