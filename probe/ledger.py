@@ -308,6 +308,13 @@ class Ledger:
         oldest = min((float(r["created_at"]) for r in rows), default=None)
         return [r["probe_id"] for r in rows], oldest
 
+    def open_counts(self) -> dict[tuple[str, str], int]:
+        """Return how many probes are waiting for a verdict, per (route, smart host)."""
+        with self._lock:
+            rows = self._db.execute("SELECT route, smart_host, COUNT(*) FROM probes WHERE state IN (?, ?)"
+                                    " GROUP BY route, smart_host", _OPEN_STATES).fetchall()
+        return {(r[0], r[1]): r[2] for r in rows}
+
     def pending_cleanup(self, mailbox: str, *, limit: int = 100) -> list[tuple[str, str]]:
         """Return (item_id, change_key) of verified sightings not yet cleaned up."""
         with self._lock:

@@ -1,0 +1,377 @@
+"""``mailflow-probe run``: scheduled probes through every smart host, confirmed per mailbox, as metrics.
+
+Threads: APScheduler runs one send job per (route, smart host) on a bounded pool, plus the expiry
+and housekeeping jobs; each mailbox has one watcher thread that searches when a notification
+arrives, when a deadline passes, and at its poll interval. A slow smart host or mailbox holds up
+only its own job or thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED, JobExecutionEvent, JobSubmissionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from probe.config import Config, ConfigError, MailboxConfig, load_config, redacted_config
+from probe.ledger import Decision, Ledger, LedgerError
+from probe.logs import configure_logging, log_decision
+from probe.mailbox.base import Mailbox, SearchResult, Watch
+from probe.mailbox.ews import EwsMailbox
+from probe.metrics import ProbeMetrics
+from probe.pipeline import Target, confirm, expire, send_probe, targets
+from probe.signing import load_or_create_key
+from probe.smtp import SubmitResult
+
+log = logging.getLogger("probe.daemon")
+
+SEND_WORKERS = 32
+EXPIRE_SECONDS = 1.0
+STREAMING_FALLBACK_POLL = 30.0
+RETENTION_SECONDS = 7 * 86400
+SHUTDOWN_GRACE = 5.0
+MailboxFactory = Callable[[MailboxConfig, bytes], Mailbox]
+
+
+class _Observer:
+    """Turn pipeline events into metrics and log lines, for pairs still configured."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def on_submit(self, target: Target, result: SubmitResult) -> None:
+        """Count a submission and time its stages."""
+        if self._daemon.has_pair(target.route.name, target.smart_host.name):
+            self._daemon.metrics.observe_submit(target.route.name, target.smart_host.name, result)
+
+    def on_search(self, mailbox: str, result: SearchResult) -> None:
+        """Record a mailbox's health."""
+        if mailbox in self._daemon.config.mailboxes:
+            self._daemon.metrics.observe_search(mailbox, result)
+        if not result.ok:
+            log.warning("mailbox search failed", extra={"mailbox": mailbox, "reason": str(result.error_reason),
+                                                        "error": result.error})
+
+    def on_decision(self, decision: Decision) -> None:
+        """Count a verdict and log its line."""
+        log_decision(log, decision)
+        if self._daemon.has_pair(decision.route, decision.smart_host):
+            self._daemon.metrics.observe_decision(decision)
+
+
+@dataclass
+class _MailboxWatcher:
+    """One mailbox's searcher thread and its notification stream."""
+
+    name: str
+    config: MailboxConfig
+    mailbox: Mailbox
+    wake: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    stream: Watch | None = None
+
+
+class Daemon:
+    """The probing daemon: config, ledger, scheduler, watchers, metrics."""
+
+    def __init__(self, config: Config, *, mailbox_factory: MailboxFactory | None = None,
+                 config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path or config.source
+        self.metrics = ProbeMetrics(config)
+        self.ledger = Ledger(config.state_file)
+        self.key = load_or_create_key(config.signing_key_file)
+        self._mailbox_factory = mailbox_factory or (lambda cfg, key: EwsMailbox(cfg, key=key))
+        self._observer = _Observer(self)
+        self._lock = threading.RLock()
+        self._pairs: dict[tuple[str, str], Target] = {}
+        self._watchers: dict[str, _MailboxWatcher] = {}
+        self._scheduled: dict[str, datetime] = {}
+        self._ready = threading.Event()
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(SEND_WORKERS), "house": ThreadPoolExecutor(2)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+        )
+        self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
+        self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Schedule every pair, start every mailbox watcher, and begin."""
+        self.scheduler.start()
+        self._apply(self.config, first=True)
+        self.scheduler.add_job(self._expire, IntervalTrigger(seconds=EXPIRE_SECONDS), id="expire",
+                               executor="house")
+        self.scheduler.add_job(self._housekeeping, IntervalTrigger(seconds=5), id="housekeeping",
+                               executor="house", next_run_time=datetime.now())
+        self.metrics.set_reload(True, time.time())
+        self._ready.set()
+        log.info("started", extra={"pairs": len(self._pairs), "mailboxes": len(self._watchers),
+                                   "state_file": str(self.config.state_file)})
+
+    def stop(self, timeout: float = SHUTDOWN_GRACE) -> bool:
+        """Stop scheduling and watching; wait up to ``timeout`` for running work. True when all stopped."""
+        self._ready.clear()
+        self.scheduler.shutdown(wait=False)
+        for watcher in list(self._watchers.values()):
+            self._stop_watcher(watcher, join=False)
+        end = time.monotonic() + timeout
+        for watcher in list(self._watchers.values()):
+            if watcher.thread is not None:
+                watcher.thread.join(max(0.0, end - time.monotonic()))
+        stragglers = [t for t in threading.enumerate() if t.name.startswith(("ThreadPoolExecutor", "mailbox-"))
+                      and t.is_alive()]
+        while stragglers and time.monotonic() < end:
+            time.sleep(0.05)
+            stragglers = [t for t in stragglers if t.is_alive()]
+        for watcher in self._watchers.values():
+            watcher.mailbox.close()
+        if not stragglers:
+            self.ledger.close()
+        log.info("stopped", extra={"clean": not stragglers})
+        return not stragglers
+
+    def ready(self) -> bool:
+        """Say whether the daemon is probing."""
+        return self._ready.is_set()
+
+    def has_pair(self, route: str, smart_host: str) -> bool:
+        """Say whether (route, smart host) is in the running configuration."""
+        return (route, smart_host) in self._pairs
+
+    # -- reload ------------------------------------------------------------------------------------
+
+    def reload(self) -> tuple[bool, str]:
+        """Load the config file again; apply it if valid, else keep the running one and say why."""
+        path = self.config_path
+        if path is None:
+            return False, "no configuration file to reload from"
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            self.metrics.set_reload(False, None)
+            log.error("reload refused: the running configuration is kept", extra={"error": exc.describe()})
+            return False, exc.describe()
+        with self._lock:
+            self._apply(new, first=False)
+            self.config = new
+            self.metrics.apply_config(new)
+        self.metrics.set_reload(True, time.time())
+        log.info("reloaded", extra={"pairs": len(self._pairs), "mailboxes": len(self._watchers)})
+        return True, f"reloaded: {len(self._pairs)} pairs, {len(self._watchers)} mailboxes"
+
+    def _apply(self, config: Config, *, first: bool) -> None:
+        new_pairs = {t.key: t for t in targets(config)}
+        for key in set(self._pairs) - set(new_pairs):
+            self.scheduler.remove_job(_job_id(key))
+        for key, target in new_pairs.items():
+            old = self._pairs.get(key)
+            if old is None or old != target:
+                self._schedule(target, replace=old is not None, spread=first or old is None)
+        self._pairs = new_pairs
+        self._apply_mailboxes(config)
+
+    def _schedule(self, target: Target, *, replace: bool, spread: bool) -> None:
+        route = target.route
+        first_run = datetime.now() + timedelta(seconds=random.uniform(0, route.interval) if spread else 0)
+        self.scheduler.add_job(
+            self._send, IntervalTrigger(seconds=route.interval, jitter=route.jitter or None),
+            args=(target.key,), id=_job_id(target.key), replace_existing=replace, next_run_time=first_run,
+        )
+
+    def _apply_mailboxes(self, config: Config) -> None:
+        for name in set(self._watchers) - set(config.mailboxes):
+            self._stop_watcher(self._watchers.pop(name), join=True)
+        for name, mconfig in config.mailboxes.items():
+            current = self._watchers.get(name)
+            if current is not None and current.config == mconfig:
+                continue
+            if current is not None:
+                self._stop_watcher(current, join=True)
+            self._watchers[name] = self._start_watcher(name, mconfig)
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def _on_submitted(self, event: JobSubmissionEvent) -> None:
+        if event.scheduled_run_times:
+            self._scheduled[event.job_id] = event.scheduled_run_times[-1]
+
+    def _on_missed(self, event: JobExecutionEvent) -> None:
+        log.warning("a scheduled probe was missed", extra={"job": event.job_id})
+
+    def _lag(self, job_id: str) -> None:
+        scheduled = self._scheduled.get(job_id)
+        if scheduled is not None:
+            self.metrics.observe_lag(max(0.0, time.time() - scheduled.timestamp()))
+
+    def _send(self, key: tuple[str, str]) -> None:
+        self._lag(_job_id(key))
+        target = self._pairs.get(key)
+        if target is None:
+            return
+        try:
+            send_probe(target, key=self.key, ledger=self.ledger, observer=self._observer)
+        except LedgerError as exc:
+            log.error("probe not sent: the state file cannot be written", extra={"error": str(exc)})
+        watcher = self._watchers.get(target.mailbox.name)
+        if watcher is not None:
+            watcher.wake.set()  # recompute its next deadline
+
+    def _expire(self) -> None:
+        unknown_after = max((r.timeout for r in self.config.routes), default=300.0)
+        expire(self.ledger, observer=self._observer, unknown_after=unknown_after)
+
+    def _housekeeping(self) -> None:
+        counts = self.ledger.open_counts()
+        for key in self._pairs:
+            self.metrics.set_in_flight(key[0], key[1], counts.get(key, 0))
+        self.ledger.prune(older_than=time.time() - RETENTION_SECONDS)
+
+    # -- mailbox watchers ---------------------------------------------------------------------------
+
+    def _start_watcher(self, name: str, mconfig: MailboxConfig) -> _MailboxWatcher:
+        watcher = _MailboxWatcher(name=name, config=mconfig, mailbox=self._mailbox_factory(mconfig, self.key))
+        if mconfig.watch == "streaming":
+            watcher.stream = watcher.mailbox.watch(lambda _at: watcher.wake.set())
+        watcher.thread = threading.Thread(target=self._watch_loop, args=(watcher,), name=f"mailbox-{name}",
+                                          daemon=True)
+        watcher.thread.start()
+        return watcher
+
+    def _stop_watcher(self, watcher: _MailboxWatcher, *, join: bool) -> None:
+        watcher.stopping.set()
+        watcher.wake.set()
+        if watcher.stream is not None:
+            watcher.stream.stop(timeout=1.0 if join else 0.1)
+        if join and watcher.thread is not None:
+            watcher.thread.join(SHUTDOWN_GRACE)
+            watcher.mailbox.close()
+
+    def _watch_loop(self, watcher: _MailboxWatcher) -> None:
+        while not watcher.stopping.is_set():
+            watcher.wake.wait(self._next_wait(watcher))
+            watcher.wake.clear()
+            if watcher.stopping.is_set():
+                return
+            self._search(watcher)
+
+    def _next_wait(self, watcher: _MailboxWatcher) -> float:
+        streaming_up = watcher.stream is not None and watcher.stream.connected
+        self.metrics.set_watcher(watcher.name, watcher.config.watch, streaming_up or watcher.config.watch == "polling")
+        poll = max(watcher.config.poll_interval, STREAMING_FALLBACK_POLL) if streaming_up else watcher.config.poll_interval
+        deadlines = [p.deadline for p in self.ledger.open_probes(watcher.name) if p.deadline > time.time()]
+        until_deadline = min(deadlines) - time.time() + 0.05 if deadlines else poll
+        return max(0.01, min(poll, until_deadline))
+
+    def _search(self, watcher: _MailboxWatcher) -> None:
+        late_window = max((r.timeout for r in self.config.routes), default=300.0) * 2
+        try:
+            confirm(watcher.name, watcher.mailbox, ledger=self.ledger, observer=self._observer,
+                    late_window=late_window, cleanup=watcher.config.cleanup != "keep")
+        except LedgerError as exc:
+            log.error("search results not recorded: the state file cannot be written", extra={"error": str(exc)})
+        except Exception:  # a bug must not kill the watcher thread; it is logged with its traceback
+            log.exception("mailbox watcher failed", extra={"mailbox": watcher.name})
+            time.sleep(1.0)
+
+    # -- for the web ---------------------------------------------------------------------------------
+
+    def status_config(self) -> dict[str, Any]:
+        """Return the effective configuration with secrets shown as <secret>."""
+        return redacted_config(self.config)
+
+
+def _job_id(key: tuple[str, str]) -> str:
+    return f"send:{key[0]}:{key[1]}"
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+class _WebSource:
+    """What the web server reads from the daemon."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def config(self) -> Config:
+        """Return the running configuration."""
+        return self._daemon.config
+
+    def history(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
+        """Return the recent verdicts of one pair."""
+        return self._daemon.ledger.history(route, smart_host, limit=limit)
+
+    def ready(self) -> bool:
+        """Say whether the daemon is probing."""
+        return self._daemon.ready()
+
+    def reload(self) -> tuple[bool, str]:
+        """Reload the configuration."""
+        return self._daemon.reload()
+
+
+def start_daemon(config_path: Path, *, listen_address: str, web_config_file: str | None = None,
+                 mailbox_factory: MailboxFactory | None = None) -> tuple[Daemon, Any]:
+    """Load the config, start the daemon and its web server; return both (errors raise ConfigError etc.)."""
+    from probe.web import serve
+    from probe.webconfig import load_web_config
+
+    config = load_config(config_path)
+    web_config = load_web_config(Path(web_config_file)) if web_config_file else None
+    daemon = Daemon(config, mailbox_factory=mailbox_factory, config_path=config_path)
+    server = serve(listen_address, source=_WebSource(daemon), metrics=daemon.metrics, web_config=web_config)
+    daemon.start()
+    return daemon, server
+
+
+def run_until_signalled(daemon: Daemon, server: Any, *, stop: threading.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (reload on SIGHUP); stop within 10 s; return 0."""
+    stop = stop or threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=daemon.reload, daemon=True).start())
+    while not stop.wait(0.5):
+        pass
+    log.info("shutting down", extra={"in_flight": len(daemon.ledger.open_probes())})
+    server.close()
+    clean = daemon.stop()
+    logging.shutdown()
+    if not clean:
+        # A submission or search still running would hold the exit up to its network timeout; what it was
+        # doing is in the state file already and is resolved after the next start.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``mailflow-probe run``."""
+    configure_logging(args.log_format, args.log_level)
+    try:
+        daemon, server = start_daemon(Path(args.config_file), listen_address=args.listen_address,
+                                      web_config_file=args.web_config_file)
+    except ConfigError as exc:
+        print(f"mailflow-probe run: {exc.describe()}", file=sys.stderr)
+        return 2
+    except (LedgerError, OSError, ValueError) as exc:
+        print(f"mailflow-probe run: {exc}", file=sys.stderr)
+        return 1
+    return run_until_signalled(daemon, server)
