@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# mailflow-probe: the daemon's image. Two stages: wheels are built in the first and installed into a
+# virtual environment at /opt/venv; the second copies only that venv onto a fresh base.
+#
+# BASE_IMAGE must provide python3 (>= 3.11) with the venv module: the official python:3.11-slim-bookworm
+# does, and so does a Debian bookworm with python3, python3-venv and python3-pip (scripts/build-image
+# makes one with debootstrap). Nothing below assumes /usr/local/bin/python: only `python3` on PATH.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python3 -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY probe ./probe
+# Wheels for the package and every dependency, then an install from those wheels alone.
+RUN /opt/venv/bin/python3 -m pip wheel --no-cache-dir --wheel-dir /wheels . \
+ && /opt/venv/bin/python3 -m pip install --no-cache-dir --no-index --find-links /wheels /wheels/*.whl \
+ && /opt/venv/bin/mailflow-probe --version
+
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="mailflow-probe" \
+      org.opencontainers.image.description="Cross-forest mail flow probing through each smart host, confirmed over EWS, exported to Prometheus" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN groupadd --system --gid 10001 mailflow \
+ && useradd --system --uid 10001 --gid mailflow --no-create-home --home-dir /var/lib/mailflow-probe \
+      --shell /usr/sbin/nologin mailflow \
+ && mkdir -p /etc/mailflow-probe /var/lib/mailflow-probe \
+ && chown mailflow:mailflow /var/lib/mailflow-probe \
+ && chmod 0750 /var/lib/mailflow-probe
+COPY --from=builder /opt/venv /opt/venv
+USER 10001:10001
+WORKDIR /var/lib/mailflow-probe
+VOLUME ["/etc/mailflow-probe", "/var/lib/mailflow-probe"]
+EXPOSE 9425
+# No curl in a slim base: ask /-/healthy with the standard library, with a timeout.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python3", "-c", "import sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:9425/-/healthy', timeout=4); sys.exit(0 if r.status == 200 else 1)"]
+ENTRYPOINT ["mailflow-probe"]
+CMD ["run", "--config.file", "/etc/mailflow-probe/config.yaml", "--web.listen-address", ":9425"]
