@@ -43,7 +43,8 @@ class AdminServer:
         self._httpd = ThreadingHTTPServer((host, port), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.admin = self  # type: ignore[attr-defined]  # the handler finds its server here
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="lab-admin", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="lab-admin", daemon=True)
 
     @property
     def url(self) -> str:

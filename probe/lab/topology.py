@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -324,11 +325,11 @@ class Lab:
                 host=EWS_HOST, https_port=FIXED_EWS_HTTPS_PORT + i if self.fixed_ports else 0,
                 http_port=FIXED_EWS_HTTP_PORT + i if self.fixed_ports else 0,
                 ssl_context=context.server_context())
+            self._parts.ews.append(server)  # before start(), so that stop() ends a half-started one
             try:
                 server.start()
             except OSError as exc:
                 raise LabError(f"the EWS endpoint of {forest.name} cannot listen: {exc}") from exc
-            self._parts.ews.append(server)
             forest.ews_url, forest.ews_http_url = str(server.https_url), str(server.http_url)
 
     def _start_admin(self) -> None:
@@ -344,12 +345,13 @@ class Lab:
     def stop(self) -> None:
         """Stop everything the lab started (safe to call twice)."""
         parts, self._parts = self._parts, _Parts()
-        if parts.admin is not None:
-            parts.admin.stop()
-        for server in parts.ews:
-            server.stop()
-        if parts.fleet is not None:
-            parts.fleet.stop()
+        stoppers = [server.stop for server in parts.ews]
+        stoppers += [part.stop for part in (parts.admin, parts.fleet) if part is not None]
+        threads = [threading.Thread(target=stop, name="lab-stop") for stop in stoppers]
+        for thread in threads:  # in parallel: each HTTP server waits out its poll interval
+            thread.start()
+        for thread in threads:
+            thread.join(15)
 
     # -- files
 
@@ -422,7 +424,8 @@ class Lab:
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: thousands of smart hosts dump fast
+        path.write_text(yaml.dump(config, Dumper=dumper, sort_keys=False), encoding="utf-8")
         return path
 
     def _chosen_routes(self, names: list[str]) -> list[LabRoute]:
