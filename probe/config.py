@@ -379,7 +379,7 @@ def _scalar(ctx: _Context, node: yaml.Node, path: str) -> object:
 
 
 def _did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.7)
     return f'; did you mean "{close[0]}"?' if close else ""
 
 
