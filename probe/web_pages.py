@@ -1,0 +1,227 @@
+"""The HTML of the status page and the debug view: plain HTML and CSS, every value escaped and redacted."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from enum import Enum
+from html import escape
+from pathlib import Path
+from typing import Any, Final, Protocol
+from urllib.parse import urlencode
+
+import yaml
+
+from probe.config import Config, RouteConfig, SmartHostConfig
+from probe.secret import REDACTED, Secret, redact
+
+HISTORY_LIMIT: Final = 20
+REFRESH_SECONDS: Final = 10
+_SYMBOLS: Final = {"delivered": "✓", "send_failed": "✗", "lost": "✗", "late": "!", "unknown": "?"}
+
+_CSS: Final = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.4em;margin:0 0 .2em} h2{font-size:1.15em;margin:1.4em 0 .4em} h3{font-size:1em;margin:1.2em 0 .3em}
+.meta{color:#666;font-size:.9em} table{border-collapse:collapse;background:#fff;margin:.3em 0}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top} th{background:#f0f0f0}
+.v{font-weight:600;padding:.1em .5em;border-radius:3px;color:#fff;white-space:nowrap}
+.chip{display:inline-block;width:1.3em;height:1.3em;line-height:1.3em;margin:0 1px;text-align:center;
+ border-radius:3px;color:#fff;text-decoration:none;font-size:.85em}
+.delivered{background:#2e7d32}.send_failed{background:#c62828}.lost{background:#6a1b9a}
+.late{background:#ef6c00}.unknown{background:#757575}.none{background:#bdbdbd}
+pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow-x:auto;font-size:12.5px}
+a{color:#1565c0}
+"""
+
+
+class HistorySource(Protocol):
+    """Where the pages read the configuration and the recent verdicts from."""
+
+    def config(self) -> Config:
+        """Return the configuration in force."""
+        ...
+
+    def history(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
+        """Return the latest decided probes of a pair, newest first (probe.ledger.Ledger.history rows)."""
+        ...
+
+
+def _e(value: object) -> str:
+    """Return ``value`` redacted and escaped for HTML."""
+    return escape(redact("" if value is None else str(value)), quote=True)
+
+
+def _page(title: str, body: str, *, refresh: bool) -> str:
+    meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{meta}'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>{body}</body></html>\n")
+
+
+def _stamp(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _when(stamp: float | None, now: float) -> str:
+    if stamp is None:
+        return ""
+    return f"{_stamp(stamp)} ({max(0, round(now - stamp))} s ago)"
+
+
+def _latency(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f} s"
+
+
+def debug_link(route: str, smart_host: str, probe_id: str | None = None) -> str:
+    """Return the debug view's URL for a pair (and one of its probes)."""
+    query = {"route": route, "smart_host": smart_host}
+    if probe_id is not None:
+        query["probe_id"] = probe_id
+    return "/debug?" + urlencode(query)
+
+
+def _verdict(state: str | None) -> str:
+    state = state or "none"
+    label = "no verdict yet" if state == "none" else state
+    return f'<span class="v {_e(state)}">{_e(label)}</span>'
+
+
+def _chips(route: str, smart_host: str, rows: Sequence[Mapping[str, Any]], now: float) -> str:
+    chips = []
+    for row in reversed(rows):  # oldest left, newest right
+        state = str(row.get("state") or "none")
+        title = " ".join(p for p in (state, _latency(row.get("latency")), row.get("stage") or "",
+                                     row.get("reason") or "", _when(row.get("decided_at"), now)) if p)
+        chips.append(f'<a class="chip {_e(state)}" title="{_e(title)}" '
+                     f'href="{_e(debug_link(route, smart_host, row.get("probe_id")))}">'
+                     f'{_e(_SYMBOLS.get(state, "?"))}</a>')
+    return "".join(chips)
+
+
+def _pair_row(source: HistorySource, route: RouteConfig, host: SmartHostConfig, now: float) -> str:
+    rows = source.history(route.name, host.name, HISTORY_LIMIT)
+    last: Mapping[str, Any] = rows[0] if rows else {}
+    where = " / ".join(str(p) for p in (last.get("stage"), last.get("reason")) if p)
+    return (f"<tr><td>{_e(host.name)}<br><span class=meta>{_e(host.host)}:{host.port} {_e(host.tls)}</span></td>"
+            f"<td>{_verdict(last.get('state'))}</td><td>{_e(_latency(last.get('latency')))}</td>"
+            f"<td>{_e(where)}</td><td>{_e(last.get('smtp_code'))}</td>"
+            f"<td>{_e(_when(last.get('decided_at'), now))}</td>"
+            f"<td>{_chips(route.name, host.name, rows, now)}</td>"
+            f'<td><a href="{_e(debug_link(route.name, host.name))}">debug</a></td></tr>')
+
+
+def status_page(source: HistorySource, *, now: float | None = None) -> str:
+    """Return the status page: per route and smart host, the last verdict and the recent history."""
+    now = time.time() if now is None else now
+    config = source.config()
+    parts = [f"<h1>mailflow-probe</h1><p class=meta>{_e(_stamp(now))} · refreshes every "
+             f'{REFRESH_SECONDS} s · <a href="/metrics">metrics</a></p>']
+    if not config.routes:
+        parts.append("<p>No routes are configured.</p>")
+    for route in config.routes:
+        parts.append(f"<h2>{_e(route.name)}</h2><p class=meta>{_e(route.sender)} → {_e(config.recipient_of(route))}"
+                     f" (mailbox {_e(route.mailbox)}), every {route.interval:g} s, timeout {route.timeout:g} s</p>")
+        parts.append("<table><tr><th>smart host</th><th>last verdict</th><th>latency</th><th>stage / reason</th>"
+                     "<th>SMTP code</th><th>decided</th><th>recent (oldest → newest)</th><th></th></tr>")
+        parts.extend(_pair_row(source, route, host, now) for host in route.smart_hosts)
+        parts.append("</table>")
+    return _page("mailflow-probe status", "".join(parts), refresh=True)
+
+
+# -- the debug view ------------------------------------------------------------------------------------
+
+
+def plain(value: object) -> Any:
+    """Return config values as plain data, every ``Secret`` as ``<secret>``."""
+    if isinstance(value, Secret):
+        return REDACTED
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if isinstance(value, Enum | Path):
+        return str(value)
+    return value
+
+
+def _table(mapping: Mapping[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_show(v))}</td></tr>" for k, v in mapping.items())
+    return f"<table>{rows}</table>"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return "" if value is None else str(value)
+
+
+def _hops(hops: Sequence[Mapping[str, Any]]) -> str:
+    columns: list[str] = []
+    for hop in hops:
+        columns += [k for k in hop if k not in columns]
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(_show(hop.get(c)))}</td>" for c in columns) + "</tr>"
+                   for hop in hops)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _probe_section(row: Mapping[str, Any], now: float) -> str:
+    detail = row.get("detail") or {}
+    summary = {"verdict": row.get("state"), "latency": _latency(row.get("latency")), "stage": row.get("stage"),
+               "reason": row.get("reason"), "SMTP code": row.get("smtp_code"),
+               "decided": _when(row.get("decided_at"), now), "message id": row.get("message_id"),
+               "probe id": row.get("probe_id")}
+    parts = [f"<h2>Probe {_e(row.get('probe_id'))}</h2>", _table(summary)]
+    transcript = detail.get("transcript") or []
+    parts.append("<h3>SMTP transcript (redacted)</h3>")
+    parts.append(f"<pre>{_e(chr(10).join(str(line) for line in transcript))}</pre>" if transcript
+                 else "<p>No transcript was kept.</p>")
+    parts.append("<h3>Hops (Received headers, oldest first)</h3>")
+    hops = detail.get("hops") or []
+    parts.append(_hops(hops) if hops else "<p>No hops known.</p>")
+    parts.append("<h3>TLS</h3>")
+    tls = detail.get("tls")
+    parts.append(_table(tls) if isinstance(tls, Mapping) and tls else "<p>No TLS facts.</p>")
+    rest = {k: v for k, v in detail.items() if k not in ("transcript", "hops", "tls")}
+    if rest:
+        parts.append("<h3>Other details</h3>" + _table(rest))
+    return "".join(parts)
+
+
+def _effective_config(config: Config, route: RouteConfig, host: SmartHostConfig) -> str:
+    effective = {
+        "route": {k: v for k, v in plain(route).items() if k != "smart_hosts"},
+        "smart_host": plain(host),
+        "mailbox": plain(config.mailboxes.get(route.mailbox)),
+    }
+    text = yaml.safe_dump(effective, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return f"<h2>Effective configuration</h2><pre>{_e(text)}</pre>"
+
+
+def find_pair(config: Config, route: str, smart_host: str) -> tuple[RouteConfig, SmartHostConfig] | None:
+    """Return the configured route and smart host of a pair, or None."""
+    for each in config.routes:
+        if each.name == route:
+            for host in each.smart_hosts:
+                if host.name == smart_host:
+                    return each, host
+    return None
+
+
+def debug_page(source: HistorySource, route: RouteConfig, host: SmartHostConfig, *, probe_id: str | None = None,
+               now: float | None = None) -> str:
+    """Return the debug view of a pair: a probe's transcript, hops and TLS facts, and the effective config."""
+    now = time.time() if now is None else now
+    rows = source.history(route.name, host.name, HISTORY_LIMIT)
+    chosen = next((r for r in rows if r.get("probe_id") == probe_id), rows[0] if rows else None)
+    parts = [f'<p><a href="/">← status</a></p><h1>{_e(route.name)} via {_e(host.name)}</h1>',
+             f"<p class=meta>recent: {_chips(route.name, host.name, rows, now)}</p>"]
+    parts.append(_probe_section(chosen, now) if chosen is not None else "<p>No probe of this pair has a verdict "
+                 "yet.</p>")
+    parts.append(_effective_config(source.config(), route, host))
+    return _page(f"mailflow-probe: {route.name} via {host.name}", "".join(parts), refresh=False)
