@@ -308,8 +308,12 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _classify(exc: OSError, stage: Stage) -> _SendFailedError:
-    """Map a network, TLS or SMTP exception at ``stage`` to DESIGN.md's stage and reason."""
+def _classify(exc: OSError, stage: Stage, *, heard_server: bool) -> _SendFailedError:
+    """Map a network, TLS or SMTP exception at ``stage`` to DESIGN.md's stage and reason.
+
+    A connection reset before the server said anything is a refusal (stage connect): that is how
+    firewalls, connection limits and listeners that abort look from the client.
+    """
     text = " ".join(str(exc).split()) or type(exc).__name__
     timed_out = _caused_by(exc, TimeoutError)
     if isinstance(exc, smtplib.SMTPResponseException) and not timed_out:
@@ -320,6 +324,8 @@ def _classify(exc: OSError, stage: Stage) -> _SendFailedError:
         stage, reason, what = Stage.CONNECT, SendReason.DNS, "the smart host's name does not resolve"
     elif timed_out:
         reason, what = SendReason.TIMEOUT, f"{stage.value} timed out"
+    elif not heard_server and _caused_by(exc, ConnectionResetError):
+        stage, reason, what = Stage.CONNECT, SendReason.REFUSED, "the connection was reset before the banner"
     elif isinstance(exc, ssl.SSLCertVerificationError):
         reason, what = SendReason.TLS_CERTIFICATE, "the certificate was not accepted"
         text = exc.verify_message or text
@@ -412,7 +418,7 @@ def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes
     except _SendFailedError as stopped:
         failure = stopped
     except OSError as exc:  # socket, ssl and smtplib errors are all OSErrors
-        failure = _classify(exc, session.watch.stage)
+        failure = _classify(exc, session.watch.stage, heard_server=session.reply_at is not None)
     finally:
         session.watch.stop()
         accepted_at = session.reply_at
