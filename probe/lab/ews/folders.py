@@ -17,9 +17,11 @@ ITEM_FOLDERS: Final = ("inbox", "junkemail", "deleteditems")
 DISPLAY_NAMES: Final = {
     "root": "Root", "msgfolderroot": "Top of Information Store", "inbox": "Inbox",
     "junkemail": "Junk Email", "deleteditems": "Deleted Items",
+    "recoverableitemsroot": "Recoverable Items", "recoverableitemsdeletions": "Deletions",
 }
 PARENTS: Final = {"root": None, "msgfolderroot": "root", "inbox": "msgfolderroot",
-                  "junkemail": "msgfolderroot", "deleteditems": "msgfolderroot"}
+                  "junkemail": "msgfolderroot", "deleteditems": "msgfolderroot",
+                  "recoverableitemsroot": "root", "recoverableitemsdeletions": "recoverableitemsroot"}
 FOLDER_CHANGE_KEY: Final = "AQAAABYAAAA="
 
 
@@ -83,9 +85,19 @@ def resolve_all(container: etree._Element | None, request: EwsRequest) -> list[F
     return results
 
 
+def children(name: str) -> list[str]:
+    """Return the direct child folders of a folder."""
+    return [child for child, parent in PARENTS.items() if parent == name]
+
+
+def descendants(name: str) -> list[str]:
+    """Return every folder below a folder, depth first."""
+    return [n for child in children(name) for n in (child, *descendants(child))]
+
+
 def _counts(ref: FolderRef, request: EwsRequest) -> tuple[int, int]:
     if ref.name not in ITEM_FOLDERS:
-        return 0, 3 if ref.name == "msgfolderroot" else 1
+        return 0, len(children(ref.name))
     return len(request.store.items(ref.address, [ref.name])), 0
 
 
@@ -97,7 +109,7 @@ def folder_element(parent: etree._Element, ref: FolderRef, request: EwsRequest) 
     if parent_name is not None:
         sub(folder, t("ParentFolderId"), Id=folder_id(FolderRef(ref.address, parent_name)),
             ChangeKey=FOLDER_CHANGE_KEY)
-    if ref.name in ITEM_FOLDERS:
+    if ref.name in ITEM_FOLDERS or ref.name == "recoverableitemsdeletions":
         sub(folder, t("FolderClass"), "IPF.Note")
     sub(folder, t("DisplayName"), DISPLAY_NAMES[ref.name])
     total, children = _counts(ref, request)
@@ -122,4 +134,22 @@ def get_folder(request: EwsRequest) -> etree._Element:
             continue
         msg = soap.success(messages, "GetFolder")
         folder_element(sub(msg, m("Folders")), ref, request)
+    return root
+
+
+def find_folder(request: EwsRequest) -> etree._Element:
+    """Answer FindFolder: the child folders (Shallow) or all folders below (Deep) of each parent, unpaged."""
+    root, messages = soap.response("FindFolder")
+    deep = request.operation.get("Traversal") == "Deep"
+    for ref in resolve_all(request.operation.find(m("ParentFolderIds")), request):
+        if isinstance(ref, FolderError):
+            soap.error(messages, "FindFolder", ref.code, ref.text)
+            continue
+        names = descendants(ref.name) if deep else children(ref.name)
+        msg = soap.success(messages, "FindFolder")
+        found = sub(msg, m("RootFolder"), IndexedPagingOffset=str(len(names)), TotalItemsInView=str(len(names)),
+                    IncludesLastItemInRange="true")
+        container = sub(found, t("Folders"))
+        for name in names:
+            folder_element(container, FolderRef(ref.address, name), request)
     return root

@@ -12,7 +12,7 @@ from lxml import etree
 
 from probe.lab.ews import soap
 from probe.lab.ews.context import EwsRequest
-from probe.lab.ews.folders import FolderError, FolderRef, folder_id, resolve, resolve_all
+from probe.lab.ews.folders import ITEM_FOLDERS, FolderError, FolderRef, folder_id, resolve, resolve_all
 from probe.lab.ews.restrictions import (
     RestrictionError,
     compile_query_string,
@@ -146,7 +146,7 @@ def item_element(parent: etree._Element, item: StoredItem, shape: Shape, request
 
 def _filtered(request: EwsRequest, ref: FolderRef) -> list[StoredItem]:
     op = request.operation
-    items = request.store.items(ref.address, [ref.name])
+    items = request.store.items(ref.address, [ref.name]) if ref.name in ITEM_FOLDERS else []
     restriction = op.find(m("Restriction"))
     if restriction is not None and len(restriction):
         predicate = compile_restriction(restriction[0])
@@ -209,9 +209,11 @@ def _requested_items(request: EwsRequest) -> list[StoredItem | None]:
 
 
 def _not_found(messages: etree._Element, operation: str) -> None:
-    soap.error(messages, operation, "ErrorItemNotFound",
-               "The specified object was not found in the store., The process failed to get the correct "
-               "properties.")
+    msg = soap.error(messages, operation, "ErrorItemNotFound",
+                     "The specified object was not found in the store., The process failed to get the correct "
+                     "properties.")
+    if operation in ("GetItem", "MoveItem"):
+        sub(msg, m("Items"))
 
 
 def get_item(request: EwsRequest) -> etree._Element:
@@ -261,7 +263,7 @@ def move_item(request: EwsRequest) -> etree._Element:
     root, messages = soap.response("MoveItem")
     for item in _requested_items(request):
         if isinstance(ref, FolderError):
-            soap.error(messages, "MoveItem", ref.code, ref.text)
+            sub(soap.error(messages, "MoveItem", ref.code, ref.text), m("Items"))
             continue
         moved = None if item is None or item.mailbox != ref.address else request.store.move(item.item_id, ref.name)
         if moved is None:

@@ -26,6 +26,7 @@ def convert_id(request: EwsRequest) -> etree._Element:
 OPERATIONS: Final[dict[str, Handler]] = {
     "ConvertId": convert_id,
     "GetFolder": folders.get_folder,
+    "FindFolder": folders.find_folder,
     "FindItem": items.find_item,
     "GetItem": items.get_item,
     "DeleteItem": items.delete_item,
