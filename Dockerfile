@@ -8,6 +8,10 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
+# pip reads these: by default it uses its index; an offline build passes a wheelhouse instead, e.g.
+#   --volume "$PWD/wheelhouse:/wheelhouse:ro" --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse
+ARG PIP_NO_INDEX=0
+ARG PIP_FIND_LINKS=/wheelhouse
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
