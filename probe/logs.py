@@ -128,7 +128,7 @@ def parse_level(level: str) -> int:
         raise ValueError(f"unknown log level {level!r}: use debug, info, warn or error") from None
 
 
-def configure_logging(*, fmt: LogFormat = "logfmt", level: str = "info", stream: TextIO | None = None) -> None:
+def configure_logging(fmt: LogFormat = "logfmt", level: str = "info", *, stream: TextIO | None = None) -> None:
     """Send the ``probe`` loggers' lines to ``stream`` (stderr) in ``fmt``, at ``level`` and above."""
     if fmt not in ("logfmt", "json"):
         raise ValueError(f"unknown log format {fmt!r}: use logfmt or json")

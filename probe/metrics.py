@@ -342,11 +342,11 @@ class ProbeMetrics:
         """Record how late a scheduled job started."""
         self.lag.observe(max(0.0, seconds))
 
-    def set_reload(self, ok: bool, ts: float) -> None:
+    def set_reload(self, ok: bool, ts: float | None) -> None:
         """Record a configuration (re)load's outcome; ``ts`` counts only when it worked."""
         with self._lock:
             self.reload_ok.set(1 if ok else 0)
-            if ok:
+            if ok and ts is not None:
                 self.reload_time.set(ts)
 
     def set_watcher(self, mailbox: str, mode: str, up: bool) -> None:
