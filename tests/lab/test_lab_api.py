@@ -90,6 +90,19 @@ def test_probe_yaml_is_a_ready_config_for_the_lab(lab: Lab) -> None:
     assert lab.smart_host("fourthcoffee-edge-1").password.reveal() not in lab.config_path.read_text()
 
 
+def test_probe_yaml_loads_with_the_probes_own_loader(lab: Lab) -> None:
+    """The probe's strict loader accepts probe.yaml and reads the lab's passwords from their files."""
+    from probe.config import load_config
+
+    config = load_config(lab.config_path)
+    assert [r.name for r in config.routes] == ["contoso-to-fourthcoffee", "fourthcoffee-to-contoso"]
+    first = config.routes[0].smart_hosts[0]
+    lab_host = lab.smart_host("fourthcoffee-edge-1")
+    assert (first.host, first.port, first.username) == (lab_host.host, lab_host.port, lab_host.username)
+    assert first.password == lab_host.password
+    assert config.mailboxes["fourthcoffee"].ews.password == lab.forests["fourthcoffee"].ews_password
+
+
 def test_more_mailboxes_give_more_routes(tmp_path: Path) -> None:
     """With two mailboxes per forest, each direction has a route per target mailbox, suffixed -2."""
     with Lab.start(tmp_path, mailboxes_per_forest=2, smart_hosts_per_forest=1, ews_auth="basic") as lab:
