@@ -127,12 +127,14 @@ def _check_field(name: str, value: str) -> None:
         raise ValueError(f"{name} must be printable ASCII without spaces, got {value!r}")
 
 
-def _subject_lines(subject_head: str, tag: Tag) -> list[str]:
-    """Return the Subject header, folded before the tag when it would be longer than 78 characters."""
-    line = f"Subject: {subject_head} {tag.text}"
-    if len(line) <= _MAX_LINE:
-        return [line]
-    return [f"Subject: {subject_head}", f" {tag.text}"]
+def _folded(name: str, value: str) -> list[str]:
+    """Return the header ``name: value`` folded at spaces so lines stay within 78 characters where possible."""
+    lines = [f"{name}:"]
+    for word in value.split(" "):
+        if len(lines[-1]) + 1 + len(word) > _MAX_LINE and lines[-1] != f"{name}:":
+            lines.append("")
+        lines[-1] += f" {word}"
+    return lines
 
 
 def _body(route: str, smart_host: str, sent: datetime, tag: Tag, hostname: str) -> list[str]:
@@ -172,7 +174,7 @@ def build_probe_message(*, key: bytes, route: str, smart_host: str, sender: str,
         f"Date: {format_datetime(when)}",
         f"From: <{sender}>",
         f"To: <{recipient}>",
-        *_subject_lines(subject_head, tag),
+        *_folded("Subject", f"{subject_head} {tag.text}"),
         f"Message-ID: {message_id}",
         f"{TAG_HEADER}: {tag.text}",
         "Auto-Submitted: auto-generated",
