@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
@@ -123,12 +124,18 @@ _MAX_ERROR: Final = 400
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
-    """Return the exception and those it was raised from or during, outermost first."""
+    """Return the exception and those it was raised from, during, or because of; outermost first."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and current not in chain and len(chain) < 16:
+    pending: list[BaseException] = [exc]
+    while pending and len(chain) < 32:
+        current = pending.pop(0)
+        if current in chain:
+            continue
         chain.append(current)
-        current = current.__cause__ or current.__context__
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None),
+                  *(a for a in current.args[:1])]
+        pending += [e for e in linked if isinstance(e, BaseException)]
     return chain
 
 
@@ -140,6 +147,7 @@ def _is_server_error(exc: BaseException) -> bool:
 
 
 _RULES: Final[tuple[tuple[MailboxReason, Callable[[BaseException], bool]], ...]] = (
+    (MailboxReason.UNREACHABLE, lambda e: isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError)),  # dropped
     (MailboxReason.TLS, lambda e: isinstance(e, requests.exceptions.SSLError | ssl.SSLError)),
     (MailboxReason.TIMEOUT, lambda e: isinstance(e, requests.exceptions.Timeout | TimeoutError)),
     (MailboxReason.UNREACHABLE, lambda e: isinstance(
@@ -398,6 +406,9 @@ class EwsMailbox:
             stamp = parse_ews_datetime(detail.received if detail else candidate.item.received)
             if detail is None or stamp is None:
                 continue
+            genuine = probe_message.probe_id_if_genuine(self._key, detail.subject, detail.headers)
+            if genuine != candidate.probe_id:  # a forged header tag beside a genuine subject counts nothing
+                continue
             with self._lock:
                 first_seen = self._first_seen.setdefault(detail.item_id, seen_at)
                 self._verified.add(detail.item_id)
@@ -512,6 +523,15 @@ def _raise_first(results: Iterable[Any]) -> list[Any]:
     return items
 
 
+def _shut_down(response: Any) -> None:
+    """Shut the socket of a streaming response down, so a read blocked on it returns at once."""
+    connection = getattr(getattr(response, "raw", None), "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class EwsWatch:
     """A background thread holding a streaming subscription open, reopening it after each timeout or error."""
 
@@ -531,8 +551,9 @@ class EwsWatch:
 
     @property
     def connected(self) -> bool:
-        """Say whether the notification stream is open now."""
-        return self._connected
+        """Say whether the notification stream is open now (its response headers have arrived)."""
+        service = self._service
+        return self._connected and service is not None and service._streaming_response is not None
 
     @property
     def last_error(self) -> str | None:
@@ -547,11 +568,8 @@ class EwsWatch:
         """Stop watching and wait up to ``timeout`` seconds for the stream to close."""
         self._stopping.set()
         service = self._service
-        if service is not None and service.streaming:
-            try:
-                service.stop_streaming()
-            except Exception:  # the reading thread may have closed it first
-                log.debug("mailbox %s: stream already closed", self._name)
+        if service is not None:
+            _shut_down(service._streaming_response)  # wakes the reading thread; close() alone would not
         self._thread.join(timeout)
         self._account.protocol.close()
 
