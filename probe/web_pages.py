@@ -26,7 +26,8 @@ _CSS: Final = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.4em;margin:0 0 .2em} h2{font-size:1.15em;margin:1.4em 0 .4em} h3{font-size:1em;margin:1.2em 0 .3em}
 .meta{color:#666;font-size:.9em} table{border-collapse:collapse;background:#fff;margin:.3em 0}
-th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top} th{background:#f0f0f0}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th{background:#f0f0f0}
 .v{font-weight:600;padding:.1em .5em;border-radius:3px;color:#fff;white-space:nowrap}
 .chip{display:inline-block;width:1.3em;height:1.3em;line-height:1.3em;margin:0 1px;text-align:center;
  border-radius:3px;color:#fff;text-decoration:none;font-size:.85em}
@@ -65,10 +66,18 @@ def _stamp(stamp: float) -> str:
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _ago(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    for unit, size, up_to in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172800)):
+        if seconds < up_to:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds // 86400} d ago"
+
+
 def _when(stamp: float | None, now: float) -> str:
     if stamp is None:
         return ""
-    return f"{_stamp(stamp)} ({max(0, round(now - stamp))} s ago)"
+    return f"{_stamp(stamp)} ({_ago(now - stamp)})"
 
 
 def _latency(value: float | None) -> str:
