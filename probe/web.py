@@ -61,7 +61,14 @@ class MetricsSource(Protocol):
 
 
 class ListenAddressError(ValueError):
-    """A ``--web.listen-address`` that cannot be used."""
+    """A ``--web.listen-address`` that cannot be parsed or resolved."""
+
+
+class ListenError(OSError):
+    """The listener cannot bind its address (in use, not permitted, not local); ``errno`` says which."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -275,5 +282,5 @@ def serve(listen_address: str, *, source: StatusSource, metrics: MetricsSource,
     try:
         server = _Server(family, (bind_host, port), source=source, metrics=metrics, web=web_config or WebConfig())
     except OSError as exc:
-        raise ListenAddressError(f"cannot listen on {listen_address}: {exc.strerror or exc}") from None
+        raise ListenError(exc.errno, f"cannot listen on {listen_address}: {exc.strerror or exc}") from None
     return WebServer(server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import socket
 import ssl
@@ -19,7 +20,7 @@ from probe.config import Config, ConfigError, EwsConfig, MailboxConfig, RouteCon
 from probe.lab.ca import LabCA
 from probe.metrics import ProbeMetrics
 from probe.secret import Secret
-from probe.web import ListenAddressError, WebServer, parse_listen_address, serve
+from probe.web import ListenAddressError, ListenError, WebServer, parse_listen_address, serve
 from probe.webconfig import WebConfig, load_web_config
 
 SMTP_PASSWORD = "smtp-Passw0rd-web"
@@ -306,9 +307,10 @@ def test_bad_listen_addresses_are_clear_errors(address):
 
 
 def test_a_busy_port_is_a_clear_error(server, source):
-    """Listening on a port already taken raises ListenAddressError, not an OSError traceback."""
-    with pytest.raises(ListenAddressError, match="cannot listen on"):
+    """Listening on a port already taken raises a ListenError (an OSError with errno) that says where."""
+    with pytest.raises(ListenError, match=f"^cannot listen on 127.0.0.1:{server.port}: ") as caught:
         serve(f"127.0.0.1:{server.port}", source=source, metrics=ProbeMetrics(source.conf, process_metrics=False))
+    assert caught.value.errno == errno.EADDRINUSE
 
 
 def test_ipv6_loopback_listener(source):
