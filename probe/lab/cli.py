@@ -6,8 +6,10 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from probe.lab.topology import Lab, LabError
 
@@ -58,7 +60,7 @@ def summary(lab: Lab) -> str:
     return "\n".join(lines)
 
 
-_Handler = signal.Handlers | int | None | object
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 def _on_signals(stop: threading.Event) -> dict[int, _Handler]:
@@ -74,4 +76,4 @@ def _on_signals(stop: threading.Event) -> dict[int, _Handler]:
 
 def _restore(previous: dict[int, _Handler]) -> None:
     for signum, handler in previous.items():
-        signal.signal(signum, handler)  # type: ignore[arg-type]  # whatever was there before
+        signal.signal(signum, handler)
