@@ -57,7 +57,8 @@ class CleanupResult:
     ok: bool
     deleted: int = 0
     missing: int = 0  # already gone
-    refused: int = 0  # ids never seen verified by this mailbox: not touched
+    refused: int = 0  # ids whose tag does not verify (or that could not be read): not touched
+    gone: tuple[str, ...] = ()  # the item ids deleted or already gone
     error_reason: MailboxReason | None = None
     error: str | None = None
 
@@ -80,14 +81,19 @@ class Watch(Protocol):
 class Mailbox(Protocol):
     """A probe mailbox the confirm step can search."""
 
-    def search(self, probe_ids: Collection[str], *, since: float, deadline: float | None = None) -> SearchResult:
+    def search(self, probe_ids: Collection[str], *, since: float | None = None,
+               deadline: float | None = None) -> SearchResult:
         """Find the probes in flight in Inbox and Junk with one search; never raise.
 
-        ``since`` is the local time the oldest of them was sent; ``deadline`` a local time to give up by.
+        ``since`` is the local time the oldest of them was sent (default: a day ago); ``deadline`` a local
+        time to give up retrying by.
         """
 
     def cleanup(self, item_ids: Sequence[tuple[str, str]]) -> CleanupResult:
-        """Delete verified sightings, given as (item_id, change_key), in batches; never raise."""
+        """Delete verified sightings, given as (item_id, change_key), in batches; never raise.
+
+        An item whose tag does not verify is never deleted, whoever asks.
+        """
 
     def watch(self, on_new_mail: Callable[[float], None]) -> Watch:
         """Call ``on_new_mail(local_time)`` whenever new mail arrives, from a background thread."""

@@ -36,6 +36,7 @@ from exchangelib.errors import (
     ErrorExceededConnectionCount,
     ErrorInternalServerError,
     ErrorInternalServerTransientError,
+    ErrorItemNotFound,
     ErrorMailboxStoreUnavailable,
     ErrorServerBusy,
     ErrorTimeoutExpired,
@@ -65,7 +66,7 @@ from lxml import etree
 
 from probe import message as probe_message
 from probe.config import MailboxConfig
-from probe.mailbox.base import SearchResult, Sighting
+from probe.mailbox.base import CleanupResult, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, local_arrival
 from probe.mailbox.received import parse_received
 from probe.secret import redact
@@ -441,22 +442,23 @@ class EwsMailbox:
 
     # -- cleanup --------------------------------------------------------------------------------------
 
-    def cleanup(self, item_ids: Sequence[tuple[str, str]]) -> list[str]:
-        """Delete verified probe messages the configured way; return the ids now gone; never raise.
+    def cleanup(self, item_ids: Sequence[tuple[str, str]]) -> CleanupResult:
+        """Delete verified probe messages the configured way, in batches; never raise.
 
         Ids this mailbox has not itself seen verified are read first and deleted only if their tag verifies.
         """
         if not item_ids or self._config.cleanup == "keep":
-            return []
+            return CleanupResult(ok=True)
         deadline = time.time() + 2 * self._config.ews.timeout
         try:
             ids = self._retrying(lambda: self._verified_ids(item_ids), deadline)
-            if not ids:
-                return []
-            return self._retrying(lambda: self._delete(ids), deadline)
-        except Exception as exc:  # a failed cleanup is retried on the next poll
-            log.warning("mailbox %s: cleanup failed (%s): %s", self._config.name, classify(exc), describe(exc))
-            return []
+            deleted, missing = self._retrying(lambda: self._delete(ids), deadline) if ids else ([], [])
+        except Exception as exc:  # a failed cleanup is tried again on the next poll
+            reason, text = classify(exc), describe(exc)
+            log.warning("mailbox %s: cleanup failed (%s): %s", self._config.name, reason, text)
+            return CleanupResult(ok=False, error_reason=reason, error=text)
+        return CleanupResult(ok=True, deleted=len(deleted), missing=len(missing),
+                             refused=len(item_ids) - len(ids), gone=(*deleted, *missing))
 
     def _verified_ids(self, item_ids: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         with self._lock:
@@ -466,27 +468,30 @@ class EwsMailbox:
             probes = [_RawItem(item_id=i, change_key=c, folder="", subject="", received=None, message_id="",
                                headers=()) for i, c in unknown]
             for item in self._get(probes):
-                tag = probe_message.parse_tag(item.subject)
-                if tag is not None and probe_message.verify_tag(self._key, tag):
+                genuine = probe_message.probe_id_if_genuine(self._key, item.subject, item.headers)
+                if genuine is not None:
                     known.append((item.item_id, item.change_key))
         return known
 
-    def _delete(self, ids: Sequence[tuple[str, str]]) -> list[str]:
+    def _delete(self, ids: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+        """Delete items; return the ids deleted and those already gone."""
         service = DeleteItem(account=self._account, chunk_size=GET_CHUNK)
         results = list(service.call(
             items=list(ids), delete_type=_DELETE_TYPES[self._config.cleanup],
             send_meeting_cancellations="SendToNone", affected_task_occurrences="AllOccurrences",
             suppress_read_receipts=True,
         ))
-        gone = []
+        deleted, missing = [], []
         for (item_id, _ck), result in zip(ids, results, strict=False):
-            if result is True or type(result).__name__ == "ErrorItemNotFound":
-                gone.append(item_id)
+            if result is True:
+                deleted.append(item_id)
+            elif isinstance(result, ErrorItemNotFound):
+                missing.append(item_id)
             elif isinstance(result, Exception):
                 raise result
         with self._lock:
-            self._verified.difference_update(gone)
-        return gone
+            self._verified.difference_update(deleted + missing)
+        return deleted, missing
 
     # -- watch ----------------------------------------------------------------------------------------
 
