@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probe.config import (
@@ -351,6 +352,7 @@ def test_durations_format_the_way_the_config_writes_them(seconds: float, text: s
     assert format_duration(seconds) == text
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=0, max_value=10 * 86400 * 1000))
 def test_formatting_and_parsing_a_duration_round_trips(millis: int) -> None:
     """Any whole number of milliseconds survives format_duration then parse_duration."""
@@ -405,3 +407,37 @@ def test_schema_defaults_are_the_dataclass_defaults() -> None:
 def test_config_type_is_the_contract() -> None:
     """load_config returns the lead's Config type."""
     assert isinstance(load_config(MINIMAL, environ=ENV), Config)
+
+
+# --- robustness -----------------------------------------------------------------------------------------
+
+def load_outcome(path: Path) -> str:
+    """Return "PATH: loaded" or the ConfigError's message; any other exception propagates (and fails)."""
+    try:
+        load_config(path, environ=ENV)
+    except ConfigError as exc:
+        return exc.describe()
+    return f"{path}: loaded"
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.text(max_size=300))
+def test_any_text_either_loads_or_raises_config_error(text: str) -> None:
+    """Whatever the file holds, the loader ends in a Config or a ConfigError, never another exception."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "fuzz.yaml"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        assert load_outcome(path).startswith(str(path))
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.lists(st.integers(min_value=0, max_value=18), max_size=4), st.sampled_from(["", " ", "  ", "- ", ": "]))
+def test_a_mangled_minimal_config_either_loads_or_raises_config_error(drops: list[int], junk: str) -> None:
+    """Deleting lines of a good config, or prefixing them with junk, never ends in a traceback."""
+    lines = MINIMAL.read_text().splitlines(keepends=True)
+    for index in drops:
+        lines[index] = junk + lines[index] if junk else ""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "mangled.yaml"
+        path.write_text("".join(lines))
+        assert load_outcome(path).startswith(str(path))

@@ -12,7 +12,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probe.message import (
@@ -209,6 +209,7 @@ def test_a_message_without_a_tag_is_foreign() -> None:
     assert probe_id_if_genuine(KEY, None) is None
 
 
+@settings(deadline=None)
 @given(st.text())
 def test_parse_tag_never_raises(text: str) -> None:
     """parse_tag returns a Tag or None for any text whatsoever."""
@@ -216,6 +217,7 @@ def test_parse_tag_never_raises(text: str) -> None:
     assert result is None or isinstance(result, Tag)
 
 
+@settings(deadline=None)
 @given(st.text(), st.lists(st.tuples(st.text(), st.text()), max_size=5), st.binary(max_size=40))
 def test_probe_id_if_genuine_never_raises_and_never_accepts_junk(subject: str, headers: list[tuple[str, str]],
                                                                  key: bytes) -> None:
@@ -223,6 +225,7 @@ def test_probe_id_if_genuine_never_raises_and_never_accepts_junk(subject: str, h
     assert probe_id_if_genuine(key, subject, headers) is None
 
 
+@settings(deadline=None)
 @given(st.text(alphabet=" []:;,.!?-_()<>", max_size=20), st.text(alphabet=" []:;,.!?-_()<>", max_size=20),
        st.text(alphabet="0123456789abcdef", min_size=16, max_size=16))
 def test_a_tag_is_found_wherever_it_sits_in_the_text(before: str, after: str, probe_id: str) -> None:
