@@ -274,7 +274,9 @@ class Daemon:
     def _next_wait(self, watcher: _MailboxWatcher) -> float:
         streaming_up = watcher.stream is not None and watcher.stream.connected
         self.metrics.set_watcher(watcher.name, watcher.config.watch, streaming_up or watcher.config.watch == "polling")
-        poll = max(watcher.config.poll_interval, STREAMING_FALLBACK_POLL) if streaming_up else watcher.config.poll_interval
+        poll = watcher.config.poll_interval
+        if streaming_up:
+            poll = max(poll, STREAMING_FALLBACK_POLL)
         deadlines = [p.deadline for p in self.ledger.open_probes(watcher.name) if p.deadline > time.time()]
         until_deadline = min(deadlines) - time.time() + 0.05 if deadlines else poll
         return max(0.01, min(poll, until_deadline))

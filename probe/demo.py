@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import threading
 from pathlib import Path
@@ -59,6 +60,6 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, LedgerError, OSError) as exc:
         text = exc.describe() if isinstance(exc, ConfigError) else str(exc)
         print(f"mailflow-probe demo: {text}", file=sys.stderr)
-        if isinstance(exc, OSError) and exc.errno == 98:  # noqa: PLR2004 - EADDRINUSE
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
             print("  another demo or lab may be running: stop it, or pass --web.listen-address", file=sys.stderr)
         return 1
