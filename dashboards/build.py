@@ -176,9 +176,10 @@ def mailbox_panels() -> list[Panel]:
               [Query(sel("mailbox_up", MAILBOX_SELECTOR), "{{mailbox}}")], 8, 7,
               options={"showValue": "never", "mergeValues": True},
               field_config={"mappings": UP_DOWN, "thresholds": RED_GREEN, "color": {"mode": "thresholds"}}),
-        Panel("state-timeline", "Mailbox watcher",
-              "mailflow_probe_mailbox_watcher_up: whether the streaming or polling watcher of each mailbox runs.",
-              [Query(sel("mailbox_watcher_up", MAILBOX_SELECTOR), "{{mailbox}} ({{mode}})")], 8, 7,
+        Panel("state-timeline", "Mailbox watcher running",
+              "max by mailbox of mailflow_probe_mailbox_watcher_up: whether the mailbox's watcher runs in either "
+              "mode (streaming or polling; one mode is up at a time, so the other reads 0).",
+              [Query(f"max by (mailbox) ({sel('mailbox_watcher_up', MAILBOX_SELECTOR)})", "{{mailbox}}")], 8, 7,
               options={"showValue": "never", "mergeValues": True},
               field_config={"mappings": UP_DOWN, "thresholds": RED_GREEN, "color": {"mode": "thresholds"}}),
         Panel("timeseries", "Mailbox errors by reason",
@@ -201,9 +202,14 @@ def health_panels() -> list[Panel]:
               options={"colorMode": "background", "reduceOptions": {"calcs": ["lastNotNull"]}},
               field_config={"mappings": mapping({"0": ("failed", "red"), "1": ("ok", "green")}),
                             "thresholds": RED_GREEN}),
-        Panel("timeseries", "Scheduler lag",
-              "mailflow_probe_scheduler_lag_seconds: how late the scheduler started the last due probe.",
-              [Query(f"{P}scheduler_lag_seconds", "{{instance}}")], 8, 6, unit="s"),
+        Panel("timeseries", "Scheduler lag p99 and mean",
+              "How late the scheduler starts due probes (the mailflow_probe_scheduler_lag_seconds histogram).",
+              [Query(f"histogram_quantile(0.99, sum by (le, instance) "
+                     f"(rate({P}scheduler_lag_seconds_bucket[$__rate_interval])))", "p99 {{instance}}"),
+               Query(f"sum by (instance) (rate({P}scheduler_lag_seconds_sum[$__rate_interval])) / "
+                     f"sum by (instance) (rate({P}scheduler_lag_seconds_count[$__rate_interval]))",
+                     "mean {{instance}}")],
+              8, 6, unit="s"),
     ]
 
 

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from probe.daemon import start_daemon
+from probe.lab import Lab
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
@@ -35,6 +39,8 @@ MAILBOX_METRICS = frozenset(f"mailflow_probe_{n}" for n in ("mailbox_up", "mailb
 UNLABELLED_METRICS = frozenset(
     f"mailflow_probe_{n}" for n in ("build_info", "config_last_reload_successful", "scheduler_lag_seconds"))
 ROUTE_METRICS = CONTRACT_METRICS - MAILBOX_METRICS - UNLABELLED_METRICS
+HISTOGRAMS = frozenset(
+    f"mailflow_probe_{n}" for n in ("delivery_seconds", "smtp_stage_seconds", "scheduler_lag_seconds"))
 GRAFANA_INTERVALS = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m"}
 
 
@@ -81,13 +87,18 @@ def metric_families(expr: str) -> set[str]:
     return {re.sub(r"_(bucket|sum|count)$", "", name) for name in re.findall(r"\bmailflow_probe_\w+", expr)}
 
 
-def exported_metric_names(exposition: str) -> set[str]:
-    """Return the metric families of a Prometheus text exposition, named as the dashboard names them."""
+def metric_names(expr: str) -> set[str]:
+    """Return the mailflow_probe_ series names an expression reads, exactly as written."""
+    return set(re.findall(r"\bmailflow_probe_\w+", expr))
+
+
+def exported_series_names(exposition: str) -> set[str]:
+    """Return the names of the samples of a Prometheus text exposition (``_created`` samples left out)."""
     names = set()
     for line in exposition.splitlines():
         match = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{|\s)", line)
         if match and not line.startswith("#") and not match.group(1).endswith("_created"):
-            names.add(re.sub(r"_(bucket|sum|count)$", "", match.group(1)))
+            names.add(match.group(1))
     return names
 
 
@@ -177,6 +188,12 @@ def test_dashboard_names_only_contract_metrics() -> None:
     assert named == CONTRACT_METRICS, CONTRACT_METRICS - named
 
 
+def test_histograms_are_read_through_their_series() -> None:
+    """A histogram is read as _bucket, _sum or _count: its bare name has no series."""
+    for title, ref, expr in queries():
+        assert not metric_names(expr) & HISTOGRAMS, (title, ref)
+
+
 def test_queries_are_filtered_by_the_variables_that_apply() -> None:
     """Each route metric is selected by $route and $smart_host; each mailbox metric by $mailbox."""
     for title, ref, expr in queries():
@@ -204,7 +221,8 @@ def test_required_panels_are_present() -> None:
     assert "/ 86400" in exprs["Days to certificate expiry"][0]
     assert "stage, reason" in exprs["Send failures by stage and reason"][0]
     assert {"In flight", "Lost, late and unknown", "Mailbox observable", "Mailbox errors by reason",
-            "SMTP stage timings p50 / p95", "Build", "Configuration last reload", "Scheduler lag"} <= set(kinds)
+            "SMTP stage timings p50 / p95", "Build", "Configuration last reload",
+            "Scheduler lag p99 and mean", "Mailbox watcher running"} <= set(kinds)
 
 
 def test_panels_do_not_overlap_on_the_grid() -> None:
@@ -239,6 +257,36 @@ def test_exposition_names_are_read_as_the_dashboard_names_them() -> None:
     Counter("mailflow_probe_sent", "probes sent", ["route", "smart_host"], registry=registry).labels("r", "h").inc()
     Histogram("mailflow_probe_delivery_seconds", "latency", registry=registry).observe(1.5)
     Gauge("mailflow_probe_in_flight", "in flight", registry=registry).set(2)
-    names = exported_metric_names(generate_latest(registry).decode())
-    assert names == {"mailflow_probe_sent_total", "mailflow_probe_delivery_seconds", "mailflow_probe_in_flight"}
-    assert metric_families("histogram_quantile(0.5, rate(mailflow_probe_delivery_seconds_bucket[5m]))") <= names
+    names = exported_series_names(generate_latest(registry).decode())
+    assert names == {"mailflow_probe_sent_total", "mailflow_probe_delivery_seconds_bucket",
+                     "mailflow_probe_delivery_seconds_sum", "mailflow_probe_delivery_seconds_count",
+                     "mailflow_probe_in_flight"}
+    assert metric_names("histogram_quantile(0.5, rate(mailflow_probe_delivery_seconds_bucket[5m]))") <= names
+    assert not metric_names("rate(mailflow_probe_delivery_seconds[5m])") <= names
+
+
+def live_metrics(lab: Lab, tmp_path: Path) -> str:
+    """Start the real daemon on the lab, read its /metrics over loopback once, and stop it."""
+    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=60.0, timeout=30.0, jitter=0.0)
+    daemon, server = start_daemon(config, listen_address="127.0.0.1:0")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
+            text: str = response.read().decode()
+    finally:
+        server.close()
+        daemon.stop()
+    return text
+
+
+def test_dashboard_names_only_metrics_the_daemon_exports(lab: Lab, tmp_path: Path) -> None:
+    """Every series the dashboard and the alert rules read is on a live daemon's /metrics, from start-up."""
+    exported = exported_series_names(live_metrics(lab, tmp_path))
+    for title, ref, expr in queries():
+        missing = metric_names(expr) - exported
+        assert not missing, (title, ref, missing)
+    for name, selector in variable_selectors():
+        assert metric_names(selector) <= exported, name
+    rules = yaml.safe_load((DASHBOARDS / "alerts.yml").read_text(encoding="utf-8"))
+    for rule in (r for group in rules["groups"] for r in group["rules"]):
+        missing = metric_names(rule["expr"]) - exported
+        assert not missing, (rule["alert"], missing)
