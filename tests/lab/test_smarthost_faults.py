@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -155,35 +156,41 @@ def test_slow_banner_outlasts_a_short_client_timeout(lab: Lab) -> None:
 def test_slow_at_ehlo_does_not_hold_up_other_smart_hosts(lab: Lab) -> None:
     """While one smart host sleeps at EHLO, another one delivers."""
     slow, other = lab.smart_host(HOST), lab.smart_host("fourthcoffee-edge-2")
-    lab.add_fault(target=slow.target, kind="slow", stage="ehlo", seconds=2)
+    lab.add_fault(target=slow.target, kind="slow", stage="ehlo", seconds=60)
+    stalled = smtplib.SMTP(slow.host, slow.port, timeout=120)
     outcome: list[object] = []
 
-    def stalled_client() -> None:
+    def stalled_ehlo() -> None:
         try:
-            with smtplib.SMTP(slow.host, slow.port, timeout=10) as smtp:
-                outcome.append(smtp.ehlo()[0])
+            outcome.append(stalled.ehlo()[0])
         except OSError as exc:
             outcome.append(exc)
 
-    thread = threading.Thread(target=stalled_client)
+    thread = threading.Thread(target=stalled_ehlo)
     thread.start()
-    assert wait_until(lambda: lab.stats.smarthost(slow.name, "ehlo") == 1)
-    assert send(lab, other)[0] == 250
-    assert outcome == []  # the slow one is still asleep
-    thread.join(15)
-    assert outcome == [250]
+    try:
+        assert wait_until(lambda: lab.stats.smarthost(slow.name, "ehlo") == 1)
+        assert send(lab, other)[0] == 250
+        assert outcome == []  # the slow one is still asleep
+    finally:
+        assert stalled.sock is not None
+        stalled.sock.shutdown(socket.SHUT_RDWR)
+        thread.join(10)
+        stalled.close()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], OSError)
 
 
 def test_delay_delivery_delivers_later(lab: Lab) -> None:
     """Under delay_delivery, the 250 comes at once and the message reaches the store seconds later."""
     host = lab.smart_host(HOST)
-    lab.add_fault(target=host.target, kind="delay_delivery", seconds=1.5)
+    lab.add_fault(target=host.target, kind="delay_delivery", seconds=2.5)
     assert send(lab, host)[0] == 250
     assert lab.store.count(RECIPIENT) == 0
     assert wait_until(lambda: lab.store.count(RECIPIENT) == 1)
     item = lab.store.items(RECIPIENT, ["inbox"])[0]
     assert item.accepted_at is not None
-    assert item.delivered_at - item.accepted_at >= 1.5
+    assert item.delivered_at - item.accepted_at >= 2.5
 
 
 def test_drop_accepts_and_never_delivers(lab: Lab) -> None:
