@@ -146,7 +146,7 @@ def test_restrictions_select_the_right_messages(ews: StandaloneEws) -> None:
 def test_internet_header_restriction_finds_by_tag(ews: StandaloneEws) -> None:
     """The InternetHeaders extended-property restriction (scenario G) finds the message by its X-Probe-Tag."""
 
-    class ProbeTag(ExtendedProperty):
+    class ProbeTag(ExtendedProperty):  # type: ignore[misc]
         distinguished_property_set_id = "InternetHeaders"
         property_name = "X-Probe-Tag"
         property_type = "String"

@@ -132,7 +132,10 @@ def test_unknown_operation_is_a_soap_fault(ews: StandaloneEws) -> None:
     assert ews.stats.ews_requests("GetNothing") == 1
 
 
-@pytest.mark.parametrize("body", [b"", b"<not xml", b"<a>not soap</a>", GET_INBOX.replace(b"m:GetFolder>", b"m:GetFolder/>", 1)])
+BAD_BODIES = [b"", b"<not xml", b"<a>not soap</a>", GET_INBOX.replace(b"m:GetFolder>", b"m:GetFolder/>", 1)]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
 def test_unparseable_requests_are_soap_faults(ews: StandaloneEws, body: bytes) -> None:
     """Bad XML, non-SOAP XML and malformed envelopes get a SOAP fault ErrorInvalidRequest."""
     reply = post(ews, body)

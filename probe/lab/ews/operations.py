@@ -45,7 +45,7 @@ def operation_name(operation: etree._Element) -> str:
     qname = etree.QName(operation)
     if qname.namespace != soap.M_NS:
         raise soap.SoapFault("ErrorInvalidRequest", f"{qname.localname} is not an EWS operation.")
-    return qname.localname
+    return str(qname.localname)
 
 
 def is_known(name: str) -> bool:

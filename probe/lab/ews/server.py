@@ -72,11 +72,12 @@ class _HttpServer(ThreadingHTTPServer):
         try:
             if self.ews.fault("unreachable") is not None:
                 return
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
                 request.settimeout(10)
                 conn = self.tls.wrap_socket(request, server_side=True)
             self.ews.track(conn, add=True)
-            self.RequestHandlerClass(conn, client_address, self)
+            _Handler(conn, client_address, self)
         except (OSError, ssl.SSLError) as exc:
             log.debug("EWS connection from %s ended: %s", client_address, exc)
         finally:
@@ -105,10 +106,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Stamp the Date header on the forest's server clock."""
         return email.utils.formatdate(self.server.ews.server_time(), usegmt=True)
 
-    def do_GET(self) -> None:  # noqa: N802 - the base class dispatches on this name
+    def do_GET(self) -> None:
         self._plain(404 if self._path() != EWS_PATH.lower() else 405, b"")
 
-    def do_POST(self) -> None:  # noqa: N802 - the base class dispatches on this name
+    def do_POST(self) -> None:
         try:
             self._post()
         except _Dropped:

@@ -283,7 +283,8 @@ def _connection_minutes(request: EwsRequest) -> float:
 def get_streaming_events(request: EwsRequest) -> Iterator[etree._Element]:
     """Answer GetStreamingEvents: envelopes of events and keep-alives, then Closed at the timeout."""
     registry = request.subscriptions
-    sub_ids = [(e.text or "").strip() for e in request.operation.iterfind(f"{m('SubscriptionIds')}/{t('SubscriptionId')}")]
+    path = f"{m('SubscriptionIds')}/{t('SubscriptionId')}"
+    sub_ids = [(e.text or "").strip() for e in request.operation.iterfind(path)]
     end = time.monotonic() + _connection_minutes(request) * registry.minute_seconds
     try:
         subs = registry.attach(sub_ids)
