@@ -281,3 +281,11 @@ def test_ntlm_authenticates_and_finds(ews: StandaloneEws, username: str) -> None
     a = account(ews, version=GIVEN, username=username, auth=NTLM)
     folders = FolderCollection(account=a, folders=[a.inbox, a.junk])
     assert len(list(folders.filter(subject__contains="TAG-NTLM"))) == 2
+
+
+def test_ntlm_over_https_with_the_lab_ca(ews: StandaloneEws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NTLM works over HTTPS too (the client's channel binding does not stop the lab's acceptor)."""
+    seed(ews, "TAG-NTLMS")
+    monkeypatch.setattr(BaseProtocol, "HTTP_ADAPTER_CLS", ca_adapter(ews.ca_file))
+    a = account(ews, version=GIVEN, username="FOURTHCOFFEE\\svc-mailflow", auth=NTLM, url=ews.server.https_url)
+    assert len(list(a.inbox.filter(subject__contains="TAG-NTLMS"))) == 1
