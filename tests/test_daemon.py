@@ -1,0 +1,240 @@
+"""``mailflow-probe run`` against the lab: scheduled probes, metrics, faults, reload, restarts, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from exchangelib.protocol import close_connections
+from prometheus_client.parser import text_string_to_metric_families
+
+from probe.daemon import Daemon, start_daemon
+
+PAIRS = {("contoso-to-fourthcoffee", "fourthcoffee-edge-1"), ("contoso-to-fourthcoffee", "fourthcoffee-edge-2"),
+         ("fourthcoffee-to-contoso", "contoso-edge-1"), ("fourthcoffee-to-contoso", "contoso-edge-2")}
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_exchangelib() -> Iterator[None]:
+    yield
+    close_connections()
+
+
+def scrape(port: int) -> Samples:
+    """Return every sample of /metrics by (name, labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Return the sum of the samples of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+@pytest.fixture
+def running(lab: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Any]]:
+    """A daemon probing the lab every second, on an ephemeral port."""
+    path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=5, jitter=0.2)
+    daemon, server = start_daemon(path, listen_address="127.0.0.1:0")
+    yield daemon, server
+    server.close()
+    daemon.stop()
+
+
+def test_three_cycles_fill_every_pairs_counters_and_the_output_passes_promtool(running: tuple[Daemon, Any]) -> None:
+    """At a 1 s interval: delivered_total reaches 3 for every pair, success is 1, the histogram is filled."""
+    _, server = running
+    wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_delivered_total", route=r, smart_host=h) >= 3
+                         for r, h in PAIRS), timeout=40, what="3 deliveries per pair")
+    samples = scrape(server.port)
+    for route, host in PAIRS:
+        assert value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1
+        assert value(samples, "mailflow_probe_delivery_seconds_count", route=route, smart_host=host) >= 3
+        assert value(samples, "mailflow_probe_sent_total", route=route, smart_host=host) >= 3
+        assert value(samples, "mailflow_probe_tls_cert_expiry_timestamp_seconds", route=route,
+                     smart_host=host) > time.time()
+    assert value(samples, "mailflow_probe_mailbox_up", mailbox="fourthcoffee") == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
+        text = resp.read()
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, running: tuple[Daemon, Any]) -> None:
+    """no_starttls on one host: its success goes 0 with the reason counted; the others stay 1; clearing heals."""
+    _, server = running
+    bad = ("contoso-to-fourthcoffee", "fourthcoffee-edge-1")
+    wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_success", route=r, smart_host=h) == 1
+                         for r, h in PAIRS), timeout=30, what="all pairs green first")
+    lab.add_fault(target="smarthost/fourthcoffee-edge-1", kind="no_starttls")
+    wait_for(lambda: value(scrape(server.port), "mailflow_probe_success", route=bad[0], smart_host=bad[1]) == 0,
+             timeout=1 + 5 + 5, what="success 0 within one interval plus timeout")
+    samples = scrape(server.port)
+    assert value(samples, "mailflow_probe_send_failures_total", route=bad[0], smart_host=bad[1],
+                 stage="starttls", reason="tls_unavailable") >= 1
+    for route, host in PAIRS - {bad}:
+        assert value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1
+    lab.clear_faults()
+    wait_for(lambda: value(scrape(server.port), "mailflow_probe_success", route=bad[0], smart_host=bad[1]) == 1,
+             timeout=1 + 5 + 5, what="success back to 1 after clearing the fault")
+
+
+def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Path) -> None:
+    """Reload: a new route is probed, a removed one's series vanish, a kept route's probes in flight survive;
+    a broken config is refused and reported while the old one keeps running."""
+    from probe.lab import Lab
+
+    with Lab.start(tmp_path / "lab", mailboxes_per_forest=2) as lab:
+        kept, removed, added = "contoso-to-fourthcoffee", "contoso-to-fourthcoffee-2", "fourthcoffee-to-contoso"
+        path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=8, jitter=0.2,
+                                      routes=[kept, removed])
+        lab.add_fault(target="smarthost/fourthcoffee-edge-1", kind="delay_delivery", seconds=3)
+        daemon, server = start_daemon(path, listen_address="127.0.0.1:0")
+        try:
+            wait_for(lambda: any(p.route == kept and p.accepted_at for p in daemon.ledger.open_probes()),
+                     timeout=20, what="a probe of the kept route in flight")
+            in_flight = {p.probe_id for p in daemon.ledger.open_probes() if p.route == kept and p.accepted_at}
+            lab.write_probe_config(path, interval=1, timeout=8, jitter=0.2, routes=[kept, added])
+            request = urllib.request.Request(f"http://127.0.0.1:{server.port}/-/reload", method="POST")
+            with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - loopback
+                assert resp.status == 200
+            wait_for(lambda: value(scrape(server.port), "mailflow_probe_delivered_total", route=added) >= 2,
+                     timeout=30, what="the added route delivering")
+            samples = scrape(server.port)
+            assert value(samples, "mailflow_probe_sent_total", route=removed) == 0
+            assert not any(dict(labels).get("route") == removed for _, labels in samples)
+            wait_for(lambda: all((daemon.ledger.probe(pid) or {}).get("state") == "delivered" for pid in in_flight),
+                     timeout=20, what="the kept route's in-flight probes delivered after the reload")
+
+            path.write_text("routes: [this is: not, valid\n")
+            request = urllib.request.Request(f"http://127.0.0.1:{server.port}/-/reload", method="POST")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)  # noqa: S310 - loopback
+            assert refused.value.code == 500
+            assert str(path) in refused.value.read().decode()
+            assert value(scrape(server.port), "mailflow_probe_config_last_reload_successful") == 0
+            before = value(scrape(server.port), "mailflow_probe_sent_total", route=added)
+            wait_for(lambda: value(scrape(server.port), "mailflow_probe_sent_total", route=added) > before,
+                     timeout=10, what="the old config still probing after a refused reload")
+        finally:
+            server.close()
+            daemon.stop()
+
+
+# -- the daemon as its own process: kill -9, SIGTERM, restarts -----------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_process(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address", f"127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT)
+
+
+def states(state_file: Path) -> dict[str, str]:
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        return dict(db.execute("SELECT probe_id, state FROM probes").fetchall())
+    finally:
+        db.close()
+
+
+def verdict_lines(log: Path, probe_id: str) -> list[str]:
+    return [line for line in log.read_text().splitlines() if f"probe_id={probe_id}" in line and "verdict=" in line]
+
+
+def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[bytes]], None]) -> None:
+    """Probes in flight when the daemon stops; after a restart on the same state file each is resolved once."""
+    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=6, jitter=0.2)
+    state_file = Path(yaml.safe_load(config.read_text())["state_file"])
+    for host in lab.smart_hosts:
+        lab.add_fault(target=host.target, kind="delay_delivery", seconds=2.5)
+    log = tmp_path / "daemon.log"
+    first = start_process(config, free_port(), log)
+    try:
+        wait_for(lambda: state_file.exists() and list(states(state_file).values()).count("in_flight") >= 3,
+                 timeout=30, what="three probes in flight")
+        stop(first)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+    before = {pid for pid, state in states(state_file).items() if state in ("in_flight", "submitting")}
+    assert before
+    second = start_process(config, free_port(), log)
+    try:
+        wait_for(lambda: all(states(state_file)[pid] not in ("in_flight", "submitting") for pid in before),
+                 timeout=40, what="every probe in flight before the stop resolved after the restart")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(15)
+    final = states(state_file)
+    for pid in before:
+        assert final[pid] in ("delivered", "lost", "late", "unknown"), (pid, final[pid])
+        lines = verdict_lines(log, pid)
+        expected = 2 if final[pid] == "late" else 1  # late follows lost, counted once more
+        assert len(lines) == expected, (pid, lines)
+
+
+def test_kill_9_with_probes_in_flight_then_restart_resolves_each_exactly_once(lab: Any, tmp_path: Path) -> None:
+    """kill -9 mid-flight: nothing counted twice, nothing dropped; all verdicts come from the restarted daemon."""
+    crash_scenario(lab, tmp_path, lambda proc: (proc.send_signal(signal.SIGKILL), proc.wait(10)))
+
+
+def test_sigterm_exits_0_within_10_s_and_in_flight_probes_are_resolved_after_the_next_start(lab: Any,
+                                                                                             tmp_path: Path) -> None:
+    """SIGTERM with probes in flight: exit code 0 within 10 s; the restarted daemon resolves them."""
+    codes: list[int] = []
+
+    def terminate(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        codes.append(proc.wait(timeout=10))
+
+    crash_scenario(lab, tmp_path, terminate)
+    assert codes == [0]
+
+
+def test_a_bad_config_or_unusable_state_file_stops_start_up_with_a_clear_error(tmp_path: Path) -> None:
+    """run with a broken config exits 2, with a corrupt state file exits 1; one line each, no traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(bad)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert str(bad) in proc.stderr
+    assert os.path.exists(bad)
