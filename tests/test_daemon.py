@@ -228,8 +228,8 @@ def test_sigterm_exits_0_within_10_s_and_in_flight_probes_are_resolved_after_the
     assert codes == [0]
 
 
-def test_a_bad_config_or_unusable_state_file_stops_start_up_with_a_clear_error(tmp_path: Path) -> None:
-    """run with a broken config exits 2, with a corrupt state file exits 1; one line each, no traceback."""
+def test_a_bad_config_or_unusable_state_file_stops_start_up_with_a_clear_error(lab: Any, tmp_path: Path) -> None:
+    """run with a broken config exits 2, with a corrupt state file exits 1 leaving it untouched; no traceback."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes: 3\n")
     proc = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(bad)], capture_output=True, text=True,
@@ -237,4 +237,14 @@ def test_a_bad_config_or_unusable_state_file_stops_start_up_with_a_clear_error(t
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr
-    assert os.path.exists(bad)
+
+    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=5, jitter=0.2)
+    state_file = Path(yaml.safe_load(config.read_text())["state_file"])
+    junk = b"SQLite format 3\x00" + os.urandom(4000)
+    state_file.write_bytes(junk)
+    proc = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
+                           f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert str(state_file) in proc.stderr
+    assert state_file.read_bytes() == junk
