@@ -1,13 +1,58 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the suite-wide check that every EWS response validates against the schema."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from probe.lab import Lab
+from probe.lab.ews import add_response_observer
+from tests.ews_schema import problems, schema_available
+
+
+class _SchemaAudit:
+    """Validate every SOAP envelope the lab's EWS endpoint sends, during the whole test session."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.checked = 0
+        self.failures: list[str] = []
+
+    def observe(self, payload: bytes, operation: str) -> None:
+        found = problems(payload)
+        with self.lock:
+            self.checked += 1
+            if found and len(self.failures) < 50:
+                self.failures.append(f"{operation}: {'; '.join(found)[:500]}")
+
+
+_audit = _SchemaAudit()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start auditing EWS responses when the schema is at hand (../shared/ews; always in CI)."""
+    if schema_available():
+        add_response_observer(_audit.observe)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many EWS responses were validated, and every one that was not valid."""
+    if not schema_available():
+        terminalreporter.write_line("EWS schema audit: skipped, ../shared/ews is absent")
+        return
+    terminalreporter.write_line(f"EWS schema audit: {_audit.checked} responses validated against "
+                                f"../shared/ews/schema, {len(_audit.failures)} invalid")
+    for failure in _audit.failures:
+        terminalreporter.write_line(f"  invalid EWS response: {failure}", red=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when any EWS response the lab sent did not validate."""
+    if _audit.failures and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
