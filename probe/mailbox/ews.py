@@ -55,6 +55,7 @@ from exchangelib.restriction import Restriction
 from exchangelib.services import (
     DeleteItem,
     FindItem,
+    GetFolder,
     GetItem,
     GetStreamingEvents,
     SubscribeToStreaming,
@@ -67,7 +68,7 @@ from lxml import etree
 from probe import message as probe_message
 from probe.config import MailboxConfig
 from probe.mailbox.base import CleanupResult, SearchResult, Sighting
-from probe.mailbox.clock import ClockOffset, local_arrival
+from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
 from probe.mailbox.received import parse_received
 from probe.secret import redact
 from probe.vocabulary import MailboxReason
@@ -247,23 +248,46 @@ class _NewMailEvents(GetStreamingEvents):  # type: ignore[misc]
         return sum(1 for e in elem.iter() if isinstance(e.tag, str) and e.tag.endswith("}NewMailEvent"))
 
 
+class _PingFolder(GetFolder):  # type: ignore[misc]
+    """GetFolder returning the raw response elements: a cheap request whose only use is its HTTP Date."""
+
+    def _elems_to_objs(self, elems: Iterable[Any]) -> Iterator[Any]:
+        yield from elems
+
+
+class _Pacer(threading.local):
+    """Per thread: when its next request may go out at the earliest, and how its last exchange went."""
+
+    def __init__(self) -> None:
+        self.send_at: float | None = None
+        self.timeout: float | None = None
+        self.last: tuple[float, float] | None = None  # (sent, response headers arrived), local time
+
+
 class _ProbeAdapter(requests.adapters.HTTPAdapter):
     """Verify against this mailbox's CA, bound every request in time, and time each exchange for the clock."""
 
-    def __init__(self, *, verify: bool | str, timeout: float, clock: ClockOffset) -> None:
+    def __init__(self, *, verify: bool | str, timeout: float, clock: ClockOffset, pacer: _Pacer) -> None:
         self._probe_verify = verify
         self._probe_timeout = timeout
         self._clock = clock
+        self._pacer = pacer
         super().__init__(pool_connections=1, pool_maxsize=1, pool_block=True, max_retries=0)
 
     def send(self, request: requests.PreparedRequest,  # noqa: PLR0917 - HTTPAdapter.send's signature
              stream: bool = False, timeout: Any = None,
              verify: bool | str = True, cert: Any = None, proxies: Any = None) -> requests.Response:
         """Send with this mailbox's verification and timeout; feed the response's Date to the clock."""
+        pacer = self._pacer
+        send_at, pacer.send_at = pacer.send_at, None
+        if send_at is not None:
+            time.sleep(max(0.0, send_at - time.time()))
         sent_at = time.time()
-        response = super().send(request, stream=stream, timeout=timeout or self._probe_timeout,
+        response = super().send(request, stream=stream, timeout=pacer.timeout or timeout or self._probe_timeout,
                                 verify=self._probe_verify, cert=cert, proxies=proxies)
-        self._clock.observe(sent_at=sent_at, received_at=time.time(), date_header=response.headers.get("Date"))
+        received_at = time.time()
+        pacer.last = (sent_at, received_at)
+        self._clock.observe(sent_at=sent_at, received_at=received_at, date_header=response.headers.get("Date"))
         return response
 
 
@@ -288,7 +312,7 @@ def _build(cfg: Any) -> Version | None:
     return Version(build=Build(*parts))
 
 
-def _account(config: MailboxConfig, clock: ClockOffset, *, max_connections: int) -> Account:
+def _account(config: MailboxConfig, clock: ClockOffset, pacer: _Pacer, *, max_connections: int) -> Account:
     """Make an exchangelib Account whose protocol is this mailbox's own."""
     ews = config.ews
     verify: bool | str = str(ews.ca_file) if ews.verify and ews.ca_file else ews.verify
@@ -305,7 +329,7 @@ def _account(config: MailboxConfig, clock: ClockOffset, *, max_connections: int)
     cached.close()
 
     def adapter() -> _ProbeAdapter:
-        return _ProbeAdapter(verify=verify, timeout=ews.timeout, clock=clock)
+        return _ProbeAdapter(verify=verify, timeout=ews.timeout, clock=clock, pacer=pacer)
 
     account.protocol = type.__call__(_ProbeProtocol, config=exconfig, adapter=adapter, timeout=ews.timeout)
     return account
@@ -318,7 +342,9 @@ class EwsMailbox:
         self._config = config
         self._key = key
         self.clock = ClockOffset()
-        self._account = _account(config, self.clock, max_connections=2)
+        self._pacer = _Pacer()
+        self._calibrating = threading.Lock()
+        self._account = _account(config, self.clock, self._pacer, max_connections=2)
         self._folders = [DistinguishedFolderId(id=f, mailbox=EwsAddress(email_address=config.address))
                          for f in config.folders]
         self._first_seen: dict[str, float] = {}
@@ -330,6 +356,50 @@ class EwsMailbox:
     def name(self) -> str:
         """Return the configured name of the mailbox."""
         return self._config.name
+
+    # -- clock --------------------------------------------------------------------------------------
+
+    @property
+    def clock_uncertainty(self) -> float | None:
+        """Return how far, in seconds, the server clock offset may be off now; None when it is unknown."""
+        estimate = self.clock.estimate(now=time.time())
+        return None if estimate is None else estimate.uncertainty
+
+    def calibrate_clock(self, *, target_uncertainty: float = 0.05,
+                        budget_seconds: float = 5.0) -> OffsetEstimate | None:
+        """Narrow the server clock offset to ``target_uncertainty`` with timed GetFolder requests; never raise.
+
+        Costs nothing while the estimate is narrow enough (it stays so until its responses age out, 15
+        minutes); otherwise about five requests and as many seconds at most. Returns the estimate (None
+        when the server gave no usable response). One calibration runs at a time; a caller that waited
+        for another's finds the estimate narrow and sends nothing.
+        """
+        wait = budget_seconds + self._config.ews.timeout
+        if not self._calibrating.acquire(timeout=max(0.0, wait)):
+            return self.clock.estimate(now=time.time())
+        try:
+            deadline = time.time() + budget_seconds
+            return calibrate(self.clock, lambda at: self._timed_ping(at, deadline),
+                             target=target_uncertainty, budget=budget_seconds)
+        except Exception:  # calibration is an optimisation: a failure leaves the estimate as it was
+            log.exception("mailbox %s: clock calibration failed", self._config.name)
+            return self.clock.estimate(now=time.time())
+        finally:
+            self._calibrating.release()
+
+    def _timed_ping(self, send_at: float, deadline: float) -> float | None:
+        """Send one GetFolder (Inbox, IdOnly) no earlier than ``send_at``; return its round trip, or None."""
+        pacer = self._pacer
+        pacer.last, pacer.send_at = None, send_at
+        pacer.timeout = min(self._config.ews.timeout, max(1.0, deadline - send_at))
+        try:
+            inbox = DistinguishedFolderId(id="inbox", mailbox=EwsAddress(email_address=self._config.address))
+            list(_PingFolder(account=self._account).call(folders=[inbox], additional_fields=[], shape="IdOnly"))
+        except Exception as exc:  # an error response still carries its Date; no response ends calibration
+            log.debug("mailbox %s: clock calibration request failed: %s", self._config.name, describe(exc))
+        finally:
+            pacer.send_at = pacer.timeout = None
+        return None if pacer.last is None else pacer.last[1] - pacer.last[0]
 
     # -- search ---------------------------------------------------------------------------------------
 
@@ -497,7 +567,7 @@ class EwsMailbox:
 
     def watch(self, on_new_mail: Callable[[float], None]) -> EwsWatch:
         """Open a streaming subscription on the folders and call ``on_new_mail(time)`` on each NewMail event."""
-        account = _account(self._config, self.clock, max_connections=1)
+        account = _account(self._config, self.clock, self._pacer, max_connections=1)
         watch = EwsWatch(account=account, folders=self._folders, on_new_mail=on_new_mail, name=self._config.name)
         with self._lock:
             self._watches.append(watch)
