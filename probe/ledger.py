@@ -196,12 +196,14 @@ class Ledger:
                 (probe_id, route, smart_host, mailbox, message_id, self._clock(), deadline, SUBMITTING),
             )
 
-    def record_accepted(self, probe_id: str, *, accepted_at: float, detail: dict[str, Any] | None = None) -> None:
+    def record_accepted(self, probe_id: str, *, accepted_at: float, smtp_code: int | None = 250,
+                        detail: dict[str, Any] | None = None) -> None:
         """Note that the smart host accepted the probe (its final 250) at ``accepted_at``."""
         with self._tx() as db:
             db.execute(
-                "UPDATE probes SET state = ?, accepted_at = ?, detail = ? WHERE probe_id = ? AND state = ?",
-                (IN_FLIGHT, accepted_at, _dump(detail), probe_id, SUBMITTING),
+                "UPDATE probes SET state = ?, accepted_at = ?, smtp_code = ?, detail = ?"
+                " WHERE probe_id = ? AND state = ?",
+                (IN_FLIGHT, accepted_at, smtp_code, _dump(detail), probe_id, SUBMITTING),
             )
 
     def record_send_failure(self, probe_id: str, *, stage: str, reason: str, smtp_code: int | None,

@@ -85,7 +85,8 @@ def send_probe(target: Target, *, key: bytes, ledger: Ledger, observer: Observer
     observer.on_submit(target, result)
     detail = submit_detail(result)
     if result.ok and result.accepted_at is not None:
-        ledger.record_accepted(message.probe_id, accepted_at=result.accepted_at, detail=detail)
+        ledger.record_accepted(message.probe_id, accepted_at=result.accepted_at, smtp_code=result.smtp_code,
+                               detail=detail)
         return None
     decision = ledger.record_send_failure(
         message.probe_id, stage=str(result.stage or "connect"), reason=str(result.reason or "protocol"),

@@ -82,6 +82,7 @@ def test_json_output_has_the_contract_fields(lab: Any, tmp_path: Path) -> None:
         assert {"route", "smart_host", "verdict", "stage", "reason", "smtp_code", "latency_seconds",
                 "message_id"} <= set(item)
         assert item["verdict"] == "delivered"
+        assert item["smtp_code"] == 250
         assert item["latency_seconds"] >= 0
 
 
