@@ -52,7 +52,7 @@ def run_check(config: Config, options: CheckOptions,
     factory = mailbox_factory or _ews_mailbox
     mailboxes = {name: factory(config, name, key) for name in sorted({t.mailbox.name for t in chosen})}
     try:
-        decisions = _send_all(chosen, key=key, ledger=ledger, timeout=options.timeout)
+        decisions = _send_all(chosen, mailboxes, key=key, ledger=ledger, timeout=options.timeout)
         decisions += _wait(mailboxes, ledger=ledger, options=options)
     finally:
         for mailbox in mailboxes.values():
@@ -64,11 +64,17 @@ def _ews_mailbox(config: Config, name: str, key: bytes) -> Mailbox:
     return EwsMailbox(config.mailboxes[name], key=key)
 
 
-def _send_all(chosen: Sequence[Target], *, key: bytes, ledger: Ledger, timeout: float | None) -> list[Decision]:
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_SENDS, len(chosen)))) as pool:
+def _send_all(chosen: Sequence[Target], mailboxes: dict[str, Mailbox], *, key: bytes, ledger: Ledger,
+              timeout: float | None) -> list[Decision]:
+    """Send every probe in parallel while each mailbox's clock offset is calibrated, before any search."""
+    workers = max(1, min(MAX_PARALLEL_SENDS, len(chosen) + len(mailboxes)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        calibrations = [pool.submit(m.calibrate_clock) for m in mailboxes.values()]
         futures = [pool.submit(send_probe, t, key=key, ledger=ledger, observer=NullObserver(), timeout=timeout)
                    for t in chosen]
         results = [f.result() for f in futures]
+        for calibration in calibrations:
+            calibration.result()
     return [d for d in results if d is not None]
 
 

@@ -44,6 +44,8 @@ EXPIRE_SECONDS = 1.0
 STREAMING_FALLBACK_POLL = 30.0
 RETENTION_SECONDS = 7 * 86400
 SHUTDOWN_GRACE = 5.0
+CALIBRATE_ABOVE = 0.1  # seconds of clock offset uncertainty that call for a calibration
+CALIBRATE_EVERY = 300.0  # at most this often per mailbox
 MailboxFactory = Callable[[MailboxConfig, bytes], Mailbox]
 
 
@@ -84,6 +86,7 @@ class _MailboxWatcher:
     stopping: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     stream: Watch | None = None
+    next_calibration: float = 0.0
 
 
 class Daemon:
@@ -265,11 +268,22 @@ class Daemon:
 
     def _watch_loop(self, watcher: _MailboxWatcher) -> None:
         while not watcher.stopping.is_set():
+            self._calibrate(watcher)
             watcher.wake.wait(self._next_wait(watcher))
             watcher.wake.clear()
             if watcher.stopping.is_set():
                 return
             self._search(watcher)
+
+    def _calibrate(self, watcher: _MailboxWatcher) -> None:
+        """Narrow the mailbox server's clock offset when it has grown vague, at most every few minutes."""
+        now = time.monotonic()
+        if now < watcher.next_calibration:
+            return
+        uncertainty = watcher.mailbox.clock_uncertainty
+        if uncertainty is None or uncertainty > CALIBRATE_ABOVE:
+            watcher.mailbox.calibrate_clock()
+            watcher.next_calibration = now + CALIBRATE_EVERY
 
     def _next_wait(self, watcher: _MailboxWatcher) -> float:
         streaming_up = watcher.stream is not None and watcher.stream.connected

@@ -301,3 +301,26 @@ def lab_passwords(lab: Any) -> list[str]:
     walk(described)
     assert found
     return found
+
+
+def test_latency_under_a_two_second_delay_is_reported_within_a_quarter_second(lab: Any, tmp_path: Path) -> None:
+    """delay_delivery 2 s: the reported latency is 2 s to within 0.25 s (the lab's own record agrees)."""
+    lab.add_fault(target=f"smarthost/{EDGE_1}", kind="delay_delivery", seconds=2)
+    result = check(one_route(lab, tmp_path))
+    latency = result[EDGE_1].latency
+    assert latency is not None
+    assert latency == pytest.approx(2.0, abs=0.25)
+    record = next(r for r in lab.store.records() if r.message_id == result[EDGE_1].message_id)
+    assert record.accepted_at is not None
+    assert latency == pytest.approx(record.delivered_at - record.accepted_at, abs=0.25)
+
+
+@pytest.mark.parametrize("offset", [30, -30])
+def test_latency_stays_true_when_the_mailbox_servers_clock_is_off(lab: Any, tmp_path: Path, offset: int) -> None:
+    """EWS clock_offset of +-30 s: the measured offset corrects the receipt time; latency within 1 s of 2 s."""
+    lab.add_fault(target="ews/fourthcoffee", kind="clock_offset", seconds=offset)
+    lab.add_fault(target=f"smarthost/{EDGE_1}", kind="delay_delivery", seconds=2)
+    result = check(one_route(lab, tmp_path))
+    assert result[EDGE_1].verdict is Verdict.DELIVERED
+    assert result[EDGE_1].latency == pytest.approx(2.0, abs=1.0)
+    assert result[EDGE_2].latency == pytest.approx(0.0, abs=1.0)

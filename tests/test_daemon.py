@@ -248,3 +248,22 @@ def test_a_bad_config_or_unusable_state_file_stops_start_up_with_a_clear_error(l
     assert "Traceback" not in proc.stderr
     assert str(state_file) in proc.stderr
     assert state_file.read_bytes() == junk
+
+
+def test_with_streaming_the_latency_under_a_one_second_delay_is_within_a_quarter_second(lab: Any,
+                                                                                       tmp_path: Path) -> None:
+    """Streaming notifications and millisecond stamps: delay_delivery 1 s is reported as 1 s +- 0.25 s."""
+    lab.add_fault(target="smarthost/fourthcoffee-edge-1", kind="delay_delivery", seconds=1)
+    path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=5, jitter=0.2, watch="streaming",
+                                  routes=["contoso-to-fourthcoffee"])
+    daemon, server = start_daemon(path, listen_address="127.0.0.1:0")
+    try:
+        wait_for(lambda: len(daemon.ledger.history("contoso-to-fourthcoffee", "fourthcoffee-edge-1")) >= 3,
+                 timeout=30, what="three verdicts through the delayed smart host")
+        history = daemon.ledger.history("contoso-to-fourthcoffee", "fourthcoffee-edge-1")
+    finally:
+        server.close()
+        daemon.stop()
+    assert {row["state"] for row in history} == {"delivered"}
+    for row in history:
+        assert row["latency"] == pytest.approx(1.0, abs=0.25), row

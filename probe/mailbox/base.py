@@ -98,5 +98,12 @@ class Mailbox(Protocol):
     def watch(self, on_new_mail: Callable[[float], None]) -> Watch:
         """Call ``on_new_mail(local_time)`` whenever new mail arrives, from a background thread."""
 
+    @property
+    def clock_uncertainty(self) -> float | None:
+        """Return how far, in seconds, the server clock offset may be off now; None when unknown."""
+
+    def calibrate_clock(self, *, target_uncertainty: float = 0.05, budget_seconds: float = 5.0) -> object:
+        """Narrow the server clock offset estimate; never raise (a no-op where the offset is not needed)."""
+
     def close(self) -> None:
         """Release connections and stop any watch."""
