@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -317,13 +318,42 @@ def test_a_missing_file_and_a_directory_give_clear_errors(tmp_path: Path) -> Non
     assert directory.value.describe() == f"{tmp_path}: is a directory, not a config file"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
-def test_an_unreadable_file_gives_a_clear_error(tmp_path: Path) -> None:
-    """A file without read permission is refused as such."""
-    path = write(tmp_path, MINIMAL.read_text())
-    path.chmod(0)
-    with pytest.raises(ConfigError, match=r"cannot read: permission denied$"):
-        load_config(path, environ=ENV)
+def _load_as_nobody(path: Path) -> str:
+    """Return the error (or "ok") of loading ``path`` in a forked child that has dropped root for nobody."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no root, so file permissions apply as they do to any service account
+        os.close(read_end)
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            load_config(path, environ=ENV)
+            result = "ok"
+        except ConfigError as exc:
+            result = exc.describe()
+        except BaseException as exc:  # any other outcome is reported to the parent as text
+            result = f"unexpected {type(exc).__name__}: {exc}"
+        os.write(write_end, result.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return text
+
+
+def test_an_unreadable_file_gives_a_clear_error() -> None:
+    """A file without read permission is refused as such (checked as an unprivileged user, even under root)."""
+    directory = Path(tempfile.mkdtemp(prefix="mailflow-unreadable-"))
+    try:
+        directory.chmod(0o755)
+        path = write(directory, MINIMAL.read_text())
+        path.chmod(0)
+        assert _load_as_nobody(path) == f"{path}: cannot read: permission denied"
+    finally:
+        shutil.rmtree(directory)
 
 
 # --- durations ------------------------------------------------------------------------------------------
