@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -393,7 +394,6 @@ def test_formatting_and_parsing_a_duration_round_trips(millis: int) -> None:
 
 def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
     """config_json_schema is JSON, declares draft 2020-12, and passes the metaschema."""
-    jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(json.dumps(config_json_schema()))
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -412,7 +412,6 @@ def test_the_schema_covers_exactly_the_keys_the_loader_accepts() -> None:
 
 def test_the_example_config_satisfies_the_schema_and_a_typo_does_not() -> None:
     """An editor using the schema accepts the example and flags an unknown key or a double secret."""
-    jsonschema = pytest.importorskip("jsonschema")
     validator = jsonschema.Draft202012Validator(config_json_schema())
     example = yaml.safe_load(EXAMPLE.read_text())
     assert list(validator.iter_errors(example)) == []
