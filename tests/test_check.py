@@ -38,7 +38,7 @@ def _fresh_exchangelib() -> Iterator[None]:
 def write_config(lab: Any, tmp_path: Path, *, timeout: float = 10.0, smtp_timeout: float | None = None,
                  routes: list[str] | None = None, name: str = "probe.yaml") -> Path:
     """Write a config for the lab, with the smart hosts' network timeout changed where asked."""
-    path = lab.write_probe_config(tmp_path / name, interval=60, timeout=timeout, jitter=1, routes=routes)
+    path: Path = lab.write_probe_config(tmp_path / name, interval=60, timeout=timeout, jitter=1, routes=routes)
     if smtp_timeout is not None:
         data = yaml.safe_load(path.read_text())
         for route in data["routes"]:

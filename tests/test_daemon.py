@@ -212,7 +212,11 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
 
 def test_kill_9_with_probes_in_flight_then_restart_resolves_each_exactly_once(lab: Any, tmp_path: Path) -> None:
     """kill -9 mid-flight: nothing counted twice, nothing dropped; all verdicts come from the restarted daemon."""
-    crash_scenario(lab, tmp_path, lambda proc: (proc.send_signal(signal.SIGKILL), proc.wait(10)))
+    def kill(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    crash_scenario(lab, tmp_path, kill)
 
 
 def test_sigterm_exits_0_within_10_s_and_in_flight_probes_are_resolved_after_the_next_start(lab: Any,
