@@ -1,0 +1,61 @@
+"""Helpers for tests that run the daemon in-process on the lab: start it, scrape /metrics, wait for a condition."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from exchangelib.protocol import close_connections
+from prometheus_client.parser import text_string_to_metric_families
+
+from probe.daemon import Daemon, start_daemon
+
+HTTP_TIMEOUT = 10.0
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@contextmanager
+def running_daemon(config_path: Path) -> Iterator[tuple[Daemon, Any]]:
+    """Start the daemon and its web server on an ephemeral loopback port; stop both afterwards."""
+    daemon, server = start_daemon(config_path, listen_address="127.0.0.1:0")
+    try:
+        yield daemon, server
+    finally:
+        server.close()
+        daemon.stop()
+        close_connections()
+
+
+def fetch(url: str) -> str:
+    """Return the body of a GET on a loopback URL."""
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp:  # noqa: S310 - loopback http only
+        return str(resp.read().decode("utf-8"))
+
+
+def scrape(port: int) -> Samples:
+    """Return every sample of the daemon's /metrics by (name, labels)."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(fetch(f"http://127.0.0.1:{port}/metrics")):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Return the sum of the samples of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, every: float = 0.2) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` when ``timeout`` seconds pass first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
