@@ -11,8 +11,9 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol, TextIO
+from typing import Any, Final, Literal, TextIO
 
+from probe.ledger import Decision
 from probe.secret import redact
 from probe.vocabulary import Verdict
 
@@ -27,37 +28,6 @@ _LEVEL_NAMES: Final = {logging.DEBUG: "debug", logging.INFO: "info", logging.WAR
 _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _BARE: Final = re.compile(r"[^\s=\"\\\x00-\x1f\x7f]+")
 _HANDLER_MARK: Final = "_probe_handler"
-
-
-class DecisionLike(Protocol):
-    """What a verdict line reads of a decision (probe.ledger.Decision)."""
-
-    @property
-    def probe_id(self) -> str: ...
-
-    @property
-    def route(self) -> str: ...
-
-    @property
-    def smart_host(self) -> str: ...
-
-    @property
-    def message_id(self) -> str: ...
-
-    @property
-    def verdict(self) -> Verdict: ...
-
-    @property
-    def stage(self) -> str | None: ...
-
-    @property
-    def reason(self) -> str | None: ...
-
-    @property
-    def smtp_code(self) -> int | None: ...
-
-    @property
-    def latency(self) -> float | None: ...
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -148,7 +118,7 @@ _VERDICT_LEVELS: Final = {Verdict.DELIVERED: logging.INFO, Verdict.LATE: logging
                           Verdict.UNKNOWN: logging.WARNING}
 
 
-def log_decision(logger: logging.Logger, decision: DecisionLike) -> None:
+def log_decision(logger: logging.Logger, decision: Decision) -> None:
     """Write the one line of a verdict: route, smart host, verdict, latency, stage, reason, ids."""
     fields = {
         "route": decision.route, "smart_host": decision.smart_host, "verdict": str(decision.verdict),

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Final, Protocol, TypeVar
+from typing import Final, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +28,9 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from probe import __version__
 from probe.config import Config, SmartHostConfig
+from probe.ledger import Decision
+from probe.mailbox.base import SearchResult
+from probe.smtp import SubmitResult
 from probe.vocabulary import MailboxReason, Stage, Verdict
 
 PREFIX: Final = "mailflow_probe"
@@ -55,58 +57,6 @@ _FAILURES_ALWAYS: Final = {
 }
 _FAILURES_TLS: Final = ("tls_unavailable", "tls_certificate", "tls_handshake", *_REPLY)
 _FAILURES_AUTH: Final = ("auth_unavailable", "auth_failed", "timeout", "tempfail", "protocol")
-
-
-class TlsFactsLike(Protocol):
-    """What the metrics read of a smart host's TLS facts."""
-
-    @property
-    def not_after(self) -> datetime | None: ...
-
-
-class SubmitLike(Protocol):
-    """What the metrics read of a submit step's result (probe.smtp.SubmitResult)."""
-
-    @property
-    def stage_seconds(self) -> Mapping[Stage, float]: ...
-
-    @property
-    def tls(self) -> TlsFactsLike | None: ...
-
-
-class SearchLike(Protocol):
-    """What the metrics read of a mailbox search's result (probe.mailbox.base.SearchResult)."""
-
-    @property
-    def ok(self) -> bool: ...
-
-    @property
-    def error_reason(self) -> str | None: ...
-
-
-class DecisionLike(Protocol):
-    """What the metrics read of a verdict (probe.ledger.Decision)."""
-
-    @property
-    def route(self) -> str: ...
-
-    @property
-    def smart_host(self) -> str: ...
-
-    @property
-    def verdict(self) -> Verdict: ...
-
-    @property
-    def stage(self) -> str | None: ...
-
-    @property
-    def reason(self) -> str | None: ...
-
-    @property
-    def latency(self) -> float | None: ...
-
-    @property
-    def decided_at(self) -> float: ...
 
 
 def possible_failures(host: SmartHostConfig) -> list[tuple[str, str]]:
@@ -281,7 +231,7 @@ class ProbeMetrics:
 
     # -- observations ------------------------------------------------------------------------------
 
-    def observe_decision(self, decision: DecisionLike) -> None:
+    def observe_decision(self, decision: Decision) -> None:
         """Count one verdict; move ``success`` on delivered, send_failed and lost."""
         pair = (decision.route, decision.smart_host)
         with self._lock:
@@ -306,7 +256,7 @@ class ProbeMetrics:
             else:
                 self._child(self.unknown, *pair).inc()
 
-    def observe_submit(self, route: str, smart_host: str, result: SubmitLike) -> None:
+    def observe_submit(self, route: str, smart_host: str, result: SubmitResult) -> None:
         """Count a submission and time its stages; note the certificate's expiry when TLS was used.
 
         Send failures are counted by ``observe_decision`` (the ledger decides them), never here.
@@ -322,7 +272,7 @@ class ProbeMetrics:
             if not_after is not None and pair in self._layout.tls_pairs:
                 self._child(self.tls_expiry, *pair).set(not_after.timestamp())
 
-    def observe_search(self, mailbox: str, result: SearchLike) -> None:
+    def observe_search(self, mailbox: str, result: SearchResult) -> None:
         """Set ``mailbox_up`` from a search; count its error by reason."""
         with self._lock:
             if mailbox not in self._layout.mailboxes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,8 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from probe.config import Config, EwsConfig, MailboxConfig, RouteConfig, SmartHostConfig
 from probe.ledger import Decision
+from probe.mailbox.base import SearchResult
 from probe.metrics import ProbeMetrics, delivery_buckets, possible_failures
 from probe.secret import Secret
+from probe.smtp import SubmitResult
+from probe.tls_facts import TlsFacts
 from probe.vocabulary import MailboxReason, Stage, Verdict
 
 P = "mailflow_probe_"
@@ -64,21 +66,17 @@ def decision(verdict: Verdict, *, route: str = "c2f", host: str = "edge-1", stag
                     stage=stage, reason=reason, latency=latency, decided_at=at)
 
 
-@dataclass(frozen=True)
-class FakeTls:
-    not_after: datetime | None
+def tls_facts(not_after: datetime | None) -> TlsFacts:
+    return TlsFacts(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", not_after=not_after, subject=None,
+                    issuer=None, verified=True)
 
 
-@dataclass(frozen=True)
-class FakeSubmit:
-    stage_seconds: dict[Stage, float] = field(default_factory=dict)
-    tls: FakeTls | None = None
+def submitted(stage_seconds: dict[Stage, float], tls: TlsFacts | None = None) -> SubmitResult:
+    return SubmitResult(ok=True, stage_seconds=stage_seconds, tls=tls)
 
 
-@dataclass(frozen=True)
-class FakeSearch:
-    ok: bool
-    error_reason: MailboxReason | None = None
+def searched(*, ok: bool, error_reason: MailboxReason | None = None) -> SearchResult:
+    return SearchResult(ok=ok, started_at=0.0, finished_at=0.0, error_reason=error_reason)
 
 
 PAIR_SERIES = ("sent_total", "delivered_total", "lost_total", "late_total", "unknown_total", "success",
@@ -172,7 +170,7 @@ def test_a_submission_counts_sent_times_stages_and_notes_certificate_expiry():
     """observe_submit counts the probe as sent, observes each stage's time and the certificate's expiry."""
     m = ProbeMetrics(make_config())
     expiry = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    m.observe_submit("c2f", "edge-2", FakeSubmit({Stage.CONNECT: 0.01, Stage.DATA: 0.2}, FakeTls(expiry)))
+    m.observe_submit("c2f", "edge-2", submitted({Stage.CONNECT: 0.01, Stage.DATA: 0.2}, tls_facts(expiry)))
     pair = {"route": "c2f", "smart_host": "edge-2"}
     v = Snapshot(m)
     assert v("sent_total", **pair) == 1.0
@@ -185,10 +183,10 @@ def test_a_submission_counts_sent_times_stages_and_notes_certificate_expiry():
 def test_searches_set_mailbox_up_and_count_errors_by_reason():
     """A failed search sets mailbox_up 0 and counts its reason; a good one sets it 1."""
     m = ProbeMetrics(make_config())
-    m.observe_search("fc", FakeSearch(ok=True))
+    m.observe_search("fc", searched(ok=True))
     v = Snapshot(m)
     assert v("mailbox_up", mailbox="fc") == 1.0
-    m.observe_search("fc", FakeSearch(ok=False, error_reason=MailboxReason.THROTTLED))
+    m.observe_search("fc", searched(ok=False, error_reason=MailboxReason.THROTTLED))
     v = Snapshot(m)
     assert v("mailbox_up", mailbox="fc") == 0.0
     assert v("mailbox_errors_total", mailbox="fc", reason="throttled") == 1.0
@@ -264,8 +262,8 @@ def test_promtool_check_metrics_is_clean(tmp_path):
     m = ProbeMetrics(make_config())
     m.observe_decision(decision(Verdict.DELIVERED, latency=1.5))
     m.observe_decision(decision(Verdict.SEND_FAILED, host="edge-2", stage="starttls", reason="tls_certificate"))
-    m.observe_submit("c2f", "edge-1", FakeSubmit({Stage.EHLO: 0.01}, FakeTls(datetime(2030, 1, 1, tzinfo=UTC))))
-    m.observe_search("fc", FakeSearch(ok=False, error_reason=MailboxReason.TIMEOUT))
+    m.observe_submit("c2f", "edge-1", submitted({Stage.EHLO: 0.01}, tls_facts(datetime(2030, 1, 1, tzinfo=UTC))))
+    m.observe_search("fc", searched(ok=False, error_reason=MailboxReason.TIMEOUT))
     m.set_reload(True, 1.0)
     m.observe_lag(0.1)
     result = subprocess.run([promtool, "check", "metrics"], input=m.render(), capture_output=True, timeout=30,
