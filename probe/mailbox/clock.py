@@ -214,13 +214,17 @@ def local_arrival(*, received_server: float, precise: bool, first_seen_local: fl
                   offset: OffsetEstimate | None) -> LocalArrival:
     """Map a server receipt stamp to the probe's clock, narrowed by the moment the probe first saw it.
 
-    A whole-second stamp S means the arrival was in [S, S + 1) on the server clock. With no offset
-    known, the server clock is taken as the probe's.
+    A whole-second stamp S means the arrival was in [S, S + 1) on the server clock; the offset's bounds
+    widen that on the probe's clock, and the first sighting cuts it short: the best value is the middle of
+    what remains. With no offset known, the server clock is taken as the probe's. The arrival is never
+    put after the first sighting: when the offset says otherwise it is wrong (the server clock moved),
+    and the sighting is taken, as uncertain as the offset's interval is wide.
     """
     low_off, high_off = (offset.low, offset.high) if offset is not None else (0.0, 0.0)
     width = 0.0 if precise else 1.0
     earliest = received_server - high_off
     latest = min(received_server + width - low_off, first_seen_local)
-    if latest < earliest:  # the bounds disagree (clock moved since): trust the stamp over the sighting
-        latest = received_server + width - low_off
+    if latest < earliest:
+        spread = width + high_off - low_off
+        return LocalArrival(at=first_seen_local, earliest=first_seen_local - spread, latest=first_seen_local)
     return LocalArrival(at=(earliest + latest) / 2, earliest=earliest, latest=latest)
