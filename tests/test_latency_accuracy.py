@@ -92,6 +92,7 @@ def test_calibration_pins_the_server_clock_offset(lab: Lab, mailbox: EwsMailbox,
     assert mailbox.clock_uncertainty <= 0.05
     requests = lab.stats.ews_requests("GetFolder", forest=FOREST)
     assert 1 <= requests <= 8
+    assert mailbox.clock.resets == 0  # every response's Date, 401s included, follows the forest's clock
 
 
 def test_a_calibrated_clock_costs_nothing_more(lab: Lab, mailbox: EwsMailbox) -> None:
