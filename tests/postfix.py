@@ -1,8 +1,9 @@
 """A private Postfix smart host for the tests: Debian's postfix and Dovecot, each run from its own directory.
 
-    with DovecotAuth.start(directory / "dovecot", users={"probe": secret}) as auth:
-        with PostfixSmartHost.start(directory / "postfix", address="127.0.0.55", auth=auth,
-                                    cert=ca.issue("postfix", ["127.0.0.55"]), relay=relay) as postfix:
+    postfix = PostfixSmartHost.configure(directory / "postfix", address="127.0.0.55", relay=relay,
+                                         cert=ca.issue("postfix", ["127.0.0.55"]))
+    with DovecotAuth.start(directory / "dovecot", users={"probe": secret}, sockets=[postfix.auth_socket]):
+        with postfix.start():
             postfix.port, postfix.maillog()
 
 Postfix runs from ``postfix -c DIR`` with its own queue and data directories (no systemd, no syslog: it
@@ -63,17 +64,25 @@ def free_port(address: str) -> int:
         return port
 
 
-def wait_for_port(address: str, port: int, *, timeout: float = START_TIMEOUT) -> None:
-    """Wait until ``address:port`` accepts a connection; raise MailServerError at ``timeout``."""
+def wait_for_banner(address: str, port: int, *, timeout: float = START_TIMEOUT) -> None:
+    """Wait until an SMTP server on ``address:port`` greets with 220 (then QUIT); raise MailServerError at ``timeout``.
+
+    A greeting, not a bare accept: Postfix's master accepts even when every smtpd it starts dies at once.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((address, port), timeout=1.0):
-                return
+            with socket.create_connection((address, port), timeout=2.0) as sock:
+                banner = sock.makefile("rb").readline(1000)
+                if banner.startswith(b"220 "):
+                    sock.sendall(b"QUIT\r\n")
+                    return
+                problem = f"greeting {banner!r}"
         except OSError as exc:
-            if time.monotonic() > deadline:
-                raise MailServerError(f"nothing accepts on {address}:{port} after {timeout:.0f} s: {exc}") from exc
-            time.sleep(0.05)
+            problem = str(exc)
+        if time.monotonic() > deadline:
+            raise MailServerError(f"no SMTP greeting on {address}:{port} after {timeout:.0f} s: {problem}")
+        time.sleep(0.1)
 
 
 def _run(command: list[str], *, what: str) -> str:
@@ -446,23 +455,29 @@ class PostfixSmartHost:
         self._running = False
 
     @classmethod
-    def start(cls, directory: Path, *, address: str, cert: IssuedCert, relay: Relay, tls: bool = True,
-              port: int | None = None) -> Self:
-        """Configure and start Postfix, wait until its smtpd accepts, and return it.
+    def configure(cls, directory: Path, *, address: str, cert: IssuedCert, relay: Relay, tls: bool = True,
+                  port: int | None = None) -> Self:
+        """Write the configuration and make the queue's ``private`` directory; :meth:`start` starts it.
 
         ``tls=False`` turns STARTTLS off and offers AUTH in the clear (``smtpd_tls_auth_only = no``): a
-        downgraded smart host that invites credentials. The auth socket (``auth_socket``) must be served
-        by Dovecot before the first AUTH, not before the start.
+        downgraded smart host that invites credentials. Dovecot must serve :attr:`auth_socket` before
+        the start: an smtpd that offers AUTH before TLS asks Dovecot for its mechanisms at each connection.
         """
         postfix = cls(directory, address=address, port=port or free_port(address), cert=cert, relay=relay,
                       tls=tls)
-        try:
-            postfix._configure()
-            postfix._launch()
-        except BaseException:
-            postfix.stop()
-            raise
+        postfix._configure()
         return postfix
+
+    def start(self) -> Self:
+        """Start Postfix and wait for its smtpd's greeting; stop what did start if that fails."""
+        try:
+            self._running = True  # from here on, stop() cleans up whatever part did start
+            self.postfix("start")  # its postfix-script checks the configuration and makes the queue first
+            wait_for_banner(self.address, self.port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def __enter__(self) -> Self:
         return self
@@ -481,6 +496,9 @@ class PostfixSmartHost:
             path.mkdir(parents=True, exist_ok=True)
         owner = pwd.getpwnam("postfix")
         os.chown(self.directory / "data", owner.pw_uid, owner.pw_gid)  # master.lock is opened as postfix
+        private = self.queue_dir / "private"  # as postfix makes it; made here for Dovecot's socket
+        private.mkdir(mode=0o700, exist_ok=True)
+        os.chown(private, owner.pw_uid, owner.pw_gid)
         relay = self.relay
         transport = _write(self.config_dir / "transport", f"{relay.domain} relay:{relay.nexthop}\n")
         passwords = _write(self.config_dir / "relay_passwords",
@@ -496,11 +514,6 @@ class PostfixSmartHost:
     def postfix(self, *args: str) -> str:
         """Run ``postfix -c DIR ARGS...`` and return its output."""
         return _run([str(POSTFIX), "-c", str(self.config_dir), *args], what=f"postfix {' '.join(args)}")
-
-    def _launch(self) -> None:
-        self._running = True  # from here on, stop() cleans up whatever part did start
-        self.postfix("start")  # its postfix-script checks the configuration and makes the queue first
-        wait_for_port(self.address, self.port)
 
     def maillog(self) -> str:
         """Return Postfix's log so far (``maillog_file``)."""
