@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pty
 import pwd
 import re
 import signal
@@ -56,6 +57,21 @@ def missing_parts() -> list[str]:
     return missing
 
 
+def reachable_directory(prefix: str, *, parent: Path = Path("/tmp")) -> Path:
+    """Make a fresh directory (0711) that Postfix's and Dovecot's unprivileged users can pass through.
+
+    Postfix opens some files as its ``mail_owner`` and Dovecot's auth reads as ``dovecot``; pytest's
+    tmp_path lies below a root-only (0700) directory, which they cannot pass.
+    """
+    for ancestor in (parent, *parent.parents):
+        if not ancestor.stat().st_mode & 0o001:
+            raise MailServerError(f"{ancestor} is not searchable by other users; Postfix could not reach "
+                                  f"a directory under {parent}")
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    directory.chmod(0o711)
+    return directory
+
+
 def free_port(address: str) -> int:
     """Return a TCP port that is free on ``address`` now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -85,22 +101,42 @@ def wait_for_banner(address: str, port: int, *, timeout: float = START_TIMEOUT) 
         time.sleep(0.1)
 
 
-def _run(command: list[str], *, what: str) -> str:
+def _run(command: list[str], *, what: str, tty: bool = False) -> str:
     """Run ``command``; return its output, or raise MailServerError with it when it fails.
 
     The output goes to a file, not a pipe: a daemon that keeps its parent's stdout would hold a pipe open.
+    ``tty``: stderr is a pseudo-terminal, for Postfix's commands, which write their errors to stderr only
+    when it is a terminal (else to syslog, which a test machine may not have).
     """
+    terminal, stderr = pty.openpty() if tty else (-1, subprocess.STDOUT)
     with tempfile.TemporaryFile() as out:
         try:
-            done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=stderr,
                                   timeout=_COMMAND_TIMEOUT, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise MailServerError(f"{what}: {' '.join(command)}: {exc}") from exc
+        finally:
+            if tty:
+                os.close(stderr)
         out.seek(0)
-        output = out.read().decode("utf-8", errors="replace").strip()
+        output = out.read().decode("utf-8", errors="replace") + (_drain(terminal) if tty else "")
     if done.returncode != 0:
-        raise MailServerError(f"{what}: {' '.join(command)} exited {done.returncode}: {output}")
-    return output
+        raise MailServerError(f"{what}: {' '.join(command)} exited {done.returncode}: {output.strip()}")
+    return output.strip()
+
+
+def _drain(terminal: int) -> str:
+    """Read what is waiting on a pseudo-terminal's controller side, then close it."""
+    os.set_blocking(terminal, False)
+    chunks = []
+    try:
+        while chunk := os.read(terminal, 65536):
+            chunks.append(chunk)
+    except OSError:  # EAGAIN: nothing more; EIO: no process holds the other side
+        pass
+    finally:
+        os.close(terminal)
+    return b"".join(chunks).decode("utf-8", errors="replace").replace("\r\n", "\n")
 
 
 def _write(path: Path, text: str, *, mode: int = 0o644) -> Path:
@@ -142,6 +178,7 @@ ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_verbose = yes
+auth_failure_delay = 0  # tests: a wrong password is answered at once
 default_internal_user = dovecot
 default_login_user = dovenull
 passdb {{
@@ -411,6 +448,7 @@ smtp_tls_loglevel = 1
 smtp_tls_session_cache_database =
 smtp_connect_timeout = 10s
 delay_warning_time = 0
+smtpd_error_sleep_time = 0
 """
 
 _MASTER_CF: Final = """\
@@ -513,7 +551,7 @@ class PostfixSmartHost:
 
     def postfix(self, *args: str) -> str:
         """Run ``postfix -c DIR ARGS...`` and return its output."""
-        return _run([str(POSTFIX), "-c", str(self.config_dir), *args], what=f"postfix {' '.join(args)}")
+        return _run([str(POSTFIX), "-c", str(self.config_dir), *args], what=f"postfix {' '.join(args)}", tty=True)
 
     def maillog(self) -> str:
         """Return Postfix's log so far (``maillog_file``)."""

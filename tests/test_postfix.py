@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -36,6 +35,7 @@ from tests.postfix import (
     Relay,
     missing_parts,
     process_tree,
+    reachable_directory,
     smtpd_sessions,
     tcp_listeners,
 )
@@ -73,10 +73,7 @@ def rig() -> Iterator[Rig]:
     if missing:
         pytest.fail("the Postfix smart host tests need " + "; ".join(missing)
                     + ": run scripts/setup (as root)", pytrace=False)
-    # Postfix opens some files as its mail_owner, so its directory must be reachable by that user; pytest's
-    # tmp_path is below a root-only directory, hence a directory of our own (0711), removed at the end.
-    directory = Path(tempfile.mkdtemp(prefix="mailflow-postfix-"))
-    directory.chmod(0o711)
+    directory = reachable_directory("mailflow-postfix-")  # not tmp_path: see its docstring; removed below
     password = Secret(secrets.token_urlsafe(18))
     try:
         with ExitStack() as stack:
@@ -91,7 +88,7 @@ def rig() -> Iterator[Rig]:
             dovecot = stack.enter_context(DovecotAuth.start(
                 directory / "dovecot", users={USERNAME: password}, sockets=[postfix.auth_socket, plain.auth_socket]))
             for instance in (postfix, plain):
-                stack.enter_context(instance.start())
+                stack.enter_context(instance.start())  # ~2 s each, mostly postfix-script's checks
             yield Rig(lab=lab, postfix=postfix, plain=plain, dovecot=dovecot, password=password,
                       directory=directory)
     finally:
