@@ -6,9 +6,9 @@ The lab runs in its own process with groups of smart hosts per forest, each grou
 this process) probes every (route, smart host) pair of both directions at a short interval; every
 probe's latency is its ledger decision's (what the metrics and logs report). The truth is the lab's
 record of the same message: ``delivered_at - accepted_at``, both true time (``accepted_at`` is stamped
-by the lab just after it writes the 250; the probe reads the 250 a little later, so a small positive
-bias on the accept side is expected and counted as error). Runs: streaming, polling, and streaming
-with the EWS clock of one forest 30 s ahead and the other's 30 s behind.
+by the lab just after it writes the 250; the probe reads the 250 a little later, so its latency is a
+little shorter: a small negative bias from the accept side is expected and counted as error). Runs:
+streaming, polling, and streaming with the EWS clock of one forest 30 s ahead and the other's 30 s behind.
 """
 
 from __future__ import annotations
@@ -187,9 +187,9 @@ def _explain(plan: Plan) -> str:
         f"every {plan.interval:g} s for {plan.duration:g} s with the real daemon (streaming, or polling every "
         "2 s), the lab in its own process. Error = the ledger's latency (what metrics and logs report) minus "
         "the lab's record (store `delivered_at - accepted_at`, true time). The lab stamps `accepted_at` just "
-        "after writing the 250 and the probe reads the 250 a little later, so part of a positive error is "
-        "the accept side. Probes still in flight at the end are not counted; \"not delivered\" counts any "
-        "other verdict. Offset runs count only the direction into the offset forest.\n\n"
+        "after writing the 250 and the probe reads the 250 a little later (its latency starts later), so part "
+        "of a negative error is the accept side. Probes still in flight at the end are not counted; "
+        "\"not delivered\" counts any other verdict. Offset runs count only the direction into the offset forest.\n\n"
     )
 
 
