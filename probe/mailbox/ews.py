@@ -154,7 +154,8 @@ _RULES: Final[tuple[tuple[MailboxReason, Callable[[BaseException], bool]], ...]]
     (MailboxReason.TIMEOUT, lambda e: isinstance(e, requests.exceptions.Timeout | TimeoutError)),
     (MailboxReason.UNREACHABLE, lambda e: isinstance(
         e, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError | ConnectionError)),
-    (MailboxReason.UNAUTHORIZED, lambda e: isinstance(e, UnauthorizedError | ErrorAccessDenied)),
+    (MailboxReason.UNAUTHORIZED, lambda e: isinstance(e, UnauthorizedError | ErrorAccessDenied)
+     or (isinstance(e, PermissionError) and str(e).startswith("Access denied"))),  # requests_ntlm: a bare 401
     (MailboxReason.THROTTLED, lambda e: isinstance(
         e, ErrorServerBusy | ErrorExceededConnectionCount | ErrorTooManyObjectsOpened)),
     (MailboxReason.SERVER_ERROR, _is_server_error),
