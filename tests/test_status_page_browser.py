@@ -110,6 +110,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             yield Site(lab=lab, daemon=daemon, port=server.port, profile=tmp / "chromium-profile")
 
 
+@pytest.fixture(scope="module")
+def status(site: Site) -> Any:
+    """Return the status page as Chromium renders it (once for the module)."""
+    return rendered(site, "/")
+
+
 def text(element: Any) -> str:
     """Return an element's rendered text with runs of white space made one space."""
     return " ".join(str(element.text_content()).split())
@@ -158,33 +164,39 @@ def encoded_forms(lab: Lab, password: str) -> set[str]:
     return {f for f in forms if len(f) >= 6}
 
 
-def test_a_delivered_pair_shows_its_verdict_and_latency(site: Site) -> None:
-    """The delivering smart host's row reads "delivered" with a latency in seconds and the 250 it got."""
-    cells = pair_cells(rendered(site, "/"), ROUTE, DELIVERING)
-    assert cells["last verdict"] == "delivered"
-    assert re.fullmatch(r"\d+\.\d{3} s", cells["latency"]), cells
-    assert cells["stage / reason"] == ""
-    assert cells["SMTP code"] == "250"
-    assert "✓" in cells["recent (oldest → newest)"]
+def test_a_delivered_pair_shows_its_verdict_and_latency(site: Site, status: Any) -> None:
+    """A delivering smart host's row reads "delivered" with a latency in seconds and the 250 it got.
+
+    Every pair but the failing one delivers; on a loaded machine one of them may have just ended as lost, so
+    the page must show at least one delivered pair, and every delivered row must read right.
+    """
+    rows = {(route.name, host.name): pair_cells(status, route.name, host.name)
+            for route in site.daemon.config.routes for host in route.smart_hosts if host.name != FAILING}
+    delivered = {pair: cells for pair, cells in rows.items() if cells["last verdict"] == "delivered"}
+    assert delivered, f"no pair shows delivered: {rows}"
+    for cells in delivered.values():
+        assert re.fullmatch(r"\d+\.\d{3} s", cells["latency"]), cells
+        assert cells["stage / reason"] == "", cells
+        assert cells["SMTP code"] == "250", cells
+        assert "✓" in cells["recent (oldest → newest)"], cells
 
 
-def test_a_failed_pair_shows_send_failed_at_auth_with_auth_failed(site: Site) -> None:
+def test_a_failed_pair_shows_send_failed_at_auth_with_auth_failed(status: Any) -> None:
     """The smart host that rejects AUTH reads send_failed, stage auth, reason auth_failed, code 535."""
-    cells = pair_cells(rendered(site, "/"), ROUTE, FAILING)
-    assert cells["last verdict"] == "send_failed"
-    assert cells["latency"] == ""
-    assert cells["stage / reason"] == "auth / auth_failed"
-    assert cells["SMTP code"] == "535"
-    assert "✓" not in cells["recent (oldest → newest)"]
+    cells = pair_cells(status, ROUTE, FAILING)
+    assert cells["last verdict"] == "send_failed", cells
+    assert cells["latency"] == "", cells
+    assert cells["stage / reason"] == "auth / auth_failed", cells
+    assert cells["SMTP code"] == "535", cells
+    assert "✓" not in cells["recent (oldest → newest)"], cells
 
 
-def test_every_pair_of_the_page_links_to_its_debug_view(site: Site) -> None:
+def test_every_pair_of_the_page_links_to_its_debug_view(site: Site, status: Any) -> None:
     """Each configured pair has a row, and its debug link names the route and the smart host."""
-    page = rendered(site, "/")
-    links = {a.get("href") for a in page.iter("a") if text(a) == "debug"}
+    links = {a.get("href") for a in status.iter("a") if text(a) == "debug"}
     for route in site.daemon.config.routes:
         for host in route.smart_hosts:
-            pair_cells(page, route.name, host.name)
+            pair_cells(status, route.name, host.name)
             assert debug_link(route.name, host.name) in links
 
 
