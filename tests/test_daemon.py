@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 import yaml
 from exchangelib.protocol import close_connections
-from prometheus_client.parser import text_string_to_metric_families
 
 from probe.daemon import Daemon, start_daemon
+from tests.daemon_harness import fetch, running_daemon, scrape, value, wait_for
 
 PAIRS = {("contoso-to-fourthcoffee", "fourthcoffee-edge-1"), ("contoso-to-fourthcoffee", "fourthcoffee-edge-2"),
          ("fourthcoffee-to-contoso", "contoso-edge-1"), ("fourthcoffee-to-contoso", "contoso-edge-2")}
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture(autouse=True)
@@ -33,40 +32,12 @@ def _fresh_exchangelib() -> Iterator[None]:
     close_connections()
 
 
-def scrape(port: int) -> Samples:
-    """Return every sample of /metrics by (name, labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """Return the sum of the samples of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 @pytest.fixture
 def running(lab: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Any]]:
     """A daemon probing the lab every second, on an ephemeral port."""
     path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=5, jitter=0.2)
-    daemon, server = start_daemon(path, listen_address="127.0.0.1:0")
-    yield daemon, server
-    server.close()
-    daemon.stop()
+    with running_daemon(path) as started:
+        yield started
 
 
 def test_three_cycles_fill_every_pairs_counters_and_the_output_passes_promtool(running: tuple[Daemon, Any]) -> None:
@@ -82,8 +53,7 @@ def test_three_cycles_fill_every_pairs_counters_and_the_output_passes_promtool(r
         assert value(samples, "mailflow_probe_tls_cert_expiry_timestamp_seconds", route=route,
                      smart_host=host) > time.time()
     assert value(samples, "mailflow_probe_mailbox_up", mailbox="fourthcoffee") == 1
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
-        text = resp.read()
+    text = fetch(f"http://127.0.0.1:{server.port}/metrics").encode()
     proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
