@@ -1,0 +1,284 @@
+"""Downgrade and secrets: no credentials without STARTTLS, no password anywhere, basic auth on /metrics."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import yaml
+from exchangelib.protocol import close_connections
+
+from probe.check import CheckOptions, run_check
+from probe.config import load_config
+from probe.daemon import start_daemon
+from probe.lab import Lab
+from tests.test_fault_matrix import MAILBOX_FORESTS, apply_faults, matrix_config
+
+EDGE_1 = "fourthcoffee-edge-1"
+ROUTE = "contoso-to-fourthcoffee"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_exchangelib() -> Iterator[None]:
+    yield
+    close_connections()
+
+
+# -- what counts as a password on the page ------------------------------------------------------------------
+
+
+def lab_credentials(lab: Lab) -> list[tuple[str, str]]:
+    """Return (username, password) of every account in lab.json."""
+    described = json.loads(lab.json_path.read_text())
+    found: list[tuple[str, str]] = []
+    for forest in described["forests"].values():
+        found.append((forest["smtp"]["username"], forest["smtp"]["password"]))
+        found += [(user, forest["ews"]["password"]) for user in forest["ews"]["users"]]
+        found += [(h["username"], h["password"]) for h in forest["smart_hosts"]]
+    assert found
+    return found
+
+
+def secret_forms(lab: Lab) -> set[str]:
+    """Return every password of the lab, raw and as SMTP AUTH PLAIN / LOGIN or HTTP Basic would carry it."""
+    forms: set[str] = set()
+    for user, password in lab_credentials(lab):
+        forms.add(password)
+        forms.add(base64.b64encode(password.encode()).decode())  # AUTH LOGIN's password line
+        forms.add(base64.b64encode(f"\0{user}\0{password}".encode()).decode())  # AUTH PLAIN
+        forms.add(base64.b64encode(f"{user}:{password}".encode()).decode())  # HTTP Basic
+    return forms
+
+
+def leaks(text: str, forms: set[str]) -> list[str]:
+    """Return the secret forms found in ``text`` (shortened, so the failure does not print them)."""
+    return sorted(f"{form[:3]}... ({len(form)} chars)" for form in forms if form in text)
+
+
+# -- on the wire ----------------------------------------------------------------------------------------------
+
+
+class Tap:
+    """A TCP relay on loopback that records every byte the client sends to the server."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.sent = bytearray()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = int(self._listener.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            server = socket.create_connection(self.upstream, timeout=10)
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        source.settimeout(30)
+        try:
+            while chunk := source.recv(65536):
+                if record:
+                    with self._lock:
+                        self.sent += chunk
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Stop accepting."""
+        self._stop.set()
+        self._thread.join(2)
+        self._listener.close()
+
+
+def tapped_check(lab: Lab, tmp_path: Path) -> tuple[dict[str, Any], bytes]:
+    """Run a check of one route with its first smart host reached through a Tap; return verdicts and bytes."""
+    path = lab.write_probe_config(tmp_path / "tapped.yaml", interval=60, timeout=6, jitter=1, routes=[ROUTE])
+    data = yaml.safe_load(path.read_text())
+    host = data["routes"][0]["smart_hosts"][0]
+    tap = Tap((host["host"], int(host["port"])))
+    host.update({"host": "127.0.0.1", "port": tap.port, "server_name": host["host"]})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        outcome = run_check(load_config(path), CheckOptions(poll_seconds=0.25))
+    finally:
+        tap.close()
+    return {d.smart_host: d for d in outcome.decisions}, bytes(tap.sent)
+
+
+def test_a_smart_host_without_starttls_never_receives_credentials_on_the_wire(lab: Lab, tmp_path: Path) -> None:
+    """no_starttls: the lab counts no AUTH, and the bytes the probe sent hold no AUTH and no password form."""
+    lab.add_fault(target=f"smarthost/{EDGE_1}", kind="no_starttls")
+    verdicts, sent = tapped_check(lab, tmp_path)
+    assert (verdicts[EDGE_1].stage, verdicts[EDGE_1].reason) == ("starttls", "tls_unavailable")
+    assert lab.stats.smarthost(EDGE_1, "auth_attempts") == 0
+    assert sent.upper().startswith(b"EHLO ")
+    assert b"AUTH" not in sent.upper()
+    assert b"MAIL FROM" not in sent.upper()
+    assert not leaks(sent.decode("latin-1"), secret_forms(lab))
+
+
+def test_with_starttls_the_credentials_travel_only_inside_tls(lab: Lab, tmp_path: Path) -> None:
+    """A healthy smart host: the cleartext part of the session is EHLO and STARTTLS; AUTH happens, but
+    nothing of any password is visible on the wire."""
+    verdicts, sent = tapped_check(lab, tmp_path)
+    assert str(verdicts[EDGE_1].verdict) == "delivered"
+    assert lab.stats.smarthost(EDGE_1, "auth_attempts") >= 1
+    cleartext = sent[: sent.upper().index(b"STARTTLS\r\n") + len(b"STARTTLS\r\n")]
+    assert cleartext.upper().startswith(b"EHLO ")
+    assert b"AUTH" not in cleartext.upper()
+    assert b"AUTH" not in sent.upper()  # the rest is TLS records
+    assert not leaks(sent.decode("latin-1"), secret_forms(lab))
+
+
+# -- nowhere in what the program shows ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The fault matrix's lab: every fault kind in force at once."""
+    with Lab.start(tmp_path_factory.mktemp("secrets") / "lab", forests=("contoso", "fourthcoffee", *MAILBOX_FORESTS),
+                   smart_hosts_per_forest=8) as lab:
+        apply_faults(lab)
+        yield lab
+
+
+def test_a_check_under_every_fault_shows_no_password_in_logs_verdicts_or_transcripts(
+        faulty_lab: Lab, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """check with every fault in force, every logger at DEBUG: no password form in the log records,
+    the JSON verdicts, or the ledger's detail (SMTP transcripts, errors, hops)."""
+    caplog.set_level(logging.DEBUG)
+    config = load_config(matrix_config(faulty_lab, tmp_path / "check.yaml", interval=60))
+    outcome = run_check(config, CheckOptions(poll_seconds=0.5))
+    details = [h for r in config.routes for s in r.smart_hosts for h in outcome.ledger.history(r.name, s.name)]
+    assert any("C: AUTH" in json.dumps(d["detail"]) for d in details)  # the transcripts are there...
+    everything = "\n".join([caplog.text, json.dumps([d.to_json() for d in outcome.decisions]),
+                            json.dumps(details, default=str)])
+    assert not leaks(everything, secret_forms(faulty_lab))  # ...without a password
+
+
+def fetch(url: str) -> str:
+    """GET a page of the daemon (any status) and return its body."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - loopback
+            return str(resp.read().decode(errors="replace"))
+    except urllib.error.HTTPError as exc:
+        return str(exc.read().decode(errors="replace"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pages(port: int, config_path: Path) -> list[str]:
+    """Return /metrics, / and /debug of every pair (and of each pair's latest probe)."""
+    base = f"http://127.0.0.1:{port}"
+    bodies = [fetch(base + "/metrics"), fetch(base + "/")]
+    for route in yaml.safe_load(config_path.read_text())["routes"]:
+        for host in route["smart_hosts"]:
+            query = urllib.parse.urlencode({"route": route["name"], "smart_host": host["name"]})
+            bodies.append(fetch(f"{base}/debug?{query}"))
+    return bodies
+
+
+def ledger_text(state_file: Path) -> str:
+    """Return every row of the state file as text."""
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        return "\n".join(repr(row) for table in ("probes", "sightings", "observations")
+                         for row in db.execute(f"SELECT * FROM {table}"))  # noqa: S608 - fixed names
+    finally:
+        db.close()
+
+
+def test_a_daemon_under_every_fault_shows_no_password_in_logs_metrics_pages_or_state(
+        faulty_lab: Lab, tmp_path: Path) -> None:
+    """The daemon as a process at --log.level debug with every fault in force for 25 s: no password form in
+    its stderr, /metrics, the status page, the debug view of every pair, or the state file."""
+    config = matrix_config(faulty_lab, tmp_path / "daemon.yaml", interval=2)
+    port = free_port()
+    log_file = tmp_path / "daemon.log"
+    with log_file.open("wb") as out:  # a file, not a pipe: a full pipe would block the daemon's logging
+        proc = subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
+                                 f"127.0.0.1:{port}", "--log.level", "debug"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(25)  # long enough for send failures, lost, late and unknown verdicts
+        bodies = pages(port, config)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    log = log_file.read_text(errors="replace")
+    state = ledger_text(Path(yaml.safe_load(config.read_text())["state_file"]))
+    for verdict in ("send_failed", "lost", "unknown", "delivered"):
+        assert f"verdict={verdict}" in log, verdict  # the run did go through the faults
+    assert "C: AUTH" in "".join(bodies) + state  # transcripts are shown...
+    forms = secret_forms(faulty_lab)
+    assert not leaks(log, forms)  # ...and no password, anywhere
+    assert not leaks("\n".join(bodies), forms)
+    assert not leaks(state, forms)
+
+
+# -- basic auth on the metrics endpoint -----------------------------------------------------------------------
+
+
+def get_status(url: str, auth: tuple[str, str] | None) -> int:
+    """GET ``url`` with basic auth (or none) and return the HTTP status."""
+    request = urllib.request.Request(url)  # noqa: S310 - loopback
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_metrics_with_basic_auth_reject_a_wrong_password_and_accept_the_right_one(lab: Lab, tmp_path: Path) -> None:
+    """--web.config.file with a bcrypt user: no or wrong credentials get 401, the right ones 200."""
+    hashed = bcrypt.hashpw(b"Correct-Horse-9", bcrypt.gensalt(rounds=4)).decode()
+    web_config = tmp_path / "web.yaml"
+    web_config.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=60, timeout=5, jitter=1, routes=[ROUTE])
+    daemon, server = start_daemon(config, listen_address="127.0.0.1:0", web_config_file=str(web_config))
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        assert get_status(url, None) == 401
+        assert get_status(url, ("prometheus", "Correct-Horse-8")) == 401
+        assert get_status(url, ("someone", "Correct-Horse-9")) == 401
+        assert get_status(url, ("prometheus", "Correct-Horse-9")) == 200
+    finally:
+        server.close()
+        daemon.stop()
