@@ -30,6 +30,8 @@ from typing import Any, Final
 
 import yaml
 
+from probe.daemon import SEND_WORKERS
+
 SMARTHOST_FAULTS: Final[list[dict[str, Any]]] = [
     {"kind": "refuse_connections"}, {"kind": "no_starttls"}, {"kind": "untrusted_cert"},
     {"kind": "expired_cert"}, {"kind": "auth_reject"}, {"kind": "tempfail", "stage": "rcpt", "code": 451},
@@ -42,6 +44,9 @@ EWS_FAULTS: Final[list[dict[str, Any]]] = [
 ]
 # A verdict may be followed by one more only where the ledger allows it: found after lost or unknown.
 ALLOWED_SEQUENCES: Final = (["lost", "late"], ["unknown", "delivered"], ["unknown", "late"])
+# The daemon's threads are bounded: the send pool (grown on demand, never shrunk), the housekeeping pool,
+# per mailbox a watcher and a stream, plus main, scheduler and web. More than that would be a leak.
+THREAD_CEILING: Final = SEND_WORKERS + 2 + 2 * 2 + 8
 LOGFMT_FIELD: Final = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
 
@@ -190,12 +195,13 @@ def growth(samples: list[Sample]) -> dict[str, tuple[float, float, float]]:
 
 
 def limits_broken(samples: list[Sample], unresolved: list[Any], twice: list[str]) -> list[str]:
-    """Return what broke: threads or fds above the first half's peak, RSS +10 %, unresolved or double counts."""
+    """Return what broke: threads above the pools' bound, fds above the first half's peak, RSS +10 %,
+    unresolved probes or double counts."""
     half = samples[: max(1, len(samples) // 2)]
     tail = samples[-3:]
     broken = []
-    if max(s.threads for s in tail) > max(s.threads for s in half):
-        broken.append("threads grew past the first half's peak")
+    if max(s.threads for s in samples) > THREAD_CEILING:
+        broken.append(f"threads above the daemon's bounded pools ({THREAD_CEILING})")
     if max(s.fds for s in tail) > max(s.fds for s in half) + 5:
         broken.append("file descriptors grew past the first half's peak (+5)")
     base, final, _ = growth(samples)["rss_mib"]
@@ -224,7 +230,8 @@ def report(args: argparse.Namespace, *, samples: list[Sample], counts: dict[str,
     lines += [f"| {v} | {n} |" for v, n in sorted(verdicts.items())]
     lines += ["", "| faults applied | times |", "|---|---|"]
     lines += [f"| {k} | {n} |" for k, n in sorted(applied.items())]
-    lines += ["", f"- open past deadline + grace at the end: {len(unresolved)}",
+    lines += ["", f"- threads ceiling (send pool {SEND_WORKERS} + house 2 + 2 per mailbox + 8): {THREAD_CEILING}",
+              f"- open past deadline + grace at the end: {len(unresolved)}",
               f"- probes with more verdict lines than allowed (lost->late, unknown->delivered/late): {len(twice)}",
               f"- result: {'FAIL: ' + '; '.join(broken) if broken else 'PASS'}"]
     return "\n".join(lines)
