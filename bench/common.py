@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -212,6 +213,63 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+# -- profiles --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def profiling(pid: int, out: Path, *, enabled: bool = True, rate: int = 25) -> Iterator[None]:
+    """Sample a process's busy threads with py-spy while the block runs (collapsed stacks into ``out``)."""
+    if not enabled:
+        yield
+        return
+    with out.with_suffix(".log").open("wb") as log:
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+                                "--nonblocking", "--output", str(out)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+            try:
+                spy.wait(60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+
+
+def profile_top(collapsed: Path, count: int = 15) -> list[tuple[str, float, float]]:
+    """Return the functions with the most own samples: (function, inclusive %, self %), from py-spy's raw output.
+
+    py-spy leaves idle threads' samples out by default, so the percentages are of the busy samples.
+    """
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = [_frame_name(f) for f in stack.split(";")[1:]]  # the first frame is the thread
+        if not frames or not count_text.isdigit():
+            continue
+        samples = int(count_text)
+        total += samples
+        for name in set(frames):
+            inclusive[name] = inclusive.get(name, 0) + samples
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+    ranked = sorted(inclusive, key=lambda n: -own.get(n, 0))[:count]
+    return [(n, 100 * inclusive[n] / max(1, total), 100 * own.get(n, 0) / max(1, total)) for n in ranked]
+
+
+def top_by_inclusive(collapsed: Path, names: Sequence[str]) -> list[tuple[str, float]]:
+    """Return the inclusive share of busy samples of functions whose name contains any of ``names``."""
+    rows = profile_top(collapsed, count=100000)
+    return [(n, inc) for n, inc, _own in rows if any(k in n for k in names)]
+
+
+def _frame_name(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    path = where.split(":")[0]
+    short = "/".join(path.split("/")[-2:])
+    return f"{name} ({short})"
 
 
 # -- the report --------------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ from common import (
     cpu_seconds,
     histogram_quantile,
     lab_process,
+    profile_top,
+    profiling,
     rss_mib,
     scrape_histogram,
     table,
@@ -163,7 +165,7 @@ def ledger_counts(state_db: Path, start: float, end: float, due: int) -> tuple[i
 
 
 def measure(lab: LabProcess, work: Path, pairs: int, interval: float, intervals: int, *,
-            runner: Sequence[str] = PROBE_RUN) -> Result:
+            runner: Sequence[str] = PROBE_RUN, profile: bool = False) -> Result:
     """Run the daemon on the lab for ``intervals`` intervals and return its figures."""
     config = write_config(lab, work / "probe.yaml", interval=interval, timeout=120.0, jitter=0.0,
                           watch="streaming", state_dir=work / "state")
@@ -171,7 +173,8 @@ def measure(lab: LabProcess, work: Path, pairs: int, interval: float, intervals:
     with daemon_process(config, port, work / "daemon.log", runner) as process:
         wait_ready(process, port)
         start, cpu0, ews0 = time.time(), cpu_seconds(process.pid), lab.ews_total()
-        time.sleep(interval * intervals)
+        with profiling(process.pid, work / "profile.txt", enabled=profile):
+            time.sleep(interval * intervals)
         end, cpu1, ews1 = time.time(), cpu_seconds(process.pid), lab.ews_total()
         rss, peak = rss_mib(process.pid), rss_mib(process.pid, "VmHWM")
         lag = scrape_histogram(scrape(port), LAG)
@@ -190,6 +193,23 @@ def _drain(state_db: Path, start: float, end: float, due: int) -> tuple[int, int
         time.sleep(1.0)
         counts = ledger_counts(state_db, start, end, due)
     return counts
+
+
+def runner_from(root: Path | None) -> Sequence[str]:
+    """Return how to start the daemon: this checkout's, or the probe package under ``root``."""
+    if root is None:
+        return PROBE_RUN
+    code = (f"import sys; sys.path.insert(0, {str(root.resolve())!r}); from probe.cli import main; "
+            "sys.exit(main(['run', *sys.argv[1:]]))")
+    return ("-c", code)
+
+
+def profile_table(collapsed: Path) -> str:
+    """Return the top of a py-spy profile as a markdown table."""
+    if not collapsed.exists():
+        return "(no profile: is py-spy installed?)"
+    rows = [[name, f"{inclusive:.1f}", f"{own:.1f}"] for name, inclusive, own in profile_top(collapsed, 20)]
+    return table(["function (file)", "inclusive %", "self %"], rows)
 
 
 def goal_lines(result: Result) -> list[str]:
@@ -217,6 +237,9 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=60.0)
     parser.add_argument("--intervals", type=int, default=3)
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--profile", action="store_true", help="sample the daemon with py-spy; print the top")
+    parser.add_argument("--probe-root", type=Path, default=None,
+                        help="run the daemon from another checkout's probe/ (before/after comparisons)")
     args = parser.parse_args()
     sizes = [20] if args.quick else [int(s) for s in args.sizes.split(",")]
     interval, intervals = (5.0, 1) if args.quick else (args.interval, args.intervals)
@@ -226,8 +249,11 @@ def main() -> int:
             work = Path(tmp) / str(pairs)
             print(f"{time.strftime('%H:%M:%S')} {pairs} pairs, {interval:g} s x {intervals}", flush=True)
             with lab_process(work / "lab", smart_hosts=pairs // ROUTES_PER_LAB, mailboxes=2) as lab:
-                results.append(measure(lab, work, pairs, interval, intervals))
+                results.append(measure(lab, work, pairs, interval, intervals, profile=args.profile,
+                                       runner=runner_from(args.probe_root)))
             print(table(HEADER, [results[-1].row()]), flush=True)
+            if args.profile:
+                print(profile_table(work / "profile.txt"), flush=True)
     body = table(HEADER, [r.row() for r in results])
     goals = goal_lines(max(results, key=lambda r: r.pairs))
     print(body)

@@ -46,6 +46,7 @@ RETENTION_SECONDS = 7 * 86400
 SHUTDOWN_GRACE = 5.0
 CALIBRATE_ABOVE = 0.1  # seconds of clock offset uncertainty that call for a calibration
 CALIBRATE_EVERY = 300.0  # at most this often per mailbox
+NOTIFIED_SEARCH_GAP = 10.0  # seconds between the starts of searches woken by new mail: one search covers the lot
 MailboxFactory = Callable[[MailboxConfig, bytes], Mailbox]
 
 
@@ -87,6 +88,9 @@ class _MailboxWatcher:
     thread: threading.Thread | None = None
     stream: Watch | None = None
     next_calibration: float = 0.0
+    notified: threading.Event = field(default_factory=threading.Event)  # new mail since the last search began
+    wake_at: float = 0.0  # when the thread next searches unless woken (time.time())
+    last_search: float = float("-inf")  # when the last search began (time.monotonic())
 
 
 class Daemon:
@@ -233,8 +237,8 @@ class Daemon:
         except LedgerError as exc:
             log.error("probe not sent: the state file cannot be written", extra={"error": str(exc)})
         watcher = self._watchers.get(target.mailbox.name)
-        if watcher is not None:
-            watcher.wake.set()  # recompute its next deadline
+        if watcher is not None and time.time() + target.route.timeout < watcher.wake_at:
+            watcher.wake.set()  # its next deadline is sooner now
 
     def _expire(self) -> None:
         unknown_after = max((r.timeout for r in self.config.routes), default=300.0)
@@ -251,7 +255,7 @@ class Daemon:
     def _start_watcher(self, name: str, mconfig: MailboxConfig) -> _MailboxWatcher:
         watcher = _MailboxWatcher(name=name, config=mconfig, mailbox=self._mailbox_factory(mconfig, self.key))
         if mconfig.watch == "streaming":
-            watcher.stream = watcher.mailbox.watch(lambda _at: watcher.wake.set())
+            watcher.stream = watcher.mailbox.watch(lambda _at: _notify(watcher))
         watcher.thread = threading.Thread(target=self._watch_loop, args=(watcher,), name=f"mailbox-{name}",
                                           daemon=True)
         watcher.thread.start()
@@ -269,10 +273,18 @@ class Daemon:
     def _watch_loop(self, watcher: _MailboxWatcher) -> None:
         while not watcher.stopping.is_set():
             self._calibrate(watcher)
-            watcher.wake.wait(self._next_wait(watcher))
+            wait = self._next_wait(watcher)
+            watcher.wake_at = time.time() + wait
+            woken = watcher.wake.wait(wait)
             watcher.wake.clear()
+            if woken and not watcher.notified.is_set():
+                continue  # a send or a stop: work out the next deadline again
+            if woken:  # new mail: let the mail arriving just after it gather for the same search
+                watcher.stopping.wait(watcher.last_search + NOTIFIED_SEARCH_GAP - time.monotonic())
             if watcher.stopping.is_set():
                 return
+            watcher.notified.clear()
+            watcher.last_search = time.monotonic()
             self._search(watcher)
 
     def _calibrate(self, watcher: _MailboxWatcher) -> None:
@@ -311,6 +323,11 @@ class Daemon:
     def status_config(self) -> dict[str, Any]:
         """Return the effective configuration with secrets shown as <secret>."""
         return redacted_config(self.config)
+
+
+def _notify(watcher: _MailboxWatcher) -> None:
+    watcher.notified.set()
+    watcher.wake.set()
 
 
 def _job_id(key: tuple[str, str]) -> str:
