@@ -1,0 +1,365 @@
+"""Crashes and restarts: kill -9 mid-submit, mid-search, mid-cleanup; broken, read-only and full state files.
+
+Each daemon runs as its own process (``python -m probe run``) and logs to a file; a probe's verdict lines
+are counted from that file: exactly one per probe, or two where the ledger allows a second (found after
+lost or unknown), and every probe open before a crash is resolved after the restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+
+from probe.lab import Lab
+from probe.ledger import Ledger
+from tests.test_daemon import free_port, start_process, states
+
+OPEN: Final = ("submitting", "in_flight")
+VERDICTS: Final = ("delivered", "send_failed", "lost", "late", "unknown")
+ALLOWED_TWICE: Final = (["lost", "late"], ["unknown", "delivered"], ["unknown", "late"])
+VERDICT_LINE: Final = re.compile(r"verdict=(\w+).*probe_id=(\w+)")
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Wait until ``condition()`` holds, or fail saying ``what`` did not happen."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def verdicts_by_probe(log: Path) -> dict[str, list[str]]:
+    """Return each probe's verdict lines in the daemon log, in order."""
+    found: dict[str, list[str]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        match = VERDICT_LINE.search(line)
+        if match and "msg=\"probe " in line:
+            found.setdefault(match.group(2), []).append(match.group(1))
+    return found
+
+
+def decided(state_file: Path) -> dict[str, str]:
+    """Return the probes with a verdict in the state file, and that verdict."""
+    return {pid: state for pid, state in states(state_file).items() if state in VERDICTS}
+
+
+def assert_counted_once(log: Path, probe_ids: dict[str, str], *, may_lack_line: set[str] | None = None) -> None:
+    """Every probe id has one verdict line, or two in an order the ledger allows; none has none (except those
+    in ``may_lack_line``: decided just before a kill -9, between the state file's commit and the log line)."""
+    lines = verdicts_by_probe(log)
+    for pid, state in probe_ids.items():
+        got = lines.get(pid, [])
+        if not got and pid in (may_lack_line or set()):
+            continue
+        assert len(got) == 1 or got in ALLOWED_TWICE, (pid, state, got)
+    doubled = {pid: v for pid, v in lines.items() if len(v) > 1 and v not in ALLOWED_TWICE}
+    assert not doubled
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM a daemon and return its exit code (kill it if it hangs)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            return -9
+    return int(proc.returncode)
+
+
+def kill_9(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def config_for(lab: Lab, tmp_path: Path, *, timeout: float, state_file: Path | None = None) -> tuple[Path, Path]:
+    """Write a config probing every pair each second; return it and its state file."""
+    path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=timeout, jitter=0.2)
+    data = yaml.safe_load(path.read_text())
+    if state_file is not None:
+        data["state_file"] = str(state_file)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path, Path(data["state_file"])
+
+
+def sightings(state_file: Path) -> list[tuple[str, int]]:
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        return [(r[0], r[1]) for r in db.execute("SELECT probe_id, cleaned FROM sightings")]
+    finally:
+        db.close()
+
+
+def crash_then_restart(lab: Lab, tmp_path: Path, *, timeout: float, ready: Callable[[Path], bool],
+                       fault_targets: list[tuple[str, dict[str, Any]]],
+                       settled: Callable[[Path], bool] = lambda _: True) -> tuple[Path, Path, dict[str, str]]:
+    """Put faults in force, start a daemon, kill -9 it once ``ready(state_file)``, clear the faults, restart
+    it, and wait until every probe open at the kill is resolved; return the state file, log and those ids."""
+    config, state_file = config_for(lab, tmp_path, timeout=timeout)
+    for target, fault in fault_targets:
+        lab.add_fault(target=target, **fault)
+    log = tmp_path / "daemon.log"
+    first = start_process(config, free_port(), log)
+    try:
+        wait_for(lambda: state_file.exists() and ready(state_file), timeout=60, what="the moment to crash")
+        kill_9(first)
+    finally:
+        if first.poll() is None:
+            kill_9(first)
+    lab.clear_faults()
+    open_at_kill = {pid for pid, state in states(state_file).items() if state in OPEN}
+    second = start_process(config, free_port(), log)
+    try:
+        wait_for(lambda: all(states(state_file)[pid] in VERDICTS for pid in open_at_kill) and settled(state_file),
+                 timeout=3 * timeout + 30, what="every probe open at the kill resolved after the restart")
+    finally:
+        assert stop(second) == 0
+    return state_file, log, {pid: states(state_file)[pid] for pid in open_at_kill}
+
+
+def all_hosts(lab: Lab, **fault: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [(h.target, fault) for h in lab.smart_hosts]
+
+
+def test_kill_9_during_submission_then_restart_never_reports_those_probes_lost(lab: Lab, tmp_path: Path) -> None:
+    """kill -9 while every smart host stalls in DATA: after the restart each probe caught mid-submission gets
+    one verdict, never lost (the smart host never accepted it)."""
+    def stalled(state_file: Path) -> bool:
+        db = sqlite3.connect(state_file, timeout=10)
+        try:
+            old = db.execute("SELECT COUNT(*) FROM probes WHERE state = 'submitting' AND created_at < ?",
+                             (time.time() - 1.5,)).fetchone()[0]
+        finally:
+            db.close()
+        return bool(old >= 3)
+
+    state_file, log, caught = crash_then_restart(
+        lab, tmp_path, timeout=4, ready=stalled, fault_targets=all_hosts(lab, kind="slow", stage="data", seconds=30))
+    final = states(state_file)
+    assert len([pid for pid in caught if final[pid] == "unknown"]) >= 3
+    assert not [pid for pid in caught if final[pid] == "lost"]
+    assert_counted_once(log, caught)
+
+
+def test_kill_9_during_a_search_then_restart_delivers_each_probe_once(lab: Lab, tmp_path: Path) -> None:
+    """kill -9 while the mailboxes answer slowly (a search in progress): the restarted daemon finds the
+    probes already in the mailbox and counts each exactly once."""
+    def searching(state_file: Path) -> bool:
+        return list(states(state_file).values()).count("in_flight") >= 3  # each search now takes 30 s
+
+    slow = [(f"ews/{forest}", {"kind": "slow", "seconds": 30}) for forest in lab.forests]
+    state_file, log, caught = crash_then_restart(lab, tmp_path, timeout=15, ready=searching, fault_targets=slow)
+    final = states(state_file)
+    assert len(caught) >= 3
+    assert {final[pid] for pid in caught} <= {"delivered", "late"}
+    assert_counted_once(log, caught)
+
+
+def test_kill_9_during_cleanup_then_restart_cleans_up_once_and_counts_nothing_twice(lab: Lab,
+                                                                                    tmp_path: Path) -> None:
+    """kill -9 after probes were counted and before their messages were deleted: the restarted daemon
+    verifies and deletes them, the mailbox ends with no probe message, and no verdict is repeated."""
+    slow = [(f"ews/{forest}", {"kind": "slow", "seconds": 2}) for forest in lab.forests]
+    uncleaned: set[str] = set()
+
+    def cleaning_remembered(state_file: Path) -> bool:
+        uncleaned.update(pid for pid, cleaned in sightings(state_file) if cleaned == 0)
+        return bool(uncleaned)
+
+    def all_cleaned(state_file: Path) -> bool:
+        return all(cleaned == 1 for _, cleaned in sightings(state_file))
+
+    state_file, log, _ = crash_then_restart(lab, tmp_path, timeout=20, ready=cleaning_remembered,
+                                            fault_targets=slow, settled=all_cleaned)
+    counted = {pid: states(state_file)[pid] for pid, _ in sightings(state_file)}
+    assert uncleaned <= set(counted)
+    assert set(counted.values()) <= {"delivered", "late"}
+    for address in lab.store.addresses():
+        left = [i for i in lab.store.items(address, ["inbox", "junkemail"]) if any(p in i.subject for p in counted)]
+        assert not left
+    assert_counted_once(log, counted, may_lack_line=uncleaned)
+
+
+# -- state files that are broken, read-only or on a full disk -----------------------------------------------------
+
+
+def run_once(config: Path, *, seconds: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the daemon until it exits by itself (it should, at start-up) and return its outcome."""
+    return subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
+                           f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=seconds, check=False)
+
+
+def filled_state_file(path: Path, probes: int = 400) -> bytes:
+    """Write a real state file of ``probes`` decided probes (checkpointed, no WAL) and return its bytes."""
+    ledger = Ledger(path)
+    for n in range(probes):
+        ledger.open_probe(probe_id=f"{n:016x}", route="r", smart_host="h", mailbox="m",
+                          message_id=f"<{n}@x>", deadline=time.time() - 10)
+    ledger.expire(unknown_after=0)
+    ledger.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["truncated to half", "truncated to 100 bytes", "pages overwritten"])
+def test_a_truncated_or_corrupt_state_file_stops_start_up_with_a_clear_error_and_is_kept(
+        lab: Lab, tmp_path: Path, damage: str) -> None:
+    """A state file cut short or with pages overwritten: exit 1 naming the file, no traceback, the file as
+    it was (so it can be inspected or moved aside)."""
+    config, state_file = config_for(lab, tmp_path, timeout=5)
+    good = filled_state_file(state_file)
+    if damage == "truncated to half":
+        broken = good[: len(good) // 2]
+    elif damage == "truncated to 100 bytes":
+        broken = good[:100]
+    else:
+        broken = good[:4096] + bytes(range(256)) * ((len(good) - 4096) // 256)
+    state_file.write_bytes(broken)
+    proc = run_once(config)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert str(state_file) in proc.stderr
+    assert state_file.read_bytes() == broken
+
+
+def test_an_empty_state_file_or_a_stale_wal_beside_a_good_one_starts_cleanly(lab: Lab, tmp_path: Path) -> None:
+    """A zero-byte state file is a new one; junk in the -wal file beside a good state file is ignored and the
+    probes recorded before are kept."""
+    config, state_file = config_for(lab, tmp_path, timeout=5)
+    for prepare in ("empty", "stale wal"):
+        if prepare == "empty":
+            state_file.write_bytes(b"")
+        else:
+            state_file.unlink()
+            filled_state_file(state_file, probes=10)
+            Path(f"{state_file}-wal").write_bytes(b"\x37\x7f\x06\x82" + bytes(5000))
+        proc = start_process(config, port := free_port(), tmp_path / f"{prepare}.log")
+        try:
+            wait_for(lambda: get_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30, what="ready")
+        finally:
+            assert stop(proc) == 0
+        if prepare == "stale wal":
+            assert len(states(state_file)) >= 10
+
+
+def get_ok(url: str) -> bool:
+    """Say whether a GET of ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback
+            return int(resp.status) == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted for the test (the tests run as root in CI); skipped where mount is not allowed."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
+
+
+def remount(mount_point: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount_point)], check=True, capture_output=True)
+
+
+def test_a_state_file_in_a_read_only_directory_stops_start_up_with_a_clear_error(lab: Lab, tmp_path: Path,
+                                                                                small_disk: Path) -> None:
+    """The state file's directory is on a read-only filesystem: exit 1 naming the file, no traceback."""
+    remount(small_disk, "ro")
+    config, state_file = config_for(lab, tmp_path, timeout=5, state_file=small_disk / "state.db")
+    proc = run_once(config)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert str(state_file) in proc.stderr
+
+
+def outage_then_recovery(lab: Lab, tmp_path: Path, disk: Path, *, break_it: Callable[[], None],
+                         mend_it: Callable[[], None]) -> tuple[Path, Path]:
+    """Run the daemon on ``disk``, break the disk for 8 s, mend it; return the state file and log after every
+    probe is resolved. The daemon must stay up throughout."""
+    config, state_file = config_for(lab, tmp_path, timeout=4, state_file=disk / "state.db")
+    log = tmp_path / "daemon.log"
+    port = free_port()
+    proc = start_process(config, port, log)
+    try:
+        wait_for(lambda: state_file.exists() and "delivered" in states(state_file).values(), timeout=30,
+                 what="probes delivered before the outage")
+        break_it()
+        time.sleep(8)
+        assert proc.poll() is None, "the daemon died when its state file could not be written"
+        assert get_ok(f"http://127.0.0.1:{port}/metrics")
+        mend_it()
+        mark = time.time()
+        wait_for(lambda: any(state == "delivered" for pid, state in states(state_file).items()
+                             if created_after(state_file, pid, mark)), timeout=30, what="probing resumed")
+        wait_for(lambda: not [s for s in states(state_file).values() if s in OPEN] or only_recent_open(state_file),
+                 timeout=30, what="the probes of the outage resolved")
+    finally:
+        code = stop(proc)
+    assert code == 0
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text
+    return state_file, log
+
+
+def created_after(state_file: Path, probe_id: str, mark: float) -> bool:
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        row = db.execute("SELECT created_at FROM probes WHERE probe_id = ?", (probe_id,)).fetchone()
+    finally:
+        db.close()
+    return row is not None and row[0] > mark
+
+
+def only_recent_open(state_file: Path) -> bool:
+    """Say whether every open probe is younger than its timeout (still legitimately in flight)."""
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        stale = db.execute("SELECT COUNT(*) FROM probes WHERE state IN ('submitting', 'in_flight') AND deadline"
+                           " + 10 < ?", (time.time(),)).fetchone()[0]
+    finally:
+        db.close()
+    return bool(stale == 0)
+
+
+def test_a_full_disk_is_reported_and_probing_resumes_when_space_is_freed(lab: Lab, tmp_path: Path,
+                                                                        small_disk: Path) -> None:
+    """The filesystem fills up mid-run: the daemon stays up and logs the disk is full; once space is freed it
+    probes again, and no probe is counted twice."""
+    filler = small_disk / "filler"
+
+    def fill() -> None:
+        with filler.open("wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(bytes(65536))
+                out.flush()
+
+    state_file, log = outage_then_recovery(lab, tmp_path, small_disk, break_it=fill, mend_it=filler.unlink)
+    assert "disk is full" in log.read_text()
+    assert_counted_once(log, decided(state_file))
