@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import re
+import resource
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -269,19 +272,26 @@ def get_ok(url: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Disk:
+    """A small filesystem for a state file: a mounted tmpfs, or a plain directory where mount is not allowed."""
+
+    path: Path
+    mounted: bool
+
+
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted for the test (the tests run as root in CI); skipped where mount is not allowed."""
+def small_disk(tmp_path: Path) -> Iterator[Disk]:
+    """A 2 MiB tmpfs mounted for the test (the tests run as root in CI), else a plain directory."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
                           capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
-        yield mount_point
+        yield Disk(mount_point, mounted=done.returncode == 0)
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
+        if done.returncode == 0:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
 
 
 def remount(mount_point: Path, mode: str) -> None:
@@ -289,32 +299,51 @@ def remount(mount_point: Path, mode: str) -> None:
 
 
 def test_a_state_file_in_a_read_only_directory_stops_start_up_with_a_clear_error(lab: Lab, tmp_path: Path,
-                                                                                small_disk: Path) -> None:
+                                                                                small_disk: Disk) -> None:
     """The state file's directory is on a read-only filesystem: exit 1 naming the file, no traceback."""
-    remount(small_disk, "ro")
-    config, state_file = config_for(lab, tmp_path, timeout=5, state_file=small_disk / "state.db")
+    if not small_disk.mounted:
+        pytest.skip("mount is not allowed here, and permissions do not stop root")
+    remount(small_disk.path, "ro")
+    config, state_file = config_for(lab, tmp_path, timeout=5, state_file=small_disk.path / "state.db")
     proc = run_once(config)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert str(state_file) in proc.stderr
 
 
-def outage_then_recovery(lab: Lab, tmp_path: Path, disk: Path, *, break_it: Callable[[], None],
-                         mend_it: Callable[[], None]) -> tuple[Path, Path]:
+def start_logged_through_a_pipe(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start the daemon with its output copied to ``log`` by this process (so a file size limit on the daemon
+    does not also silence its log)."""
+    proc = subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
+                             f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def copy() -> None:
+        assert proc.stdout is not None
+        with log.open("ab") as out:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+
+    threading.Thread(target=copy, daemon=True).start()
+    return proc
+
+
+def outage_then_recovery(lab: Lab, tmp_path: Path, disk: Path, *, break_it: Callable[[int], None],
+                         mend_it: Callable[[int], None]) -> tuple[Path, Path]:
     """Run the daemon on ``disk``, break the disk for 8 s, mend it; return the state file and log after every
     probe is resolved. The daemon must stay up throughout."""
     config, state_file = config_for(lab, tmp_path, timeout=4, state_file=disk / "state.db")
     log = tmp_path / "daemon.log"
     port = free_port()
-    proc = start_process(config, port, log)
+    proc = start_logged_through_a_pipe(config, port, log)
     try:
         wait_for(lambda: state_file.exists() and "delivered" in states(state_file).values(), timeout=30,
                  what="probes delivered before the outage")
-        break_it()
+        break_it(proc.pid)
         time.sleep(8)
         assert proc.poll() is None, "the daemon died when its state file could not be written"
         assert get_ok(f"http://127.0.0.1:{port}/metrics")
-        mend_it()
+        mend_it(proc.pid)
         mark = time.time()
         wait_for(lambda: any(state == "delivered" for pid, state in states(state_file).items()
                              if created_after(state_file, pid, mark)), timeout=30, what="probing resumed")
@@ -349,17 +378,38 @@ def only_recent_open(state_file: Path) -> bool:
 
 
 def test_a_full_disk_is_reported_and_probing_resumes_when_space_is_freed(lab: Lab, tmp_path: Path,
-                                                                        small_disk: Path) -> None:
-    """The filesystem fills up mid-run: the daemon stays up and logs the disk is full; once space is freed it
-    probes again, and no probe is counted twice."""
-    filler = small_disk / "filler"
+                                                                        small_disk: Disk) -> None:
+    """The filesystem fills up mid-run: the daemon stays up and logs that the disk is full; once space is
+    freed it probes again, and no probe is counted twice."""
+    if not small_disk.mounted:
+        pytest.skip("mount is not allowed here: the file size limit test covers a state file that cannot grow")
+    filler = small_disk.path / "filler"
 
-    def fill() -> None:
+    def fill(_pid: int) -> None:
         with filler.open("wb") as out, contextlib.suppress(OSError):
             while True:
                 out.write(bytes(65536))
                 out.flush()
 
-    state_file, log = outage_then_recovery(lab, tmp_path, small_disk, break_it=fill, mend_it=filler.unlink)
+    state_file, log = outage_then_recovery(lab, tmp_path, small_disk.path, break_it=fill,
+                                           mend_it=lambda _pid: filler.unlink())
     assert "disk is full" in log.read_text()
+    assert_counted_once(log, decided(state_file))
+
+
+def test_a_state_file_that_hits_the_file_size_limit_is_reported_without_a_traceback_and_probing_resumes(
+        lab: Lab, tmp_path: Path) -> None:
+    """The daemon's file size limit cut to 4 KiB mid-run (writes fail with EFBIG): it stays up, every job
+    reports that the state file cannot be written in one line (no traceback), and after the limit is lifted
+    it probes again, counting no probe twice."""
+    def limit(pid: int) -> None:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))  # SIGXFSZ ignored: EFBIG
+
+    def unlimit(pid: int) -> None:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    state_file, log = outage_then_recovery(lab, tmp_path, disk, break_it=limit, mend_it=unlimit)
+    assert "state file cannot be written" in log.read_text()
     assert_counted_once(log, decided(state_file))
