@@ -120,7 +120,9 @@ class Daemon:
     # -- life cycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Schedule every pair, start every mailbox watcher, and begin."""
+        """Resolve what a previous run left half-done, schedule every pair, start every watcher, and begin."""
+        for decision in self.ledger.recover_interrupted():
+            self._observer.on_decision(decision)
         self.scheduler.start()
         self._apply(self.config, first=True)
         self.scheduler.add_job(self._expire, IntervalTrigger(seconds=EXPIRE_SECONDS), id="expire",
@@ -242,13 +244,19 @@ class Daemon:
 
     def _expire(self) -> None:
         unknown_after = max((r.timeout for r in self.config.routes), default=300.0)
-        expire(self.ledger, observer=self._observer, unknown_after=unknown_after)
+        try:
+            expire(self.ledger, observer=self._observer, unknown_after=unknown_after)
+        except LedgerError as exc:
+            log.error("verdicts not decided: the state file cannot be written", extra={"error": str(exc)})
 
     def _housekeeping(self) -> None:
-        counts = self.ledger.open_counts()
-        for key in self._pairs:
-            self.metrics.set_in_flight(key[0], key[1], counts.get(key, 0))
-        self.ledger.prune(older_than=time.time() - RETENTION_SECONDS)
+        try:
+            counts = self.ledger.open_counts()
+            for key in self._pairs:
+                self.metrics.set_in_flight(key[0], key[1], counts.get(key, 0))
+            self.ledger.prune(older_than=time.time() - RETENTION_SECONDS)
+        except LedgerError as exc:
+            log.error("housekeeping skipped: the state file cannot be written", extra={"error": str(exc)})
 
     # -- mailbox watchers ---------------------------------------------------------------------------
 
