@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from probe.config import SmartHostConfig
@@ -209,12 +210,32 @@ def _open_connection(name: str, port: int, timeout: float) -> socket.socket:
     raise last
 
 
+_CONTEXTS: dict[tuple[str | None, bool, int, int], ssl.SSLContext] = {}
+_CONTEXTS_LOCK = threading.Lock()
+_CONTEXTS_MAX = 256
+
+
 def _tls_context(host: SmartHostConfig) -> ssl.SSLContext:
-    """Return the client TLS context: verification on unless the host turns it off."""
-    context = ssl.create_default_context(cafile=str(host.ca_file) if host.ca_file else None)
+    """Return the client TLS context: verification on unless the host turns it off.
+
+    Contexts are shared while the CA file is unchanged (same path, size and mtime): loading it costs
+    more CPU than the rest of a submission's TLS set-up.
+    """
+    cafile = str(host.ca_file) if host.ca_file else None
+    facts = Path(cafile).stat() if cafile else None  # an OSError here is what loading it would raise
+    key = (cafile, host.verify, facts.st_mtime_ns if facts else 0, facts.st_size if facts else 0)
+    with _CONTEXTS_LOCK:
+        context = _CONTEXTS.get(key)
+    if context is not None:
+        return context
+    context = ssl.create_default_context(cafile=cafile)
     if not host.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    with _CONTEXTS_LOCK:
+        if len(_CONTEXTS) >= _CONTEXTS_MAX:
+            _CONTEXTS.clear()
+        _CONTEXTS[key] = context
     return context
 
 
