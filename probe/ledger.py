@@ -197,14 +197,41 @@ class Ledger:
             )
 
     def record_accepted(self, probe_id: str, *, accepted_at: float, smtp_code: int | None = 250,
-                        detail: dict[str, Any] | None = None) -> None:
-        """Note that the smart host accepted the probe (its final 250) at ``accepted_at``."""
+                        detail: dict[str, Any] | None = None) -> Decision | None:
+        """Note that the smart host accepted the probe (its final 250) at ``accepted_at``.
+
+        The mailbox can see a fast delivery before the sending thread gets here; such an arrival was
+        held back, and is decided now, with the latency from this 250.
+        """
         with self._tx() as db:
-            db.execute(
-                "UPDATE probes SET state = ?, accepted_at = ?, smtp_code = ?, detail = ?"
-                " WHERE probe_id = ? AND state = ?",
-                (IN_FLIGHT, accepted_at, smtp_code, _dump(detail), probe_id, SUBMITTING),
-            )
+            row = db.execute("SELECT * FROM probes WHERE probe_id = ?", (probe_id,)).fetchone()
+            if row is None or row["state"] != SUBMITTING:
+                return None
+            merged = {**(detail or {}), **json.loads(row["detail"] or "{}")}
+            db.execute("UPDATE probes SET state = ?, accepted_at = ?, smtp_code = ?, detail = ? WHERE probe_id = ?",
+                       (IN_FLIGHT, accepted_at, smtp_code, _dump(merged), probe_id))
+            return self._decide_held_arrival(db, probe_id)
+
+    def recover_interrupted(self) -> list[Decision]:
+        """After a restart, open the probes whose submission was cut short; decide those already seen.
+
+        Whether the smart host accepted such a probe is not known: found, it is delivered (latency from
+        when it was made); never found, it ends as unknown, never lost.
+        """
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT probe_id FROM probes WHERE state = ?", (SUBMITTING,))]
+            db.execute("UPDATE probes SET state = ? WHERE state = ?", (IN_FLIGHT, SUBMITTING))
+            decided = [self._decide_held_arrival(db, probe_id) for probe_id in ids]
+        return [d for d in decided if d is not None]
+
+    def _decide_held_arrival(self, db: sqlite3.Connection, probe_id: str) -> Decision | None:
+        row = db.execute("SELECT * FROM probes WHERE probe_id = ?", (probe_id,)).fetchone()
+        if row["received_at"] is None:
+            return None
+        held = Arrival(probe_id=probe_id, item_id="", change_key="", folder=row["folder"],
+                       received_at=row["received_at"], seen_at=row["received_at"])
+        verdict = _verdict_on_arrival(row, held)
+        return None if verdict is None else self._decide_arrival(db, row, held, verdict)
 
     def record_send_failure(self, probe_id: str, *, stage: str, reason: str, smtp_code: int | None,
                             detail: dict[str, Any] | None = None) -> Decision | None:
@@ -229,10 +256,20 @@ class Ledger:
             row = db.execute("SELECT * FROM probes WHERE probe_id = ?", (arrival.probe_id,)).fetchone()
             if row is None:
                 return None
+            if row["state"] == SUBMITTING:
+                self._hold_arrival(db, row, arrival)
+                return None
             verdict = _verdict_on_arrival(row, arrival)
             if verdict is None:
                 return None
             return self._decide_arrival(db, row, arrival, verdict)
+
+    def _hold_arrival(self, db: sqlite3.Connection, row: sqlite3.Row, arrival: Arrival) -> None:
+        """Keep an arrival seen before the sending thread recorded the 250, to decide it then."""
+        detail = {**json.loads(row["detail"] or "{}"), **(arrival.detail or {})}
+        db.execute("UPDATE probes SET received_at = ?, folder = ?, detail = ? WHERE probe_id = ? AND state = ?"
+                   " AND received_at IS NULL",
+                   (arrival.received_at, arrival.folder, _dump(detail), row["probe_id"], SUBMITTING))
 
     def _decide_arrival(self, db: sqlite3.Connection, row: sqlite3.Row, arrival: Arrival,
                         verdict: Verdict) -> Decision | None:
@@ -380,7 +417,8 @@ def _verdict_on_arrival(row: sqlite3.Row, arrival: Arrival) -> Verdict | None:
 
 def _verdict_at_expiry(row: sqlite3.Row, now: float, unknown_after: float) -> Verdict | None:
     observed_after_deadline = row["ok_started"] is not None and row["ok_started"] >= row["deadline"]
-    if row["state"] == IN_FLIGHT and observed_after_deadline:
+    accepted = row["accepted_at"] is not None  # an interrupted submission may never have been accepted
+    if row["state"] == IN_FLIGHT and accepted and observed_after_deadline:
         return Verdict.LOST
     if now >= row["deadline"] + unknown_after:
         return Verdict.UNKNOWN

@@ -85,8 +85,10 @@ def send_probe(target: Target, *, key: bytes, ledger: Ledger, observer: Observer
     observer.on_submit(target, result)
     detail = submit_detail(result)
     if result.ok and result.accepted_at is not None:
-        ledger.record_accepted(message.probe_id, accepted_at=result.accepted_at, smtp_code=result.smtp_code,
-                               detail=detail)
+        early = ledger.record_accepted(message.probe_id, accepted_at=result.accepted_at,
+                                       smtp_code=result.smtp_code, detail=detail)
+        if early is not None:  # the mailbox saw it before this thread got the 250 recorded
+            observer.on_decision(early)
         return None
     decision = ledger.record_send_failure(
         message.probe_id, stage=str(result.stage or "connect"), reason=str(result.reason or "protocol"),

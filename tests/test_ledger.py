@@ -136,6 +136,7 @@ def test_a_probe_interrupted_during_submission_is_resolved_after_a_restart(tmp_p
     _open(first, "never")
     first.close()
     second = Ledger(tmp_path / "state.db", clock=clock)
+    assert second.recover_interrupted() == []
     assert {p.probe_id for p in second.open_probes()} == {"found", "never"}
     found = second.record_arrival(_arrival("found", at=1_004.0))
     assert found is not None
@@ -195,3 +196,28 @@ def test_an_open_probe_received_after_its_deadline_is_late_not_delivered(ledger:
     decision = ledger.record_arrival(_arrival(at=1_300.5))
     assert decision is not None
     assert decision.verdict is Verdict.LATE
+
+
+def test_an_arrival_seen_before_the_250_is_recorded_waits_for_it(ledger: Ledger) -> None:
+    """A fast delivery found while the sender is still reading the 250 is decided by the 250, timed from it."""
+    _open(ledger)
+    assert ledger.record_arrival(_arrival(at=1_000.8)) is None
+    decision = ledger.record_accepted("p1", accepted_at=1_000.5)
+    assert decision is not None
+    assert decision.verdict is Verdict.DELIVERED
+    assert decision.latency == pytest.approx(0.3)
+    assert decision.smtp_code == 250
+    assert ledger.record_arrival(_arrival(item="again", at=1_000.9)) is None
+
+
+def test_an_interrupted_probe_already_seen_is_delivered_on_recovery(tmp_path: Path, clock: Clock) -> None:
+    """A crash between the mailbox's sighting and the 250's record: the restart decides it delivered, once."""
+    first = Ledger(tmp_path / "state.db", clock=clock)
+    _open(first)
+    first.record_arrival(_arrival(at=1_001.0))
+    first.close()
+    second = Ledger(tmp_path / "state.db", clock=clock)
+    decided = second.recover_interrupted()
+    assert [d.verdict for d in decided] == [Verdict.DELIVERED]
+    assert second.recover_interrupted() == []
+    assert second.open_probes() == []
