@@ -343,7 +343,7 @@ def daemon_problems(row: Scenario, view: PairView) -> list[str]:  # noqa: PLR091
 
 def daemon_summary(view: PairView) -> str:
     """Return the daemon's observed verdicts and metric movement of a pair, for the table."""
-    seen = " then ".join(dict.fromkeys(reversed(view.states))) or "none"
+    seen = "+".join(v for v in ("delivered", "send_failed", "lost", "late", "unknown") if v in view.states) or "none"
     last = view.history[0] if view.history else {}
     if last.get("stage"):
         seen += f" {last['stage']}/{last['reason']}"
