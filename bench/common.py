@@ -220,13 +220,17 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 
 @contextlib.contextmanager
 def profiling(pid: int, out: Path, *, enabled: bool = True, rate: int = 25) -> Iterator[None]:
-    """Sample a process's busy threads with py-spy while the block runs (collapsed stacks into ``out``)."""
+    """Sample a process with py-spy while the block runs (collapsed stacks into ``out``).
+
+    Only the thread holding the GIL is sampled (``--gil``): Python's own CPU. Work done with the GIL released
+    (OpenSSL's handshake, socket waits) is not in it.
+    """
     if not enabled:
         yield
         return
     with out.with_suffix(".log").open("wb") as log:
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-                                "--nonblocking", "--output", str(out)], stdout=log, stderr=subprocess.STDOUT)
+                                "--gil", "--nonblocking", "--output", str(out)], stdout=log, stderr=subprocess.STDOUT)
         try:
             yield
         finally:
@@ -240,7 +244,7 @@ def profiling(pid: int, out: Path, *, enabled: bool = True, rate: int = 25) -> I
 def profile_top(collapsed: Path, count: int = 15) -> list[tuple[str, float, float]]:
     """Return the functions with the most own samples: (function, inclusive %, self %), from py-spy's raw output.
 
-    py-spy leaves idle threads' samples out by default, so the percentages are of the busy samples.
+    The percentages are of all samples taken (with ``--gil``: of the time some thread ran Python code).
     """
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
@@ -289,7 +293,9 @@ def update_report(name: str, title: str, body: str, *, command: str) -> None:
     """Put (or replace) one benchmark's section in docs/benchmarks.md, with the machine, command and date."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"{start}\n## {title}\n\nRun `{command}` on {stamp}.\nMachine: {machine()}.\n\n"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    section = (f"{start}\n## {title}\n\nRun `{command}` on {stamp}.\nMachine: {machine()}; load average "
+               f"(1, 5, 15 min) when it finished: {load} (the machine was shared with other jobs).\n\n"
                f"{body.strip()}\n{end}")
     text = REPORT.read_text(encoding="utf-8") if REPORT.exists() else "# Benchmarks\n"
     if start in text and end in text:
