@@ -11,6 +11,7 @@ import contextlib
 import re
 import resource
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,12 +28,34 @@ import yaml
 
 from probe.lab import Lab
 from probe.ledger import Ledger
-from tests.test_daemon import free_port, start_process, states
 
 OPEN: Final = ("submitting", "in_flight")
 VERDICTS: Final = ("delivered", "send_failed", "lost", "late", "unknown")
 ALLOWED_TWICE: Final = (["lost", "late"], ["unknown", "delivered"], ["unknown", "late"])
 VERDICT_LINE: Final = re.compile(r"verdict=(\w+).*probe_id=(\w+)")
+
+
+def free_port() -> int:
+    """Return a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_process(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m probe run`` with its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
+                                 f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
+
+
+def states(state_file: Path) -> dict[str, str]:
+    """Return every probe's state in the state file."""
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        return dict(db.execute("SELECT probe_id, state FROM probes").fetchall())
+    finally:
+        db.close()
 
 
 def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
@@ -386,10 +409,9 @@ def test_a_full_disk_is_reported_and_probing_resumes_when_space_is_freed(lab: La
     filler = small_disk.path / "filler"
 
     def fill(_pid: int) -> None:
-        with filler.open("wb") as out, contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), filler.open("wb", buffering=0) as out:  # unbuffered: close cannot fail
             while True:
                 out.write(bytes(65536))
-                out.flush()
 
     state_file, log = outage_then_recovery(lab, tmp_path, small_disk.path, break_it=fill,
                                            mend_it=lambda _pid: filler.unlink())
