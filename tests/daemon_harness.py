@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -59,3 +62,17 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, every:
             return
         time.sleep(every)
     raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+def free_port() -> int:
+    """Return a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_process(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m probe run`` as its own process, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
+                                 f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)

@@ -11,7 +11,6 @@ import contextlib
 import re
 import resource
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import yaml
 
 from probe.lab import Lab
 from probe.ledger import Ledger
+from tests.daemon_harness import free_port, start_process
 
 OPEN: Final = ("submitting", "in_flight")
 VERDICTS: Final = ("delivered", "send_failed", "lost", "late", "unknown")
@@ -35,18 +35,8 @@ ALLOWED_TWICE: Final = (["lost", "late"], ["unknown", "delivered"], ["unknown", 
 VERDICT_LINE: Final = re.compile(r"verdict=(\w+).*probe_id=(\w+)")
 
 
-def free_port() -> int:
-    """Return a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def start_process(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m probe run`` with its output appended to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
-                                 f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
 
 
 def states(state_file: Path) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import yaml
 from exchangelib.protocol import close_connections
 
 from probe.daemon import Daemon, start_daemon
-from tests.daemon_harness import fetch, running_daemon, scrape, value, wait_for
+from tests.daemon_harness import fetch, free_port, running_daemon, scrape, start_process, value, wait_for
 
 PAIRS = {("contoso-to-fourthcoffee", "fourthcoffee-edge-1"), ("contoso-to-fourthcoffee", "fourthcoffee-edge-2"),
          ("fourthcoffee-to-contoso", "contoso-edge-1"), ("fourthcoffee-to-contoso", "contoso-edge-2")}
@@ -122,17 +121,8 @@ def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Pat
 # -- the daemon as its own process: kill -9, SIGTERM, restarts -----------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def start_process(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address", f"127.0.0.1:{port}"],
-            stdout=out, stderr=subprocess.STDOUT)
 
 
 def states(state_file: Path) -> dict[str, str]:

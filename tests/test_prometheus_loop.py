@@ -18,7 +18,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -33,7 +32,7 @@ import pytest
 import yaml
 
 from probe.lab import Lab
-from tests.daemon_harness import Samples, fetch, running_daemon, scrape, value, wait_for
+from tests.daemon_harness import Samples, fetch, free_port, running_daemon, scrape, value, wait_for
 
 pytestmark = pytest.mark.prometheus
 
@@ -75,12 +74,6 @@ def shortened_rules(text: str) -> tuple[str, int, int]:
                 rule["for"], fors = SHORT_FOR, fors + 1
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), windows, fors
 
-
-def free_port() -> int:
-    """Return a loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -29,6 +29,7 @@ from probe.check import CheckOptions, run_check
 from probe.config import load_config
 from probe.daemon import start_daemon
 from probe.lab import Lab
+from tests.daemon_harness import free_port
 from tests.test_fault_matrix import MAILBOX_FORESTS, apply_faults, matrix_config
 
 EDGE_1 = "fourthcoffee-edge-1"
@@ -195,11 +196,6 @@ def fetch(url: str) -> str:
     except urllib.error.HTTPError as exc:
         return str(exc.read().decode(errors="replace"))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pages(port: int, config_path: Path) -> list[str]:
