@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED, JobExecutionEvent, JobSubmissionEvent
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -93,6 +93,23 @@ class _MailboxWatcher:
     last_search: float = float("-inf")  # when the last search began (time.monotonic())
 
 
+class _SendPool(ThreadPoolExecutor):  # type: ignore[misc]
+    """The send jobs' pool; it notes each run's scheduled time before the run can start.
+
+    (APScheduler dispatches its job-submitted events only after the whole batch is submitted, so a run
+    could start before its event, and its lag be measured from the run before: a whole interval.)
+    """
+
+    def __init__(self, workers: int, scheduled: dict[str, datetime]) -> None:
+        super().__init__(workers)
+        self._scheduled_times = scheduled
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        if run_times:
+            self._scheduled_times[job.id] = run_times[-1]
+        super()._do_submit_job(job, run_times)
+
+
 class Daemon:
     """The probing daemon: config, ledger, scheduler, watchers, metrics."""
 
@@ -111,10 +128,9 @@ class Daemon:
         self._scheduled: dict[str, datetime] = {}
         self._ready = threading.Event()
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(SEND_WORKERS), "house": ThreadPoolExecutor(2)},
+            executors={"default": _SendPool(SEND_WORKERS, self._scheduled), "house": ThreadPoolExecutor(2)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
         )
-        self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -216,10 +232,6 @@ class Daemon:
             self._watchers[name] = self._start_watcher(name, mconfig)
 
     # -- jobs --------------------------------------------------------------------------------------
-
-    def _on_submitted(self, event: JobSubmissionEvent) -> None:
-        if event.scheduled_run_times:
-            self._scheduled[event.job_id] = event.scheduled_run_times[-1]
 
     def _on_missed(self, event: JobExecutionEvent) -> None:
         log.warning("a scheduled probe was missed", extra={"job": event.job_id})
