@@ -46,7 +46,6 @@ RETENTION_SECONDS = 7 * 86400
 SHUTDOWN_GRACE = 5.0
 CALIBRATE_ABOVE = 0.1  # seconds of clock offset uncertainty that call for a calibration
 CALIBRATE_EVERY = 300.0  # at most this often per mailbox
-NOTIFIED_SEARCH_GAP = 10.0  # seconds between the starts of searches woken by new mail: one search covers the lot
 MailboxFactory = Callable[[MailboxConfig, bytes], Mailbox]
 
 
@@ -299,8 +298,8 @@ class Daemon:
             watcher.wake.clear()
             if woken and not watcher.notified.is_set():
                 continue  # a send or a stop: work out the next deadline again
-            if woken:  # new mail: let the mail arriving just after it gather for the same search
-                watcher.stopping.wait(watcher.last_search + NOTIFIED_SEARCH_GAP - time.monotonic())
+            if woken:  # new mail: searches start at most once per poll_interval, so one search covers the lot
+                watcher.stopping.wait(watcher.last_search + watcher.config.poll_interval - time.monotonic())
             if watcher.stopping.is_set():
                 return
             watcher.notified.clear()
