@@ -138,12 +138,13 @@ class Daemon:
         """Resolve what a previous run left half-done, schedule every pair, start every watcher, and begin."""
         for decision in self.ledger.recover_interrupted():
             self._observer.on_decision(decision)
-        self.scheduler.start()
+        # Jobs are added before the scheduler starts, so none falls due while thousands are still being added.
         self._apply(self.config, first=True)
         self.scheduler.add_job(self._expire, IntervalTrigger(seconds=EXPIRE_SECONDS), id="expire",
                                executor="house")
         self.scheduler.add_job(self._housekeeping, IntervalTrigger(seconds=5), id="housekeeping",
                                executor="house", next_run_time=datetime.now())
+        self.scheduler.start()
         self.metrics.set_reload(True, time.time())
         self._ready.set()
         log.info("started", extra={"pairs": len(self._pairs), "mailboxes": len(self._watchers),
@@ -201,15 +202,16 @@ class Daemon:
         return True, f"reloaded: {len(self._pairs)} pairs, {len(self._watchers)} mailboxes"
 
     def _apply(self, config: Config, *, first: bool) -> None:
-        new_pairs = {t.key: t for t in targets(config)}
-        for key in set(self._pairs) - set(new_pairs):
+        """Bring watchers and send jobs in line with ``config``: the (slow) watchers first, then the jobs."""
+        self._apply_mailboxes(config)
+        old_pairs, new_pairs = self._pairs, {t.key: t for t in targets(config)}
+        for key in set(old_pairs) - set(new_pairs):
             self.scheduler.remove_job(_job_id(key))
+        self._pairs = new_pairs
         for key, target in new_pairs.items():
-            old = self._pairs.get(key)
+            old = old_pairs.get(key)
             if old is None or old != target:
                 self._schedule(target, replace=old is not None, spread=first or old is None)
-        self._pairs = new_pairs
-        self._apply_mailboxes(config)
 
     def _schedule(self, target: Target, *, replace: bool, spread: bool) -> None:
         route = target.route
