@@ -18,7 +18,7 @@ from probe.mailbox.ews import EwsMailbox
 from probe.pipeline import NullObserver, Target, confirm, expire, send_probe, targets
 from probe.report import EXIT_USAGE, exit_code, format_json, format_nagios, format_table, nagios_code
 from probe.secret import redact
-from probe.signing import load_or_create_key
+from probe.signing import SigningKeyError, load_or_create_key
 
 POLL_SECONDS = 1.0
 MAX_PARALLEL_SENDS = 32
@@ -136,8 +136,9 @@ def main(args: argparse.Namespace) -> int:
         config = load_config(args.config_file)
         options = _options(args, config)
         outcome = run_check(config, options)
-    except ConfigError as exc:
-        print(f"mailflow-probe check: {exc.describe()}", file=sys.stderr)
+    except (ConfigError, SigningKeyError) as exc:
+        text = exc.describe() if isinstance(exc, ConfigError) else str(exc)
+        print(f"mailflow-probe check: {text}", file=sys.stderr)
         return EXIT_USAGE if args.format != "nagios" else 3
     return _report(outcome, args)
 

@@ -34,7 +34,7 @@ from probe.mailbox.base import Mailbox, SearchResult, Watch
 from probe.mailbox.ews import EwsMailbox
 from probe.metrics import ProbeMetrics
 from probe.pipeline import Target, confirm, expire, send_probe, targets
-from probe.signing import load_or_create_key
+from probe.signing import SigningKeyError, load_or_create_key
 from probe.smtp import SubmitResult
 
 log = logging.getLogger("probe.daemon")
@@ -425,7 +425,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mailflow-probe run: {exc.describe()}", file=sys.stderr)
         return 2
-    except (LedgerError, OSError, ValueError) as exc:
+    except (LedgerError, SigningKeyError, OSError, ValueError) as exc:
         print(f"mailflow-probe run: {exc}", file=sys.stderr)
         return 1
     return run_until_signalled(daemon, server)

@@ -12,6 +12,7 @@ from probe.config import ConfigError
 from probe.duration import parse_duration
 from probe.ledger import LedgerError
 from probe.logs import configure_logging
+from probe.signing import SigningKeyError
 
 DEMO_INTERVAL = 10.0
 DEMO_TIMEOUT = 30.0
@@ -57,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
             if duration is not None:
                 threading.Timer(duration, stop.set).start()
             return run_until_signalled(daemon, server, stop=stop)
-    except (ConfigError, LedgerError, OSError) as exc:
+    except (ConfigError, LedgerError, SigningKeyError, OSError) as exc:
         text = exc.describe() if isinstance(exc, ConfigError) else str(exc)
         print(f"mailflow-probe demo: {text}", file=sys.stderr)
         if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:

@@ -241,12 +241,18 @@ def test_delay_beyond_the_timeout_is_lost_then_late_when_it_lands(lab: Any, tmp_
 
 
 def test_usage_and_config_errors_exit_2_without_a_traceback(lab: Any, tmp_path: Path) -> None:
-    """An unknown route, a bad --timeout, a missing file: exit 2 and one clear line."""
+    """An unknown route, a bad --timeout, a missing file, an unusable signing key: exit 2 and one clear line."""
     path = str(write_config(lab, tmp_path))
+    empty_key = write_config(lab, tmp_path, name="empty-key.yaml")
+    data = yaml.safe_load(empty_key.read_text())
+    data["signing_key_file"] = str(tmp_path / "empty.key")
+    (tmp_path / "empty.key").write_bytes(b"")
+    empty_key.write_text(yaml.safe_dump(data))
     cases = [
         ["check", "-c", path, "--route", "no-such-route"],
         ["check", "-c", path, "--timeout", "soon"],
         ["check", "-c", str(tmp_path / "missing.yaml")],
+        ["check", "-c", str(empty_key)],
     ]
     for argv in cases:
         proc = subprocess.run([sys.executable, "-m", "probe", *argv], capture_output=True, text=True, timeout=60,
