@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -76,3 +77,12 @@ def start_process(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
                                  f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
+
+
+def states(state_file: Path) -> dict[str, str]:
+    """Return every probe's state in a daemon's state file."""
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        return dict(db.execute("SELECT probe_id, state FROM probes").fetchall())
+    finally:
+        db.close()

@@ -27,25 +27,12 @@ import yaml
 
 from probe.lab import Lab
 from probe.ledger import Ledger
-from tests.daemon_harness import free_port, start_process
+from tests.daemon_harness import free_port, start_process, states
 
 OPEN: Final = ("submitting", "in_flight")
 VERDICTS: Final = ("delivered", "send_failed", "lost", "late", "unknown")
 ALLOWED_TWICE: Final = (["lost", "late"], ["unknown", "delivered"], ["unknown", "late"])
 VERDICT_LINE: Final = re.compile(r"verdict=(\w+).*probe_id=(\w+)")
-
-
-
-
-
-
-def states(state_file: Path) -> dict[str, str]:
-    """Return every probe's state in the state file."""
-    db = sqlite3.connect(state_file, timeout=10)
-    try:
-        return dict(db.execute("SELECT probe_id, state FROM probes").fetchall())
-    finally:
-        db.close()
 
 
 def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import yaml
 from exchangelib.protocol import close_connections
 
 from probe.daemon import Daemon, start_daemon
-from tests.daemon_harness import fetch, free_port, running_daemon, scrape, start_process, value, wait_for
+from tests.daemon_harness import fetch, free_port, running_daemon, scrape, start_process, states, value, wait_for
 
 PAIRS = {("contoso-to-fourthcoffee", "fourthcoffee-edge-1"), ("contoso-to-fourthcoffee", "fourthcoffee-edge-2"),
          ("fourthcoffee-to-contoso", "contoso-edge-1"), ("fourthcoffee-to-contoso", "contoso-edge-2")}
@@ -119,18 +118,6 @@ def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Pat
 
 
 # -- the daemon as its own process: kill -9, SIGTERM, restarts -----------------------------------------------
-
-
-
-
-
-
-def states(state_file: Path) -> dict[str, str]:
-    db = sqlite3.connect(state_file, timeout=10)
-    try:
-        return dict(db.execute("SELECT probe_id, state FROM probes").fetchall())
-    finally:
-        db.close()
 
 
 def verdict_lines(log: Path, probe_id: str) -> list[str]:

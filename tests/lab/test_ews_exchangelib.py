@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import ssl
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,14 @@ from exchangelib.extended_properties import ExtendedProperty
 from exchangelib.folders import FolderCollection
 from exchangelib.items import Message
 from exchangelib.properties import NewMailEvent
-from exchangelib.protocol import BaseProtocol, close_connections
+from exchangelib.protocol import BaseProtocol
 from exchangelib.version import Build
 
-from tests.ews_schema import MAILBOX, PASSWORD, StandaloneEws, message, schema_available, standalone_ews
+from tests.ews_schema import MAILBOX, PASSWORD, StandaloneEws, message, schema_available
 
 pytestmark = pytest.mark.skipif(not schema_available(), reason="../shared/ews (the EWS schema) is absent")
 UPN = "svc-mailflow@fourthcoffee.test"
 GIVEN = Version(build=Build(15, 2, 1544, 4))
-
-
-@pytest.fixture
-def ews(tmp_path: Path) -> Iterator[StandaloneEws]:
-    """An EWS endpoint of its own; every response it sent must validate against the schema."""
-    with standalone_ews(tmp_path) as env:
-        yield env
-        close_connections()
-    assert env.schema_problems() == []
 
 
 def account(env: StandaloneEws, *, version: Version | None = None, username: str = UPN,

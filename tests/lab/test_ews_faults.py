@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,11 +15,11 @@ from exchangelib.errors import (
     TransportError,
     UnauthorizedError,
 )
-from exchangelib.protocol import BaseProtocol, close_connections
+from exchangelib.protocol import BaseProtocol
 from exchangelib.version import Build
 
 from probe.lab.faults import parse_fault
-from tests.ews_schema import FOREST, MAILBOX, PASSWORD, StandaloneEws, schema_available, standalone_ews
+from tests.ews_schema import FOREST, MAILBOX, PASSWORD, StandaloneEws, schema_available
 
 pytestmark = pytest.mark.skipif(not schema_available(), reason="../shared/ews (the EWS schema) is absent")
 UPN = "svc-mailflow@fourthcoffee.test"
@@ -34,15 +32,6 @@ GET_INBOX = b"""<?xml version="1.0" encoding="utf-8"?>
 <s:Header><t:RequestServerVersion Version="Exchange2016"/></s:Header>
 <s:Body><m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>
 <m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder></s:Body></s:Envelope>"""
-
-
-@pytest.fixture
-def ews(tmp_path: Path) -> Iterator[StandaloneEws]:
-    """An EWS endpoint of its own; every response it sent must validate against the schema."""
-    with standalone_ews(tmp_path) as env:
-        yield env
-        close_connections()
-    assert env.schema_problems() == []
 
 
 def inject(env: StandaloneEws, kind: str, **params: object) -> None:
