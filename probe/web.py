@@ -55,8 +55,8 @@ class StatusSource(Protocol):
 class MetricsSource(Protocol):
     """The exposition /metrics serves (probe.metrics.ProbeMetrics)."""
 
-    def render_for(self, accept: str | None) -> tuple[bytes, str]:
-        """Return the exposition for an ``Accept`` header, and its content type."""
+    def render_for(self, accept: str | None, names: list[str] | None = None) -> tuple[bytes, str]:
+        """Return the exposition for an ``Accept`` header (only the samples ``names``, if given), and its type."""
         ...
 
 
@@ -207,7 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _get(self, path: str, query: str) -> None:
         source = self.server.source
         if path == "/metrics":
-            body, content_type = self.server.metrics.render_for(self.headers.get("Accept"))
+            names = parse_qs(query).get("name[]")
+            body, content_type = self.server.metrics.render_for(self.headers.get("Accept"), names)
             self._send(HTTPStatus.OK, body, content_type)
         elif path == "/-/healthy":
             self._send(HTTPStatus.OK, "Healthy\n")

@@ -271,3 +271,13 @@ def test_promtool_check_metrics_is_clean(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == b""
     assert result.stderr.strip() == b""
+
+
+def test_name_filter_renders_only_the_named_samples():
+    """Asked for some sample names (name[]), /metrics renders those samples and no other series."""
+    m = ProbeMetrics(make_config())
+    m.observe_lag(0.2)
+    body, _ = m.render_for(None, ["mailflow_probe_scheduler_lag_seconds_bucket"])
+    lines = [line for line in body.decode().splitlines() if not line.startswith("#")]
+    assert lines and all(line.startswith("mailflow_probe_scheduler_lag_seconds_bucket{") for line in lines)
+    assert 'le="0.25"} 1.0' in body.decode()
