@@ -29,6 +29,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from probe import __version__
 from probe.config import Config, SmartHostConfig
+from probe.exposition import generate_text
 from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
 from probe.smtp import SubmitResult
@@ -320,7 +321,7 @@ class ProbeMetrics:
 
     def render(self) -> bytes:
         """Return the Prometheus text exposition of every series."""
-        return generate_latest(self.registry)
+        return generate_text(self.registry)
 
     def render_for(self, accept: str | None, names: Iterable[str] | None = None) -> tuple[bytes, str]:
         """Return the exposition in the format an ``Accept`` header asks for, and its content type.
@@ -331,5 +332,5 @@ class ProbeMetrics:
         encoder, content_type = choose_encoder(accept or "")
         registry = self.registry if names is None else self.registry.restricted_registry(names)
         if encoder is generate_latest:
-            return generate_latest(registry), CONTENT_TYPE
+            return generate_text(registry), CONTENT_TYPE
         return encoder(registry), content_type

@@ -1,0 +1,112 @@
+"""The Prometheus text format (0.0.4) of a registry, the same bytes as prometheus_client's, faster.
+
+At thousands of (route, smart host) pairs /metrics holds hundreds of thousands of samples, and
+``generate_latest`` spends most of its time validating and escaping the same few label names on every
+sample. This renderer escapes each metric name and each (label, value) pair once per scrape, and formats
+the common float values once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+_OM_SUFFIXES = ("_created", "_gsum", "_gcount")
+_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
+_NAME_SUFFIX = {"counter": "_total", "info": "_info"}
+
+
+class Collecting(Protocol):
+    """A registry (or a restricted one): something that yields metric families."""
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the metric families."""
+        ...
+
+
+class _Names:
+    """Escaped metric and label names, each worked out once per scrape."""
+
+    def __init__(self) -> None:
+        self.metric: dict[str, str] = {}
+        self.label: dict[str, str] = {}
+        self.value: dict[float, str] = {}
+        self.pair: dict[tuple[str, str], str] = {}  # (label, value) -> 'label="escaped value"'
+
+    def of_metric(self, name: str) -> str:
+        escaped = self.metric.get(name)
+        if escaped is None:
+            escaped = self.metric[name] = escape_metric_name(name)
+        return escaped
+
+    def of_label(self, name: str) -> str:
+        escaped = self.label.get(name)
+        if escaped is None:
+            escaped = self.label[name] = escape_label_name(name)
+        return escaped
+
+    def of_value(self, value: float) -> str:
+        if value == 0 and math.copysign(1.0, value) < 0:  # -0.0 == 0.0 as a key, but is written "-0.0"
+            return "-0.0"
+        text = self.value.get(value)
+        if text is None:
+            text = self.value[value] = floatToGoString(value)  # type: ignore[no-untyped-call]  # unannotated
+        return text
+
+
+def _label_text(labels: Mapping[str, str], names: _Names) -> str:
+    pairs = names.pair
+    parts = []
+    for key in sorted(labels):
+        value = labels[key]
+        part = pairs.get((key, value))
+        if part is None:
+            escaped = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+            part = pairs[(key, value)] = f'{names.of_label(key)}="{escaped}"'
+        parts.append(part)
+    return "{" + ",".join(parts) + "}"
+
+
+def _sample_line(sample: Sample, names: _Names) -> str:
+    labels = _label_text(sample.labels, names) if sample.labels else ""
+    stamp = "" if sample.timestamp is None else f" {int(float(sample.timestamp) * 1000):d}"
+    return f"{names.of_metric(sample.name)}{labels} {names.of_value(sample.value)}{stamp}\n"
+
+
+def _family(metric: Metric, names: _Names, output: list[str]) -> None:
+    name = metric.name + _NAME_SUFFIX.get(metric.type, "")
+    kind = _TYPES.get(metric.type, metric.type)
+    escaped = names.of_metric(name)
+    doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    output.append(f"# HELP {escaped} {doc}\n# TYPE {escaped} {kind}\n")
+    extra: dict[str, list[str]] = {}
+    base = metric.name
+    for sample in metric.samples:
+        suffix = sample.name[len(base):] if sample.name.startswith(base) else ""
+        if suffix in _OM_SUFFIXES:
+            extra.setdefault(suffix, []).append(_sample_line(sample, names))
+        else:
+            output.append(_sample_line(sample, names))
+    for suffix, lines in sorted(extra.items()):
+        extra_name = names.of_metric(base + suffix)
+        output.append(f"# HELP {extra_name} {doc}\n# TYPE {extra_name} gauge\n")
+        output.extend(lines)
+
+
+def generate_text(registry: Collecting) -> bytes:
+    """Return the Prometheus text exposition (0.0.4) of ``registry``: generate_latest's bytes, faster."""
+    names = _Names()
+    output: list[str] = []
+    for metric in registry.collect():
+        try:
+            _family(metric, names, output)
+        except Exception as exc:
+            exc.args = (*(exc.args or ("",)), metric)
+            raise
+    return "".join(output).encode("utf-8")
