@@ -279,5 +279,6 @@ def test_name_filter_renders_only_the_named_samples():
     m.observe_lag(0.2)
     body, _ = m.render_for(None, ["mailflow_probe_scheduler_lag_seconds_bucket"])
     lines = [line for line in body.decode().splitlines() if not line.startswith("#")]
-    assert lines and all(line.startswith("mailflow_probe_scheduler_lag_seconds_bucket{") for line in lines)
+    assert lines
+    assert all(line.startswith("mailflow_probe_scheduler_lag_seconds_bucket{") for line in lines)
     assert 'le="0.25"} 1.0' in body.decode()
