@@ -306,8 +306,11 @@ def implicit_server(lab: Lab) -> Iterator[_ImplicitServer]:
     try:
         yield _ImplicitServer("127.0.0.1", server.sockets[0].getsockname()[1], username, password, received)
     finally:
-        server.close()
-        asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(10)
+        async def shut() -> None:  # on the loop's own thread: asyncio servers are not thread-safe
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shut(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
