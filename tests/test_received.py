@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from probe.mailbox.received import parse_hop, parse_received
 
 EDGE = (
-    "from mail.contoso.com (mail.contoso.com [10.0.0.5]) by fc-edge-1.fourthcoffee.com (Postfix)"
+    "from mail.contoso.com (mail.contoso.com [192.0.2.5]) by fc-edge-1.fourthcoffee.com (Postfix)"
     " with ESMTPS id 4Q1xYz (version=TLS1_3 cipher=TLS_AES_256_GCM_SHA384) for <mailflow.probe@fourthcoffee.com>;"
     " Sat, 28 Nov 2026 09:00:01 +0000"
 )
 MAILBOX = (
-    "from fc-edge-1.fourthcoffee.com (10.1.0.7) by FC-MBX-1.fourthcoffee.com (10.1.0.9)\r\n"
+    "from fc-edge-1.fourthcoffee.com (198.51.100.7) by FC-MBX-1.fourthcoffee.com (198.51.100.9)\r\n"
     " with Microsoft SMTP Server (version=TLS1_2) id 15.2.1544.4; Sat, 28 Nov 2026 10:00:03 +0100"
 )
 
