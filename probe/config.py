@@ -16,6 +16,7 @@ import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -905,23 +906,24 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Conf
 # Views: the effective config with secrets hidden, and the JSON Schema of the YAML format.
 # ---------------------------------------------------------------------------------------------------------
 
-def _plain(value: object) -> Any:
+def redacted_view(value: object) -> Any:
+    """Return config values (any part of a Config) as plain data, every ``Secret`` shown as ``<secret>``."""
     if isinstance(value, Secret):
         return REDACTED
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {item.name: _plain(getattr(value, item.name)) for item in dataclasses.fields(value)}
+        return {item.name: redacted_view(getattr(value, item.name)) for item in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, Path):
+        return {str(key): redacted_view(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redacted_view(item) for item in value]
+    if isinstance(value, Enum | Path):
         return str(value)
     return value
 
 
 def redacted_config(config: Config) -> dict[str, Any]:
     """Return the effective config as plain data (JSON-ready), every secret shown as ``<secret>``."""
-    plain: dict[str, Any] = _plain(config)
+    plain: dict[str, Any] = redacted_view(config)
     return plain
 
 

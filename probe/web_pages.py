@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from enum import Enum
 from html import escape
-from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlencode
 
 import yaml
 
-from probe.config import Config, RouteConfig, SmartHostConfig
-from probe.secret import REDACTED, Secret, redact
+from probe.config import Config, RouteConfig, SmartHostConfig, redacted_view
+from probe.secret import redact
 
 HISTORY_LIMIT: Final = 20
 REFRESH_SECONDS: Final = 10
@@ -143,21 +140,6 @@ def status_page(source: HistorySource, *, now: float | None = None) -> str:
 # -- the debug view ------------------------------------------------------------------------------------
 
 
-def plain(value: object) -> Any:
-    """Return config values as plain data, every ``Secret`` as ``<secret>``."""
-    if isinstance(value, Secret):
-        return REDACTED
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [plain(v) for v in value]
-    if isinstance(value, Enum | Path):
-        return str(value)
-    return value
-
-
 def _table(mapping: Mapping[str, Any]) -> str:
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_show(v))}</td></tr>" for k, v in mapping.items())
     return f"<table>{rows}</table>"
@@ -204,9 +186,9 @@ def _probe_section(row: Mapping[str, Any], now: float) -> str:
 
 def _effective_config(config: Config, route: RouteConfig, host: SmartHostConfig) -> str:
     effective = {
-        "route": {k: v for k, v in plain(route).items() if k != "smart_hosts"},
-        "smart_host": plain(host),
-        "mailbox": plain(config.mailboxes.get(route.mailbox)),
+        "route": {k: v for k, v in redacted_view(route).items() if k != "smart_hosts"},
+        "smart_host": redacted_view(host),
+        "mailbox": redacted_view(config.mailboxes.get(route.mailbox)),
     }
     text = yaml.safe_dump(effective, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return f"<h2>Effective configuration</h2><pre>{_e(text)}</pre>"
