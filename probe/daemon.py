@@ -27,7 +27,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from probe.config import Config, ConfigError, MailboxConfig, load_config, redacted_config
+from probe.config import Config, ConfigError, MailboxConfig, load_config
 from probe.ledger import Decision, Ledger, LedgerError
 from probe.logs import configure_logging, log_decision
 from probe.mailbox.base import Mailbox, SearchResult, Watch
@@ -256,9 +256,8 @@ class Daemon:
             watcher.wake.set()  # its next deadline is sooner now
 
     def _expire(self) -> None:
-        unknown_after = max((r.timeout for r in self.config.routes), default=300.0)
         try:
-            expire(self.ledger, observer=self._observer, unknown_after=unknown_after)
+            expire(self.ledger, observer=self._observer, unknown_after=self._longest_timeout())
         except LedgerError as exc:
             log.error("verdicts not decided: the state file cannot be written", extra={"error": str(exc)})
 
@@ -324,12 +323,17 @@ class Daemon:
         poll = watcher.config.poll_interval
         if streaming_up:
             poll = max(poll, STREAMING_FALLBACK_POLL)
-        deadlines = [p.deadline for p in self.ledger.open_probes(watcher.name) if p.deadline > time.time()]
-        until_deadline = min(deadlines) - time.time() + 0.05 if deadlines else poll
+        now = time.time()
+        deadline = self.ledger.next_deadline(watcher.name, after=now)
+        until_deadline = poll if deadline is None else deadline - now + 0.05
         return max(0.01, min(poll, until_deadline))
 
+    def _longest_timeout(self) -> float:
+        """Return the longest route timeout: how long an unobservable probe waits, and the late window."""
+        return max((r.timeout for r in self.config.routes), default=300.0)
+
     def _search(self, watcher: _MailboxWatcher) -> None:
-        late_window = max((r.timeout for r in self.config.routes), default=300.0) * 2
+        late_window = self._longest_timeout() * 2
         try:
             confirm(watcher.name, watcher.mailbox, ledger=self.ledger, observer=self._observer,
                     late_window=late_window, cleanup=watcher.config.cleanup != "keep")
@@ -338,13 +342,6 @@ class Daemon:
         except Exception:  # a bug must not kill the watcher thread; it is logged with its traceback
             log.exception("mailbox watcher failed", extra={"mailbox": watcher.name})
             time.sleep(1.0)
-
-    # -- for the web ---------------------------------------------------------------------------------
-
-    def status_config(self) -> dict[str, Any]:
-        """Return the effective configuration with secrets shown as <secret>."""
-        return redacted_config(self.config)
-
 
 def _notify(watcher: _MailboxWatcher) -> None:
     watcher.notified.set()

@@ -347,6 +347,13 @@ class Ledger:
         oldest = min((float(r["created_at"]) for r in rows), default=None)
         return [r["probe_id"] for r in rows], oldest
 
+    def next_deadline(self, mailbox: str, *, after: float) -> float | None:
+        """Return the soonest deadline after ``after`` of the probes still open to ``mailbox``, if any."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(deadline) FROM probes WHERE mailbox = ? AND state IN (?, ?)"
+                                   " AND deadline > ?", (mailbox, *_OPEN_STATES, after)).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def open_counts(self) -> dict[tuple[str, str], int]:
         """Return how many probes are waiting for a verdict, per (route, smart host)."""
         with self._lock:

@@ -221,3 +221,15 @@ def test_an_interrupted_probe_already_seen_is_delivered_on_recovery(tmp_path: Pa
     assert [d.verdict for d in decided] == [Verdict.DELIVERED]
     assert second.recover_interrupted() == []
     assert second.open_probes() == []
+
+
+def test_the_next_deadline_is_the_soonest_future_one_of_the_mailboxs_open_probes(ledger: Ledger) -> None:
+    """Past deadlines, decided probes and other mailboxes do not count."""
+    _open(ledger, "past", deadline=900.0)
+    _open(ledger, "soon", deadline=1_200.0)
+    _open(ledger, "later", deadline=1_400.0)
+    _open(ledger, "elsewhere", deadline=1_100.0, mailbox="contoso")
+    _open(ledger, "failed", deadline=1_050.0)
+    ledger.record_send_failure("failed", stage="rcpt", reason="rejected", smtp_code=550)
+    assert ledger.next_deadline("fc", after=1_000.0) == 1_200.0
+    assert ledger.next_deadline("fc", after=1_500.0) is None
