@@ -86,13 +86,18 @@ class LabProcess:
 
     def stop(self) -> None:
         """Stop the lab process (SIGTERM, then SIGKILL after 20 s)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, grace=20)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, grace: float, kill_wait: float = 5.0) -> None:
+    """SIGTERM a child process and wait ``grace`` seconds; SIGKILL it if it is still there."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(kill_wait)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shlex
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -40,6 +39,7 @@ from common import (
     profiling,
     rss_mib,
     scrape_histogram,
+    stop_process,
     table,
     update_report,
     write_config,
@@ -123,12 +123,7 @@ def daemon_process(config: Path, port: int, log: Path,
         try:
             yield process
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+            stop_process(process, grace=30)
 
 
 def scrape(port: int, path: str = "/metrics") -> str:

@@ -15,7 +15,6 @@ import argparse
 import json
 import random
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from common import stop_process
 
 from probe.daemon import SEND_WORKERS
 
@@ -237,17 +237,6 @@ def report(args: argparse.Namespace, *, samples: list[Sample], counts: dict[str,
     return "\n".join(lines)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM a process and wait; kill it if it does not go."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def soak(args: argparse.Namespace, state: Path) -> int:
     """Run the soak in ``state`` and print its report; return the exit code."""
     rng = random.Random(args.seed)
@@ -286,8 +275,8 @@ def soak(args: argparse.Namespace, state: Path) -> int:
         counts = state_counts(state / "state.db")
     finally:
         if daemon is not None:
-            stop(daemon)
-        stop(lab)
+            stop_process(daemon, grace=20, kill_wait=10)
+        stop_process(lab, grace=20, kill_wait=10)
     verdicts, twice = verdict_counts(daemon_log)
     broken = limits_broken(samples, unresolved, twice)
     text = report(args, samples=samples, counts=counts, verdicts=verdicts, applied=applied, unresolved=unresolved,
