@@ -122,19 +122,18 @@ def confirm(mailbox_name: str, mailbox: Mailbox, *, ledger: Ledger, observer: Ob
     decisions: list[Decision] = []
     if probe_ids and since is not None:
         result = mailbox.search(probe_ids, since=since, deadline=search_deadline)
-        decisions = _record_sightings(ledger, result.sightings)
+        observer.on_search(mailbox_name, result)
+        decisions = _record_sightings(ledger, result.sightings, observer)
         ledger.record_observation(mailbox_name, ok=result.ok, started_at=result.started_at,
                                   finished_at=result.finished_at,
                                   reason=None if result.error_reason is None else str(result.error_reason))
-        observer.on_search(mailbox_name, result)
-        for decision in decisions:
-            observer.on_decision(decision)
     if cleanup:
         clean_up(mailbox_name, mailbox, ledger=ledger)
     return decisions
 
 
-def _record_sightings(ledger: Ledger, sightings: Sequence[Sighting]) -> list[Decision]:
+def _record_sightings(ledger: Ledger, sightings: Sequence[Sighting], observer: Observer) -> list[Decision]:
+    """Record each sighting; report each verdict as soon as it is decided, so a later failure cannot hide it."""
     decisions = []
     for sighting in sightings:
         decision = ledger.record_arrival(Arrival(
@@ -144,6 +143,7 @@ def _record_sightings(ledger: Ledger, sightings: Sequence[Sighting]) -> list[Dec
                     "received_server": sighting.received_server.isoformat()},
         ))
         if decision is not None:
+            observer.on_decision(decision)
             decisions.append(decision)
     return decisions
 
