@@ -9,6 +9,7 @@ REDACTED: Final = "<secret>"
 
 _known: set[str] = set()
 _known_lock = threading.Lock()
+_longest_first: tuple[str, ...] = ()  # _known, longest first (so a secret inside another goes with it)
 
 
 class Secret:
@@ -19,8 +20,7 @@ class Secret:
     def __init__(self, value: str) -> None:
         self._value = value
         if len(value) >= 4:
-            with _known_lock:
-                _known.add(value)
+            _remember(value)
 
     def reveal(self) -> str:
         """Return the value itself, for the one call that needs it."""
@@ -44,11 +44,17 @@ class Secret:
         raise TypeError("a Secret is not serialised")
 
 
+def _remember(value: str) -> None:
+    global _longest_first  # noqa: PLW0603 - one sorted copy, rebuilt only when a new secret appears
+    with _known_lock:
+        if value not in _known:
+            _known.add(value)
+            _longest_first = tuple(sorted(_known, key=len, reverse=True))
+
+
 def redact(text: str) -> str:
     """Replace every secret known to this process in ``text`` by ``<secret>``."""
-    with _known_lock:
-        known = sorted(_known, key=len, reverse=True)
-    for value in known:
+    for value in _longest_first:
         if value in text:
             text = text.replace(value, REDACTED)
     return text

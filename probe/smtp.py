@@ -26,7 +26,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,6 +138,20 @@ class _ProbeSMTP(smtplib.SMTP):
             super().putcmd(cmd, args)
         finally:
             self._in_putcmd = False
+
+    def mail(self, sender: str, options: Sequence[str] = ()) -> tuple[int, bytes]:
+        """Say MAIL FROM:<sender>; ``sender`` is a plain address already (see _check_addresses)."""
+        if options:
+            return super().mail(sender, options)
+        self.putcmd("mail", f"FROM:<{sender}>")  # smtplib's quoteaddr would parse it as RFC 5322 again
+        return self.getreply()
+
+    def rcpt(self, recip: str, options: Sequence[str] = ()) -> tuple[int, bytes]:
+        """Say RCPT TO:<recip>; ``recip`` is a plain address already (see _check_addresses)."""
+        if options:
+            return super().rcpt(recip, options)
+        self.putcmd("rcpt", f"TO:<{recip}>")
+        return self.getreply()
 
     def send(self, s: ReadableBuffer | str) -> None:
         if not self._in_putcmd:  # the message itself, from data()
@@ -450,8 +464,8 @@ def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes
 def _result(session: _ProbeSMTP, host: SmartHostConfig, failure: _SendFailedError | None,
             final: tuple[int, bytes] | None, accepted_at: float | None) -> SubmitResult:
     scrub = _scrubber(host)
-    base = SubmitResult(ok=False, stage_seconds=dict(session.watch.seconds), tls=session.tls,
-                        transcript=tuple(scrub(line) for line in session.lines))
+    transcript = tuple(scrub("\n".join(session.lines)).split("\n")) if session.lines else ()  # one pass, not one a line
+    base = SubmitResult(ok=False, stage_seconds=dict(session.watch.seconds), tls=session.tls, transcript=transcript)
     if failure is not None:
         reply = scrub(failure.reply) if failure.reply is not None else None
         return replace(base, stage=failure.stage, reason=failure.reason, smtp_code=failure.code,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,16 +25,7 @@ class TlsFacts:
 def tls_facts_of(sock: ssl.SSLSocket, *, verified: bool) -> TlsFacts:
     """Return the facts of an established TLS socket (whether or not its certificate was verified)."""
     cipher = sock.cipher()
-    der = sock.getpeercert(binary_form=True)
-    not_after: datetime | None = None
-    subject: str | None = None
-    issuer: str | None = None
-    if der:
-        cert = _parse(der)
-        if cert is not None:
-            not_after = cert.not_valid_after_utc
-            subject = cert.subject.rfc4514_string()
-            issuer = cert.issuer.rfc4514_string()
+    not_after, subject, issuer = _certificate_facts(sock.getpeercert(binary_form=True) or b"")
     return TlsFacts(
         version=sock.version() or "unknown",
         cipher=cipher[0] if cipher else "unknown",
@@ -44,8 +36,17 @@ def tls_facts_of(sock: ssl.SSLSocket, *, verified: bool) -> TlsFacts:
     )
 
 
-def _parse(der: bytes) -> x509.Certificate | None:
+@functools.lru_cache(maxsize=4096)
+def _certificate_facts(der: bytes) -> tuple[datetime | None, str | None, str | None]:
+    """Return (expiry, subject, issuer) of a DER certificate: parsed once per distinct certificate.
+
+    Parsing costs more than half a millisecond and a smart host shows the same certificate on every
+    probe; the cache is keyed by the certificate's bytes, so a new certificate is always read afresh.
+    """
+    if not der:
+        return None, None, None
     try:
-        return x509.load_der_x509_certificate(der)
+        cert = x509.load_der_x509_certificate(der)
     except ValueError:  # a certificate the handshake took but cryptography cannot read
-        return None
+        return None, None, None
+    return cert.not_valid_after_utc, cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()

@@ -62,7 +62,7 @@ from exchangelib.services import (
     Unsubscribe,
 )
 from exchangelib.transport import BASIC, NTLM
-from exchangelib.util import SOAPNS, TNS
+from exchangelib.util import SOAPNS, TNS, DummyResponse
 from lxml import etree
 
 from probe import message as probe_message
@@ -70,6 +70,7 @@ from probe.config import MailboxConfig
 from probe.mailbox.base import CleanupResult, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
 from probe.mailbox.received import parse_received
+from probe.mailbox.soap_stream import soap_envelopes
 from probe.secret import redact
 from probe.vocabulary import MailboxReason
 
@@ -243,10 +244,29 @@ class _GetRaw(GetItem):  # type: ignore[misc]
 
 
 class _NewMailEvents(GetStreamingEvents):  # type: ignore[misc]
-    """GetStreamingEvents yielding the number of NewMail events in each notification."""
+    """GetStreamingEvents yielding the number of NewMail events in each notification.
+
+    The envelopes are cut out of the stream a chunk at a time (soap_stream); each is then parsed and
+    checked by exchangelib as its own GetStreamingEvents does.
+    """
 
     def _elem_to_obj(self, elem: Any) -> int:
         return sum(1 for e in elem.iter() if isinstance(e.tag, str) and e.tag.endswith("}NewMailEvent"))
+
+    def _get_soap_messages(self, body: Any) -> Iterator[Any]:
+        response = body  # the raw streaming response, as GetStreamingEvents._get_soap_parts passes it on
+        # without chunked transfer coding only a byte at a time is sure not to wait past a notification
+        chunks = response.iter_content(chunk_size=None if getattr(response.raw, "chunked", False) else 1)
+        for document in soap_envelopes(chunks):
+            try:
+                _, soap_body = super(GetStreamingEvents, self)._get_soap_parts(
+                    response=DummyResponse(content=document))
+            except Exception:
+                response.close()
+                raise
+            yield from super(GetStreamingEvents, self)._get_soap_messages(body=soap_body)
+            if self.connection_status == self.CLOSED:
+                break
 
 
 class _PingFolder(GetFolder):  # type: ignore[misc]
