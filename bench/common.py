@@ -208,8 +208,14 @@ def scrape_sum(metrics_text: str, name: str) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """Return a process's user + system CPU seconds so far (from /proc)."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """Return a process's (user, system) CPU seconds so far (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:

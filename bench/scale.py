@@ -33,6 +33,7 @@ from common import (
     ROOT,
     LabProcess,
     cpu_seconds,
+    cpu_split,
     histogram_quantile,
     lab_process,
     profile_top,
@@ -61,6 +62,7 @@ class Result:
     interval: float
     intervals: int
     cpu_seconds: float
+    system_seconds: float
     startup_cpu: float
     sent: int
     delivered: int
@@ -86,22 +88,29 @@ class Result:
         return 1000 * self.cpu_seconds / max(1, self.sent)
 
     @property
+    def system_ms_per_probe(self) -> float:
+        """Return the part of the CPU per probe spent in the kernel (system time)."""
+        return 1000 * self.system_seconds / max(1, self.sent)
+
+    @property
     def ews_per_probe(self) -> float:
         """Return the EWS requests per probe sent in the window."""
         return self.ews / max(1, self.sent)
 
     def row(self) -> list[object]:
         """Return the table row."""
-        return [self.pairs, f"{self.interval:g} s x {self.intervals}", f"{self.cpu_ms_per_probe:.2f}",
+        user = self.cpu_ms_per_probe - self.system_ms_per_probe
+        return [self.pairs, f"{self.interval:g} s x {self.intervals}",
+                f"{self.cpu_ms_per_probe:.2f} ({user:.2f} + {self.system_ms_per_probe:.2f})",
                 f"{self.startup_cpu:.1f}", f"{self.rss:.0f} / {self.peak_rss:.0f}", f"{1000 * self.lag_p50:.1f}",
                 f"{1000 * self.lag_p99:.1f}", f"{self.ews_per_probe:.3f}", self.ews,
                 f"{self.delivered} / {self.scheduled}", self.missed, self.other, self.open_left,
                 f"{self.scrape_cpu:.2f} / {self.scrape_mb:.1f}"]
 
 
-HEADER = ["pairs", "interval", "CPU ms/probe", "start-up CPU s", "RSS / peak MiB", "lag p50 ms", "lag p99 ms",
-          "EWS req/probe", "EWS req", "delivered / scheduled", "missed", "other verdicts", "open after drain",
-          "one /metrics scrape: CPU s / MB"]
+HEADER = ["pairs", "interval", "CPU ms/probe (user + system)", "start-up CPU s", "RSS / peak MiB", "lag p50 ms",
+          "lag p99 ms", "EWS req/probe", "EWS req", "delivered / scheduled", "missed", "other verdicts",
+          "open after drain", "one /metrics scrape: CPU s / MB"]
 
 
 def free_port() -> int:
@@ -175,11 +184,11 @@ def measure(lab: LabProcess, work: Path, pairs: int, interval: float, intervals:
     port = free_port()
     with daemon_process(config, port, work / "daemon.log", runner) as process:
         wait_ready(process, port)
-        start, cpu0, ews0 = time.time(), cpu_seconds(process.pid), lab.ews_total()
+        start, (user0, sys0), ews0 = time.time(), cpu_split(process.pid), lab.ews_total()
         lag0 = scrape_histogram(scrape(port, LAG_PAGE), LAG)
         with profiling(process.pid, work / "profile.txt", enabled=profile):
             time.sleep(interval * intervals)
-        end, cpu1, ews1 = time.time(), cpu_seconds(process.pid), lab.ews_total()
+        end, (user1, sys1), ews1 = time.time(), cpu_split(process.pid), lab.ews_total()
         lag = histogram_delta(scrape_histogram(scrape(port, LAG_PAGE), LAG), lag0)
         rss, peak = rss_mib(process.pid), rss_mib(process.pid, "VmHWM")
         before = cpu_seconds(process.pid)
@@ -187,7 +196,8 @@ def measure(lab: LabProcess, work: Path, pairs: int, interval: float, intervals:
         scrape_cpu, scrape_mb = cpu_seconds(process.pid) - before, len(page) / 1e6
         counts = _drain(work / "state" / "state.db", start, end, intervals)
     sent, delivered, other, still_open, missed = counts
-    return Result(pairs=pairs, interval=interval, intervals=intervals, cpu_seconds=cpu1 - cpu0, startup_cpu=cpu0,
+    return Result(pairs=pairs, interval=interval, intervals=intervals, cpu_seconds=user1 + sys1 - user0 - sys0,
+                  system_seconds=sys1 - sys0, startup_cpu=user0 + sys0,
                   sent=sent, delivered=delivered, other=other, open_left=still_open, missed=missed, rss=rss,
                   peak_rss=peak, scrape_cpu=scrape_cpu, scrape_mb=scrape_mb,
                   lag_p50=histogram_quantile(lag, 0.5), lag_p99=histogram_quantile(lag, 0.99), ews=ews1 - ews0)
