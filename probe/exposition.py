@@ -9,7 +9,7 @@ the common float values once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client.metrics_core import Metric
@@ -110,3 +110,71 @@ def generate_text(registry: Collecting) -> bytes:
             exc.args = (*(exc.args or ("",)), metric)
             raise
     return "".join(output).encode("utf-8")
+
+
+# -- cached families ------------------------------------------------------------------------------------
+#
+# The families of the (route, smart host) pairs are rendered a pair at a time and the pair's text kept until
+# the pair changes; a scrape joins the kept text under each family's header. A pair's text in one family is a
+# list of segments, each the lines of one sample name (a histogram's buckets, then its count, then its sum),
+# so a ``name[]`` filter keeps whole segments without parsing lines.
+
+Segment = tuple[str, bytes]  # (sample name, its lines)
+
+_SAMPLE_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
+
+
+class Values:
+    """Float values written as prometheus_client writes them, each distinct value worked out once."""
+
+    def __init__(self) -> None:
+        self._names = _Names()
+
+    def __call__(self, value: float) -> str:
+        """Return ``value`` as the exposition writes it."""
+        return self._names.of_value(value)
+
+
+def label_value(value: str) -> str:
+    """Return a label value escaped as the text format writes it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class FamilyHead:
+    """A metric family's name (as ``Metric`` takes it: counters without ``_total``), help and type."""
+
+    def __init__(self, name: str, doc: str, kind: str) -> None:
+        self.name, self.doc, self.kind = name, doc, kind
+        self.sample_names = tuple(name + suffix for suffix in _SAMPLE_SUFFIXES[kind])
+        text_name = escape_metric_name(name + _NAME_SUFFIX.get(kind, ""))
+        text_doc = doc.replace("\\", r"\\").replace("\n", r"\n")
+        self.text_header = f"# HELP {text_name} {text_doc}\n# TYPE {text_name} {kind}\n".encode()
+        om_name = escape_metric_name(name)
+        self.om_header = f"# HELP {om_name} {label_value(doc)}\n# TYPE {om_name} {kind}\n".encode()
+
+    def metric(self) -> Metric:
+        """Return an empty ``Metric`` of this family."""
+        return Metric(self.name, self.doc, self.kind)
+
+
+def render_cached(heads: Sequence[FamilyHead], items: Iterable[Sequence[Sequence[Segment]]], *,
+                  openmetrics: bool = False, names: frozenset[str] | None = None) -> bytes:
+    """Join the kept segments of ``items`` (per item: one list of segments per family of ``heads``).
+
+    Each family's header comes first, then every item's samples in item order, as generate_latest writes a
+    registry's family. With ``names``, keep only those samples and leave out families without any, as a
+    restricted registry does.
+    """
+    rows = list(items)
+    output: list[bytes] = []
+    for index, head in enumerate(heads):
+        wanted = None if names is None or names.issuperset(head.sample_names) else names
+        if wanted is not None and wanted.isdisjoint(head.sample_names):
+            continue
+        start = len(output)
+        output.append(head.om_header if openmetrics else head.text_header)
+        for row in rows:
+            output.extend(lines for name, lines in row[index] if wanted is None or name in wanted)
+        if names is not None and len(output) == start + 1:
+            del output[start:]
+    return b"".join(output)

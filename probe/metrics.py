@@ -8,9 +8,11 @@ probe of a removed route, decided after the reload) is ignored, so removed serie
 
 from __future__ import annotations
 
+import math
 import platform
 import threading
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -26,10 +28,14 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as om_exposition
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from probe import __version__
 from probe.config import Config, SmartHostConfig
-from probe.exposition import generate_text
+from probe.exposition import FamilyHead, Segment, Values, generate_text, label_value, render_cached
 from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
 from probe.smtp import SubmitResult
@@ -92,91 +98,278 @@ def stage_buckets(timeout: float) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class _Layout:
-    """The labelled series a config calls for."""
+    """The labelled series a config calls for; ``pairs`` in config order."""
 
-    pairs: frozenset[tuple[str, str]]
+    pairs: tuple[tuple[str, str], ...]
     tls_pairs: frozenset[tuple[str, str]]
     failures: dict[tuple[str, str], list[tuple[str, str]]]
     mailboxes: frozenset[str]
 
     @classmethod
     def of(cls, config: Config) -> _Layout:
-        pairs: set[tuple[str, str]] = set()
+        pairs: dict[tuple[str, str], None] = {}
         tls_pairs: set[tuple[str, str]] = set()
         failures: dict[tuple[str, str], list[tuple[str, str]]] = {}
         for route in config.routes:
             for host in route.smart_hosts:
                 pair = (route.name, host.name)
-                pairs.add(pair)
+                pairs[pair] = None
                 failures[pair] = possible_failures(host)
                 if host.tls != "none":
                     tls_pairs.add(pair)
-        return cls(frozenset(pairs), frozenset(tls_pairs), failures, frozenset(config.mailboxes))
+        return cls(tuple(pairs), frozenset(tls_pairs), failures, frozenset(config.mailboxes))
+
+
+# -- the families of the (route, smart host) pairs ------------------------------------------------------
+
+# Their order in the exposition (the order the registry always had), as indexes into _PAIR_HEADS.
+_SENT, _FAILURES, _DELIVERED, _LOST, _LATE, _UNKNOWN, _DELIVERY, _STAGE, _SUCCESS, _LAST_SUCCESS, _IN_FLIGHT, _TLS = (
+    range(12))
+_PAIR_HEADS: Final = (
+    FamilyHead(f"{PREFIX}_sent", "Probes submitted to a smart host (accepted or not).", "counter"),
+    FamilyHead(f"{PREFIX}_send_failures", "Probes the smart host did not accept, by SMTP stage and reason.",
+               "counter"),
+    FamilyHead(f"{PREFIX}_delivered", "Probes found in the target mailbox within the timeout.", "counter"),
+    FamilyHead(f"{PREFIX}_lost", "Probes accepted but not found by the timeout while observable.", "counter"),
+    FamilyHead(f"{PREFIX}_late", "Probes found after they had been declared lost.", "counter"),
+    FamilyHead(f"{PREFIX}_unknown", "Probes whose mailbox could not be observed long enough to tell (never counted "
+               "as lost). An addition to the DESIGN.md list.", "counter"),
+    FamilyHead(f"{PREFIX}_delivery_seconds", "Delivery latency of delivered probes: the smart host's final 250 to "
+               "the mailbox's receipt.", "histogram"),
+    FamilyHead(f"{PREFIX}_smtp_stage_seconds", "Time spent in each SMTP submission stage.", "histogram"),
+    FamilyHead(f"{PREFIX}_success", "1 when the last finished probe was delivered, 0 when it failed to send or was "
+               "lost.", "gauge"),
+    FamilyHead(f"{PREFIX}_last_success_timestamp_seconds", "Unix time of the last delivered probe (0: none yet).",
+               "gauge"),
+    FamilyHead(f"{PREFIX}_in_flight", "Probes accepted or being submitted, awaiting a verdict.", "gauge"),
+    FamilyHead(f"{PREFIX}_tls_cert_expiry_timestamp_seconds",
+               "Unix time the smart host's certificate expires (0: not seen yet).", "gauge"),
+)
+_COUNTER_FAMILIES: Final = (_SENT, _DELIVERED, _LOST, _LATE, _UNKNOWN)
+_GAUGE_FAMILIES: Final = (_SUCCESS, _LAST_SUCCESS, _IN_FLIGHT)
+
+Labels = tuple[tuple[str, str], ...]  # a series' labels besides route and smart_host
+
+
+class _Histogram:
+    """One histogram series as plain numbers: observations per bucket (not cumulative) and their sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # ends with +Inf
+        self.counts = [0.0] * len(bounds)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count ``value`` in the first bucket it fits, as prometheus_client's Histogram does."""
+        self.total += value
+        if not math.isnan(value):
+            self.counts[bisect_left(self.bounds, value)] += 1.0
+
+
+@dataclass(frozen=True)
+class _PairNumbers:
+    """A copy of one pair's numbers, taken under the lock: what one scrape shows of the pair."""
+
+    pair: tuple[str, str]
+    labels: str  # route="...",smart_host="..." escaped
+    scalars: dict[int, list[tuple[Labels, float]]]
+    histograms: dict[int, list[tuple[Labels, tuple[float, ...], float]]]
+
+
+def _series_labels(pair_labels: str, extra: Labels) -> str:
+    """Return a series' label text, labels sorted by name as generate_latest writes them.
+
+    The pair's text stands in for both of its labels under the key "route": no other label name of these
+    families falls between "route" and "smart_host".
+    """
+    if not extra:
+        return pair_labels
+    parts = sorted([("route", pair_labels), *((k, f'{k}="{label_value(v)}"') for k, v in extra)])
+    return ",".join(text for _, text in parts)
+
+
+class _PairSeries:
+    """The numbers of one (route, smart host) pair, changed only under ``ProbeMetrics._lock``.
+
+    ``version`` moves on every change; ``rendered`` is the pair's text as of ``rendered_version``, kept (and
+    touched only) by the renderer.
+    """
+
+    def __init__(self, pair: tuple[str, str], delivery: tuple[float, ...], stage: tuple[float, ...]) -> None:
+        self.pair = pair
+        self.labels = f'route="{label_value(pair[0])}",smart_host="{label_value(pair[1])}"'
+        self.version = 0
+        self.scalars: dict[int, float] = dict.fromkeys((*_COUNTER_FAMILIES, *_GAUGE_FAMILIES), 0.0)
+        self.failures: dict[tuple[str, str], float] = {}
+        self.delivery = _Histogram(delivery)
+        self.stages = {str(each): _Histogram(stage) for each in Stage}
+        self.rendered: list[list[Segment]] = []
+        self.rendered_version = -1
+
+    def conform(self, failures: Iterable[tuple[str, str]], tls: bool) -> None:
+        """Add the failure series a (re)load calls for; keep the certificate series only for TLS."""
+        before = (len(self.failures), _TLS in self.scalars)
+        for key in failures:
+            self.failures.setdefault(key, 0.0)
+        if not tls:
+            self.scalars.pop(_TLS, None)
+        elif _TLS not in self.scalars:
+            self.scalars[_TLS] = 0.0
+        if (len(self.failures), _TLS in self.scalars) != before:
+            self.version += 1
+
+    def numbers(self) -> _PairNumbers:
+        """Return a copy of the pair's numbers."""
+        none: Labels = ()
+        scalars = {family: [(none, value)] for family, value in self.scalars.items()}
+        scalars[_FAILURES] = [((("stage", s), ("reason", r)), value) for (s, r), value in self.failures.items()]
+        histograms: dict[int, list[tuple[Labels, tuple[float, ...], float]]] = {
+            _DELIVERY: [(none, tuple(self.delivery.counts), self.delivery.total)],
+            _STAGE: [((("stage", s),), tuple(h.counts), h.total) for s, h in self.stages.items()],
+        }
+        return _PairNumbers(self.pair, self.labels, scalars, histograms)
+
+
+def _render_pair(numbers: _PairNumbers, le: Sequence[Sequence[str]], values: Values) -> list[list[Segment]]:
+    """Return a pair's text: per family of _PAIR_HEADS, its segments (``le``: per family, the bucket bounds)."""
+    rendered: list[list[Segment]] = [[] for _ in _PAIR_HEADS]
+    for family, series in numbers.scalars.items():
+        name = _PAIR_HEADS[family].sample_names[0]
+        text = "".join(f"{name}{{{_series_labels(numbers.labels, extra)}}} {values(value)}\n"
+                       for extra, value in series)
+        rendered[family] = [(name, text.encode())]
+    for family, hists in numbers.histograms.items():
+        bucket, count, total = _PAIR_HEADS[family].sample_names
+        segments = rendered[family]
+        for extra, counts, sum_value in hists:
+            labels = _series_labels(numbers.labels, extra)
+            lines, acc = [], 0.0
+            for bound, n in zip(le[family], counts, strict=True):  # "le" sorts before every other label
+                acc += n
+                lines.append(f'{bucket}{{le="{bound}",{labels}}} {values(acc)}\n')
+            segments.append((bucket, "".join(lines).encode()))
+            segments.append((count, f"{count}{{{labels}}} {values(acc)}\n".encode()))
+            segments.append((total, f"{total}{{{labels}}} {values(sum_value)}\n".encode()))
+    return rendered
+
+
+def _pair_metrics(pairs: Iterable[_PairNumbers], le: Sequence[Sequence[str]]) -> list[Metric]:
+    """Return the pair families as prometheus_client ``Metric``s (for its encoders and restricted registries)."""
+    metrics = [head.metric() for head in _PAIR_HEADS]
+    for numbers in pairs:
+        base = {"route": numbers.pair[0], "smart_host": numbers.pair[1]}
+        for family, series in numbers.scalars.items():
+            for extra, value in series:
+                metrics[family].add_sample(_PAIR_HEADS[family].sample_names[0], {**base, **dict(extra)}, value)
+        for family, hists in numbers.histograms.items():
+            bucket, count, total = _PAIR_HEADS[family].sample_names
+            for extra, counts, sum_value in hists:
+                labels, acc = {**base, **dict(extra)}, 0.0
+                for bound, n in zip(le[family], counts, strict=True):
+                    acc += n
+                    metrics[family].add_sample(bucket, {**labels, "le": bound}, acc)
+                metrics[family].add_sample(count, labels, acc)
+                metrics[family].add_sample(total, labels, sum_value)
+    return metrics
+
+
+class _PairCollector(Collector):
+    """The registry's view of the pair families: a snapshot of every pair, as ``Metric``s."""
+
+    def __init__(self, snapshot: Callable[[], list[_PairNumbers]], le: Sequence[Sequence[str]]) -> None:
+        self._snapshot, self._le = snapshot, le
+
+    def collect(self) -> Iterable[Metric]:
+        """Return the pair families with every pair's samples."""
+        return _pair_metrics(self._snapshot(), self._le)
+
+    def describe(self) -> Iterable[Metric]:
+        """Return the pair families without samples."""
+        return [head.metric() for head in _PAIR_HEADS]
+
+
+class _Forward(Collector):
+    """Everything else the daemon exports (a registry of its own), as one collector of the main registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        """Return the other registry's families."""
+        return self._registry.collect()
+
+    def describe(self) -> Iterable[Metric]:
+        """Return the other registry's families (their names are what a restricted registry looks up)."""
+        return list(self._registry.collect())
+
+
+def _text_style(encoder: Callable[..., bytes]) -> str | None:
+    """Return "text" or "openmetrics" when ``encoder`` (from choose_encoder) writes what the cached renderer
+    does, else None: the underscores and allow-utf-8 escapings leave this exposition's names (legacy ones) alone."""
+    func = getattr(encoder, "func", encoder)
+    escaping = getattr(encoder, "keywords", {}).get("escaping", om_exposition.UNDERSCORES)
+    if escaping not in (om_exposition.UNDERSCORES, om_exposition.ALLOWUTF8):
+        return None
+    if func is generate_latest:
+        return "text"
+    return "openmetrics" if func is om_exposition.generate_latest else None
 
 
 class ProbeMetrics:
-    """Every metric of the daemon, in a registry of its own."""
+    """Every metric of the daemon.
+
+    The pair families hold plain numbers per (route, smart host) pair and render each pair's text only when the
+    pair changed since the last scrape; everything else is prometheus_client metrics in a registry of their own.
+    ``registry`` holds both (pairs first), for prometheus_client's own encoders.
+    """
 
     def __init__(self, config: Config, *, version: str = __version__, process_metrics: bool = True) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.RLock()
+        self._render_lock = threading.Lock()
         self._children: dict[MetricWrapperBase, set[tuple[str, ...]]] = {}
         timeouts = [r.timeout for r in config.routes] or [config.defaults.timeout]
         host_timeouts = [h.timeout for r in config.routes for h in r.smart_hosts] or [30.0]
-        self._build_families(max(timeouts), max(host_timeouts))
+        self._delivery_bounds = (*delivery_buckets(max(timeouts)), math.inf)
+        self._stage_bounds = (*stage_buckets(max(host_timeouts)), math.inf)
+        le: list[tuple[str, ...]] = [() for _ in _PAIR_HEADS]
+        le[_DELIVERY] = tuple(floatToGoString(b) for b in self._delivery_bounds)  # type: ignore[no-untyped-call]
+        le[_STAGE] = tuple(floatToGoString(b) for b in self._stage_bounds)  # type: ignore[no-untyped-call]
+        self._le: list[tuple[str, ...]] = le
+        self._pairs: dict[tuple[str, str], _PairSeries] = {}
+        self._health = CollectorRegistry(auto_describe=True)
+        self._build_families()
         if process_metrics:
-            ProcessCollector(registry=self.registry)
-            PlatformCollector(registry=self.registry)
-            GCCollector(registry=self.registry)
+            ProcessCollector(registry=self._health)
+            PlatformCollector(registry=self._health)
+            GCCollector(registry=self._health)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_PairCollector(self._numbers, self._le))
+        self.registry.register(_Forward(self._health))
         self.build_info.labels(version=version, python=platform.python_version()).set(1)
-        self._layout = _Layout(frozenset(), frozenset(), {}, frozenset())
+        self._layout = _Layout((), frozenset(), {}, frozenset())
         self.apply_config(config)
 
     # -- families --------------------------------------------------------------------------------
 
     def _counter(self, name: str, doc: str, labels: Iterable[str] = PAIR) -> Counter:
-        return Counter(f"{PREFIX}_{name}", doc, list(labels), registry=self.registry)
+        return Counter(f"{PREFIX}_{name}", doc, list(labels), registry=self._health)
 
     def _gauge(self, name: str, doc: str, labels: Iterable[str] = PAIR) -> Gauge:
-        return Gauge(f"{PREFIX}_{name}", doc, list(labels), registry=self.registry)
+        return Gauge(f"{PREFIX}_{name}", doc, list(labels), registry=self._health)
 
-    def _build_families(self, timeout: float, host_timeout: float) -> None:
-        self.sent = self._counter("sent_total", "Probes submitted to a smart host (accepted or not).")
-        self.send_failures = self._counter(
-            "send_failures_total", "Probes the smart host did not accept, by SMTP stage and reason.",
-            (*PAIR, "stage", "reason"))
-        self.delivered = self._counter("delivered_total", "Probes found in the target mailbox within the timeout.")
-        self.lost = self._counter("lost_total", "Probes accepted but not found by the timeout while observable.")
-        self.late = self._counter("late_total", "Probes found after they had been declared lost.")
-        self.unknown = self._counter(
-            "unknown_total", "Probes whose mailbox could not be observed long enough to tell (never counted as "
-            "lost). An addition to the DESIGN.md list.")
-        self.delivery_seconds = Histogram(
-            f"{PREFIX}_delivery_seconds", "Delivery latency of delivered probes: the smart host's final 250 to "
-            "the mailbox's receipt.", list(PAIR), registry=self.registry, buckets=delivery_buckets(timeout))
-        self.stage_seconds = Histogram(
-            f"{PREFIX}_smtp_stage_seconds", "Time spent in each SMTP submission stage.", [*PAIR, "stage"],
-            registry=self.registry, buckets=stage_buckets(host_timeout))
-        self.success = self._gauge("success", "1 when the last finished probe was delivered, 0 when it failed "
-                                   "to send or was lost.")
-        self.last_success = self._gauge("last_success_timestamp_seconds",
-                                        "Unix time of the last delivered probe (0: none yet).")
-        self.in_flight = self._gauge("in_flight", "Probes accepted or being submitted, awaiting a verdict.")
-        self.tls_expiry = self._gauge("tls_cert_expiry_timestamp_seconds",
-                                      "Unix time the smart host's certificate expires (0: not seen yet).")
+    def _build_families(self) -> None:
         self.mailbox_up = self._gauge("mailbox_up", "1 when the last search of the mailbox worked.", ["mailbox"])
         self.mailbox_errors = self._counter("mailbox_errors_total", "Failed searches of a mailbox, by reason.",
                                             ["mailbox", "reason"])
-        self._build_health()
-
-    def _build_health(self) -> None:
         self.build_info = self._gauge("build_info", "Always 1; the labels give the version.", ["version", "python"])
         self.reload_ok = self._gauge("config_last_reload_successful",
                                      "1 when the last configuration (re)load worked.", ())
         self.reload_time = self._gauge("config_last_reload_success_timestamp_seconds",
                                        "Unix time of the last successful configuration (re)load.", ())
         self.lag = Histogram(f"{PREFIX}_scheduler_lag_seconds", "How late scheduled jobs started.",
-                             registry=self.registry, buckets=_LAG_BUCKETS)
+                             registry=self._health, buckets=_LAG_BUCKETS)
         self.watcher_up = self._gauge("mailbox_watcher_up", "1 when the mailbox's watcher in this mode runs.",
                                       ["mailbox", "mode"])
 
@@ -197,23 +390,18 @@ class ProbeMetrics:
         """Create the series of new pairs and mailboxes; remove those no longer configured."""
         layout = _Layout.of(config)
         with self._lock:
+            pairs = {}
             for pair in layout.pairs:
-                self._create_pair(pair, layout)
+                series = self._pairs.get(pair) or _PairSeries(pair, self._delivery_bounds, self._stage_bounds)
+                series.conform(layout.failures[pair], pair in layout.tls_pairs)
+                pairs[pair] = series
+            self._pairs = pairs
             for mailbox in layout.mailboxes:
                 self._create_mailbox(mailbox)
-            self._remove_stale(layout)
+            mailboxes = frozenset((m,) for m in layout.mailboxes)
+            for family in (self.mailbox_up, self.mailbox_errors, self.watcher_up):
+                self._drop(family, mailboxes, 1)
             self._layout = layout
-
-    def _create_pair(self, pair: tuple[str, str], layout: _Layout) -> None:
-        for family in (self.sent, self.delivered, self.lost, self.late, self.unknown, self.success,
-                       self.last_success, self.in_flight, self.delivery_seconds):
-            self._child(family, *pair)
-        for each in Stage:
-            self._child(self.stage_seconds, *pair, str(each))
-        for stage, reason in layout.failures[pair]:
-            self._child(self.send_failures, *pair, stage, reason)
-        if pair in layout.tls_pairs:
-            self._child(self.tls_expiry, *pair)
 
     def _create_mailbox(self, mailbox: str) -> None:
         self._child(self.mailbox_up, mailbox)
@@ -222,61 +410,53 @@ class ProbeMetrics:
         for mode in WATCH_MODES:
             self._child(self.watcher_up, mailbox, mode)
 
-    def _remove_stale(self, layout: _Layout) -> None:
-        for family in (self.sent, self.delivered, self.lost, self.late, self.unknown, self.success,
-                       self.last_success, self.in_flight, self.delivery_seconds, self.stage_seconds,
-                       self.send_failures):
-            self._drop(family, layout.pairs, 2)
-        self._drop(self.tls_expiry, layout.tls_pairs, 2)
-        mailboxes = frozenset((m,) for m in layout.mailboxes)
-        for family in (self.mailbox_up, self.mailbox_errors, self.watcher_up):
-            self._drop(family, mailboxes, 1)
-
-    def _has_pair(self, route: str, smart_host: str) -> bool:
-        return (route, smart_host) in self._layout.pairs
+    def _changing(self, route: str, smart_host: str) -> _PairSeries | None:
+        """Return the pair's numbers, their version moved, or None when the pair is not configured."""
+        series = self._pairs.get((route, smart_host))
+        if series is not None:
+            series.version += 1
+        return series
 
     # -- observations ------------------------------------------------------------------------------
 
     def observe_decision(self, decision: Decision) -> None:
         """Count one verdict; move ``success`` on delivered, send_failed and lost."""
-        pair = (decision.route, decision.smart_host)
         with self._lock:
-            if not self._has_pair(*pair):
+            series = self._changing(decision.route, decision.smart_host)
+            if series is None:
                 return
-            verdict = decision.verdict
+            scalars, verdict = series.scalars, decision.verdict
             if verdict is Verdict.DELIVERED:
-                self._child(self.delivered, *pair).inc()
+                scalars[_DELIVERED] += 1.0
                 if decision.latency is not None:
-                    self._child(self.delivery_seconds, *pair).observe(decision.latency)
-                self._child(self.success, *pair).set(1)
-                self._child(self.last_success, *pair).set(decision.decided_at)
+                    series.delivery.observe(decision.latency)
+                scalars[_SUCCESS] = 1.0
+                scalars[_LAST_SUCCESS] = float(decision.decided_at)
             elif verdict is Verdict.SEND_FAILED:
-                stage, reason = decision.stage or "unknown", decision.reason or "unknown"
-                self._child(self.send_failures, *pair, stage, reason).inc()
-                self._child(self.success, *pair).set(0)
+                key = (decision.stage or "unknown", decision.reason or "unknown")
+                series.failures[key] = series.failures.get(key, 0.0) + 1.0
+                scalars[_SUCCESS] = 0.0
             elif verdict is Verdict.LOST:
-                self._child(self.lost, *pair).inc()
-                self._child(self.success, *pair).set(0)
-            elif verdict is Verdict.LATE:
-                self._child(self.late, *pair).inc()
+                scalars[_LOST] += 1.0
+                scalars[_SUCCESS] = 0.0
             else:
-                self._child(self.unknown, *pair).inc()
+                scalars[_LATE if verdict is Verdict.LATE else _UNKNOWN] += 1.0
 
     def observe_submit(self, route: str, smart_host: str, result: SubmitResult) -> None:
         """Count a submission and time its stages; note the certificate's expiry when TLS was used.
 
         Send failures are counted by ``observe_decision`` (the ledger decides them), never here.
         """
-        pair = (route, smart_host)
         with self._lock:
-            if not self._has_pair(*pair):
+            series = self._changing(route, smart_host)
+            if series is None:
                 return
-            self._child(self.sent, *pair).inc()
+            series.scalars[_SENT] += 1.0
             for stage, seconds in result.stage_seconds.items():
-                self._child(self.stage_seconds, *pair, str(stage)).observe(max(0.0, seconds))
+                series.stages[str(stage)].observe(max(0.0, seconds))
             not_after = result.tls.not_after if result.tls is not None else None
-            if not_after is not None and pair in self._layout.tls_pairs:
-                self._child(self.tls_expiry, *pair).set(not_after.timestamp())
+            if not_after is not None and _TLS in series.scalars:
+                series.scalars[_TLS] = not_after.timestamp()
 
     def observe_search(self, mailbox: str, result: SearchResult) -> None:
         """Set ``mailbox_up`` from a search; count its error by reason."""
@@ -291,8 +471,9 @@ class ProbeMetrics:
     def set_in_flight(self, route: str, smart_host: str, n: int) -> None:
         """Set how many probes of a pair await a verdict."""
         with self._lock:
-            if self._has_pair(route, smart_host):
-                self._child(self.in_flight, route, smart_host).set(n)
+            series = self._changing(route, smart_host)
+            if series is not None:
+                series.scalars[_IN_FLIGHT] = float(n)
 
     def observe_lag(self, seconds: float) -> None:
         """Record how late a scheduled job started."""
@@ -319,9 +500,30 @@ class ProbeMetrics:
 
     # -- exposition --------------------------------------------------------------------------------
 
+    def _numbers(self) -> list[_PairNumbers]:
+        """Return a copy of every pair's numbers, in config order."""
+        with self._lock:
+            return [series.numbers() for series in self._pairs.values()]
+
+    def _pair_text(self, *, openmetrics: bool, names: frozenset[str] | None) -> bytes:
+        """Render the pair families, re-rendering only the pairs that changed since the last scrape.
+
+        The changed pairs' numbers are copied under the lock (so each shows one consistent state) and
+        formatted outside it, so observers wait for copies only.
+        """
+        with self._render_lock:
+            with self._lock:
+                pairs = list(self._pairs.values())
+                todo = [(s, s.version, s.numbers()) for s in pairs if s.rendered_version != s.version]
+            values = Values()
+            for series, version, numbers in todo:
+                series.rendered = _render_pair(numbers, self._le, values)
+                series.rendered_version = version
+            return render_cached(_PAIR_HEADS, [s.rendered for s in pairs], openmetrics=openmetrics, names=names)
+
     def render(self) -> bytes:
-        """Return the Prometheus text exposition of every series."""
-        return generate_text(self.registry)
+        """Return the Prometheus text exposition (0.0.4) of every series."""
+        return self._pair_text(openmetrics=False, names=None) + generate_text(self._health)
 
     def render_for(self, accept: str | None, names: Iterable[str] | None = None) -> tuple[bytes, str]:
         """Return the exposition in the format an ``Accept`` header asks for, and its content type.
@@ -330,7 +532,12 @@ class ProbeMetrics:
         the samples of those names: a cheap read of one series at thousands of pairs.
         """
         encoder, content_type = choose_encoder(accept or "")
-        registry = self.registry if names is None else self.registry.restricted_registry(names)
-        if encoder is generate_latest:
-            return generate_text(registry), CONTENT_TYPE
-        return encoder(registry), content_type
+        wanted = None if names is None else frozenset(names)
+        style = _text_style(encoder)
+        if style is None:
+            registry = self.registry if wanted is None else self.registry.restricted_registry(wanted)
+            return encoder(registry), content_type
+        health = self._health if wanted is None else self._health.restricted_registry(wanted)
+        pairs = self._pair_text(openmetrics=style == "openmetrics", names=wanted)
+        rest = generate_text(health) if style == "text" else encoder(health)
+        return pairs + rest, content_type

@@ -1,24 +1,223 @@
-"""The fast text exposition writes exactly what prometheus_client's generate_latest writes."""
+"""The exposition writes exactly what prometheus_client's encoders write, scrape after scrape, however cached."""
 
 from __future__ import annotations
 
+import threading
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
 
+from probe.config import Config
 from probe.exposition import generate_text
-from probe.metrics import ProbeMetrics
-from tests.test_metrics import make_config
+from probe.metrics import ProbeMetrics, delivery_buckets, stage_buckets
+from probe.vocabulary import MailboxReason, Stage, Verdict
+from tests.test_metrics import decision, make_config, searched, submitted, tls_facts
+
+# What Prometheus itself sends (its default scrape_protocols).
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+ODD = 'we"ird\\na\nme ü'
+ROUTES = {"c2f": ["edge-1", "edge-2"], "f2c": ["edge-3"], ODD: ["plain"]}
+
+
+def daemon_metrics(routes: dict[str, list[str]] | None = None) -> ProbeMetrics:
+    return ProbeMetrics(make_config(ROUTES if routes is None else routes, tls_none=("plain",)), version="1",
+                        process_metrics=False)
+
+
+def observe_everything(m: ProbeMetrics, route: str = "c2f", host: str = "edge-1", latency: float = 0.25) -> None:
+    """Move every kind of series of one pair (and the mailbox and exporter health series)."""
+    m.observe_submit(route, host, submitted({Stage.CONNECT: 0.01, Stage.DATA: 30.0, Stage.AUTH: 1e9},
+                                            tls_facts(datetime(2030, 1, 2, tzinfo=UTC))))
+    m.observe_decision(decision(Verdict.DELIVERED, route=route, host=host, latency=latency))
+    m.observe_decision(decision(Verdict.SEND_FAILED, route=route, host=host, stage="rcpt", reason="rejected"))
+    m.observe_decision(decision(Verdict.SEND_FAILED, route=route, host=host, stage="odd\nstage", reason='new "one"'))
+    m.observe_decision(decision(Verdict.LOST, route=route, host=host))
+    m.observe_decision(decision(Verdict.LATE, route=route, host=host))
+    m.observe_decision(decision(Verdict.UNKNOWN, route=route, host=host))
+    m.set_in_flight(route, host, 2)
+    m.observe_search("fc", searched(ok=False, error_reason=MailboxReason.THROTTLED))
+    m.set_watcher("fc", "streaming", True)
+    m.set_reload(True, 1234.5)
+    m.observe_lag(0.3)
 
 
 def test_the_probes_metrics_render_byte_for_byte_as_prometheus_client_does():
-    """Every series of a daemon's registry, after observations, renders to generate_latest's exact bytes."""
-    m = ProbeMetrics(make_config({"c2f": ["edge-1", "edge-2"], "f2c": ["edge-3"]}), process_metrics=False)
-    m.observe_lag(0.3)
+    """Every series of a daemon's registry, after every kind of observation, renders to generate_latest's bytes."""
+    m = daemon_metrics()
+    assert m.render() == generate_latest(m.registry)
+    observe_everything(m)
+    observe_everything(m, ODD, "plain", latency=float("inf"))
     m.lag.observe(-0.0)
-    m.in_flight.labels("c2f", "edge-1").set(-0.0)
-    m.tls_expiry.labels("c2f", "edge-2").set(1.5e12)
-    m.delivery_seconds.labels("c2f", "edge-1").observe(0.25)
-    assert generate_text(m.registry) == generate_latest(m.registry)
+    assert m.render() == generate_latest(m.registry)
+    assert b'smart_host="plain"' in m.render()
+
+
+def test_a_scrape_after_changes_shows_them_and_keeps_the_unchanged_pairs():
+    """Scrape after scrape (the unchanged pairs' text kept), the exposition matches a fresh full render."""
+    m = daemon_metrics()
+    first = m.render()
+    assert m.render() == first
+    m.set_in_flight("f2c", "edge-3", 1)
+    second = m.render()
+    assert second != first
+    assert second == generate_latest(m.registry)
+    observe_everything(m, "c2f", "edge-2")
+    assert m.render() == generate_latest(m.registry)
+
+
+def test_a_reload_drops_removed_pairs_from_the_scrape_and_shows_new_ones_at_zero():
+    """After apply_config, a removed pair's series are gone from the (cached) scrape and a new pair's read 0."""
+    m = daemon_metrics()
+    observe_everything(m, "f2c", "edge-3")
+    m.render()
+    m.apply_config(make_config({"c2f": ["edge-1"], "new": ["edge-9"], ODD: ["plain"]}, tls_none=("edge-1",)))
+    text = m.render()
+    assert text == generate_latest(m.registry)
+    assert b'route="f2c"' not in text
+    assert b'smart_host="edge-2"' not in text
+    assert b'mailflow_probe_sent_total{route="new",smart_host="edge-9"} 0.0\n' in text
+    assert b'tls_cert_expiry_timestamp_seconds{route="c2f",smart_host="edge-1"}' not in text
+    m.apply_config(Config(signing_key_file=make_config().signing_key_file, state_file=make_config().state_file))
+    assert m.render() == generate_latest(m.registry)
+    assert b"route=" not in m.render()
+
+
+def test_openmetrics_as_prometheus_asks_for_it_matches_prometheus_client():
+    """The Accept header Prometheus sends gets prometheus_client's OpenMetrics bytes, and its content type."""
+    m = daemon_metrics()
+    observe_everything(m)
+    body, content_type = m.render_for(PROMETHEUS_ACCEPT)
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert body == generate_openmetrics(m.registry)
+    assert m.render_for(PROMETHEUS_ACCEPT)[0] == body
+
+
+def test_every_accepted_format_matches_prometheus_clients_encoder_for_it():
+    """Text and OpenMetrics, in every escaping, are what prometheus_client's chosen encoder writes."""
+    from prometheus_client.exposition import choose_encoder
+    m = daemon_metrics()
+    observe_everything(m)
+    for accept in (None, "text/plain;version=0.0.4", "text/plain;version=1.0.0;escaping=allow-utf-8",
+                   "text/plain;version=1.0.0;escaping=dots", "application/openmetrics-text",
+                   "application/openmetrics-text;version=1.0.0;escaping=values",
+                   "application/openmetrics-text;version=1.0.0;escaping=dots"):
+        encoder, content_type = choose_encoder(accept or "")
+        assert m.render_for(accept) == (encoder(m.registry), content_type), accept
+
+
+def test_a_name_filter_matches_a_restricted_registry():
+    """name[] keeps the samples a restricted registry keeps: whole families, parts of histograms, or nothing."""
+    m = daemon_metrics()
+    observe_everything(m)
+    for names in (["mailflow_probe_smtp_stage_seconds_bucket"],
+                  ["mailflow_probe_smtp_stage_seconds_count", "mailflow_probe_delivery_seconds_sum"],
+                  ["mailflow_probe_sent_total", "mailflow_probe_success", "mailflow_probe_delivery_seconds_bucket",
+                   "mailflow_probe_delivery_seconds_count", "mailflow_probe_delivery_seconds_sum"],
+                  ["mailflow_probe_sent"], ["mailflow_probe_scheduler_lag_seconds_bucket"], ["nothing"]):
+        body, _ = m.render_for(None, names)
+        assert body == generate_latest(m.registry.restricted_registry(names)), names
+    assert m.render_for(None, ["nothing"])[0] == b""
+
+
+def test_pair_series_hold_what_prometheus_clients_own_metrics_would():
+    """A pair's counters and histograms read as prometheus_client's Counter and Histogram fed the same values."""
+    config = make_config({"c2f": ["edge-1"]})
+    m = ProbeMetrics(config, process_metrics=False)
+    ref = CollectorRegistry()
+    pair = ["route", "smart_host"]
+    stage = Histogram("mailflow_probe_smtp_stage_seconds", "Time spent in each SMTP submission stage.",
+                      [*pair, "stage"], registry=ref, buckets=stage_buckets(config.routes[0].smart_hosts[0].timeout))
+    delivery = Histogram("mailflow_probe_delivery_seconds", "Delivery latency of delivered probes: the smart host's "
+                         "final 250 to the mailbox's receipt.", pair, registry=ref,
+                         buckets=delivery_buckets(config.routes[0].timeout))
+    sent = Counter("mailflow_probe_sent_total", "Probes submitted to a smart host (accepted or not).", pair,
+                   registry=ref)
+    for seconds in (0.0, 0.01, 0.010000001, 0.05, 1.0, 29.9, 30.0, 31.0, 300.0, float("inf"), 1e-300, 7.0):
+        m.observe_submit("c2f", "edge-1", submitted({Stage.CONNECT: seconds}))
+        m.observe_decision(decision(Verdict.DELIVERED, latency=seconds))
+        stage.labels("c2f", "edge-1", "connect").observe(seconds)
+        delivery.labels("c2f", "edge-1").observe(seconds)
+        sent.labels("c2f", "edge-1").inc()
+    ours = m.render().decode().splitlines()
+    for line in generate_latest(ref).decode().splitlines():
+        assert line in ours, line
+
+
+def test_a_scrape_shows_each_pair_consistently_while_other_threads_observe():
+    """Under concurrent observes, every scrape shows each pair in one state: count = +Inf bucket = sent."""
+    m = daemon_metrics({"c2f": [f"edge-{i}" for i in range(8)]})
+    stop = threading.Event()
+
+    def observe(host: str) -> None:
+        while not stop.is_set():
+            m.observe_submit("c2f", host, submitted(dict.fromkeys(Stage, 0.2)))
+            m.observe_decision(decision(Verdict.DELIVERED, host=host, latency=0.5))
+
+    threads = [threading.Thread(target=observe, args=(f"edge-{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(20):
+            assert_consistent(m.render().decode())
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert m.render() == generate_latest(m.registry)
+
+
+def assert_consistent(text: str) -> None:
+    """Check each pair's histograms agree with themselves and with its counters, in one scrape."""
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for family in text_string_to_metric_families(text) for s in family.samples}
+    for (name, labels), value in values.items():
+        if name == "mailflow_probe_sent_total":
+            for stage in Stage:
+                key = tuple(sorted((*labels, ("stage", str(stage)))))
+                assert values[("mailflow_probe_smtp_stage_seconds_count", key)] == value
+                inf = tuple(sorted((*key, ("le", "+Inf"))))
+                assert values[("mailflow_probe_smtp_stage_seconds_bucket", inf)] == value
+        if name == "mailflow_probe_delivered_total":
+            assert values[("mailflow_probe_delivery_seconds_count", labels)] == value
+
+
+OPS = st.lists(st.tuples(st.integers(0, 6), st.sampled_from(["edge-1", "edge-2", "edge-3", "plain"]),
+                         st.floats(allow_nan=True, allow_infinity=True)), max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rounds=st.lists(OPS, min_size=1, max_size=4))
+def test_any_observations_between_scrapes_render_as_prometheus_client_does(rounds):
+    """Whatever is observed (NaN and infinities too) between any number of scrapes, each equals generate_latest."""
+    m = daemon_metrics({"c2f": ["edge-1", "edge-2"], "f2c": ["edge-3", "plain"]})
+    for ops in rounds:
+        for op, host, x in ops:
+            route = "f2c" if host in ("edge-3", "plain") else "c2f"
+            apply(m, op, route, host, x)
+        assert m.render() == generate_latest(m.registry)
+
+
+def apply(m: ProbeMetrics, op: int, route: str, host: str, x: float) -> None:
+    if op == 0:
+        m.observe_submit(route, host, submitted({Stage.CONNECT: x, Stage.RCPT: abs(x)}))
+    elif op == 1:
+        m.observe_decision(decision(Verdict.DELIVERED, route=route, host=host, latency=x, at=abs(x)))
+    elif op == 2:
+        m.observe_decision(decision(Verdict.SEND_FAILED, route=route, host=host, stage="data", reason=str(x)))
+    elif op == 3:
+        m.observe_decision(decision(Verdict.LOST, route=route, host=host))
+    elif op == 4:
+        m.set_in_flight(route, host, int(x) if abs(x) < 1e6 else 0)
+    elif op == 5:
+        m.apply_config(make_config({"c2f": ["edge-1"], "f2c": [host]}, tls_none=("plain",)))
+    else:
+        m.observe_lag(x)
 
 
 def test_awkward_label_values_and_kinds_render_as_prometheus_client_does():
