@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,21 +248,29 @@ class Ledger:
     def record_arrival(self, arrival: Arrival) -> Decision | None:
         """Record a verified sighting; decide delivered (or late) the first time, nothing on a duplicate."""
         with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO sightings (item_id, probe_id, mailbox, change_key, seen_at)"
-                " SELECT ?, probe_id, mailbox, ?, ? FROM probes WHERE probe_id = ?",
-                (arrival.item_id, arrival.change_key, arrival.seen_at, arrival.probe_id),
-            )
-            row = db.execute("SELECT * FROM probes WHERE probe_id = ?", (arrival.probe_id,)).fetchone()
-            if row is None:
-                return None
-            if row["state"] == SUBMITTING:
-                self._hold_arrival(db, row, arrival)
-                return None
-            verdict = _verdict_on_arrival(row, arrival)
-            if verdict is None:
-                return None
-            return self._decide_arrival(db, row, arrival, verdict)
+            return self._record_arrival(db, arrival)
+
+    def record_arrivals(self, arrivals: Iterable[Arrival]) -> list[Decision]:
+        """Record the verified sightings of one search in one transaction; return the verdicts it decided."""
+        with self._tx() as db:
+            return [d for d in (self._record_arrival(db, arrival) for arrival in arrivals) if d is not None]
+
+    def _record_arrival(self, db: sqlite3.Connection, arrival: Arrival) -> Decision | None:
+        db.execute(
+            "INSERT OR IGNORE INTO sightings (item_id, probe_id, mailbox, change_key, seen_at)"
+            " SELECT ?, probe_id, mailbox, ?, ? FROM probes WHERE probe_id = ?",
+            (arrival.item_id, arrival.change_key, arrival.seen_at, arrival.probe_id),
+        )
+        row = db.execute("SELECT * FROM probes WHERE probe_id = ?", (arrival.probe_id,)).fetchone()
+        if row is None:
+            return None
+        if row["state"] == SUBMITTING:
+            self._hold_arrival(db, row, arrival)
+            return None
+        verdict = _verdict_on_arrival(row, arrival)
+        if verdict is None:
+            return None
+        return self._decide_arrival(db, row, arrival, verdict)
 
     def _hold_arrival(self, db: sqlite3.Connection, row: sqlite3.Row, arrival: Arrival) -> None:
         """Keep an arrival seen before the sending thread recorded the 250, to decide it then."""

@@ -6,7 +6,6 @@ What happens is reported to an ``Observer`` (metrics, logs, the check's table).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +14,6 @@ from typing import Any, Protocol
 from probe.config import Config, MailboxConfig, RouteConfig, SmartHostConfig
 from probe.ledger import Arrival, Decision, Ledger
 from probe.mailbox.base import Mailbox, SearchResult, Sighting
-from probe.mailbox.received import Hop
 from probe.message import build_probe_message
 from probe.smtp import SubmitResult, submit
 
@@ -133,25 +131,16 @@ def confirm(mailbox_name: str, mailbox: Mailbox, *, ledger: Ledger, observer: Ob
 
 
 def _record_sightings(ledger: Ledger, sightings: Sequence[Sighting], observer: Observer) -> list[Decision]:
-    """Record each sighting; report each verdict as soon as it is decided, so a later failure cannot hide it."""
-    decisions = []
-    for sighting in sightings:
-        decision = ledger.record_arrival(Arrival(
-            probe_id=sighting.probe_id, item_id=sighting.item_id, change_key=sighting.change_key,
-            folder=sighting.folder, received_at=sighting.received_local, seen_at=sighting.first_seen_local,
-            detail={"hops": [_hop_json(hop) for hop in sighting.hops], "folder": sighting.folder,
-                    "received_server": sighting.received_server.isoformat()},
-        ))
-        if decision is not None:
-            observer.on_decision(decision)
-            decisions.append(decision)
+    """Record a search's sightings in one transaction, then report each verdict it decided."""
+    decisions = ledger.record_arrivals(Arrival(
+        probe_id=s.probe_id, item_id=s.item_id, change_key=s.change_key, folder=s.folder,
+        received_at=s.received_local, seen_at=s.first_seen_local,
+        detail={"hops": [hop.to_json() for hop in s.hops], "folder": s.folder,
+                "received_server": s.received_server.isoformat()},
+    ) for s in sightings)
+    for decision in decisions:
+        observer.on_decision(decision)
     return decisions
-
-
-def _hop_json(hop: Hop) -> dict[str, Any]:
-    data = dataclasses.asdict(hop)
-    data["timestamp"] = hop.timestamp.isoformat() if hop.timestamp else None
-    return data
 
 
 def clean_up(mailbox_name: str, mailbox: Mailbox, *, ledger: Ledger) -> int:

@@ -63,6 +63,23 @@ def test_a_duplicate_delivery_counts_once_but_both_copies_are_cleaned_up(ledger:
     assert ledger.pending_cleanup("fc") == []
 
 
+def test_one_searchs_sightings_are_recorded_together_each_decided_as_alone(ledger: Ledger) -> None:
+    """A batch decides what each arrival would alone: a verdict per new probe, none for a copy, a hold while submitting."""
+    for probe_id in ("p1", "p2", "p3"):
+        _open(ledger, probe_id)
+    ledger.record_accepted("p1", accepted_at=1_000.0)
+    ledger.record_accepted("p2", accepted_at=1_001.0)
+    decisions = ledger.record_arrivals([_arrival("p1", item="a"), _arrival("p1", item="a2"),
+                                        _arrival("p2", item="b", at=1_004.0), _arrival("p3", item="c"),
+                                        _arrival("nobody", item="z")])
+    assert [(d.probe_id, d.verdict, d.latency) for d in decisions] == [
+        ("p1", Verdict.DELIVERED, pytest.approx(2.5)), ("p2", Verdict.DELIVERED, pytest.approx(3.0))]
+    held = ledger.record_accepted("p3", accepted_at=1_002.0)  # seen before its 250: decided with it
+    assert held is not None
+    assert held.verdict is Verdict.DELIVERED
+    assert sorted(i for i, _ in ledger.pending_cleanup("fc")) == ["a", "a2", "b", "c"]
+
+
 def test_a_send_failure_is_decided_once_with_stage_reason_and_code(ledger: Ledger) -> None:
     """send_failed carries where and why; news of it again decides nothing."""
     _open(ledger)

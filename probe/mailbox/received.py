@@ -28,11 +28,12 @@ class Hop:
     raw: str
 
     def to_json(self) -> dict[str, Any]:
-        """Return the hop as plain JSON values."""
+        """Return the hop as plain JSON values (what the ledger keeps and the debug view shows)."""
         return {
-            "from": self.from_host, "by": self.by_host, "with": self.with_protocol, "id": self.id,
-            "for": self.for_address, "timestamp": None if self.timestamp is None else self.timestamp.isoformat(),
-            "delay": self.delay,
+            "from_host": self.from_host, "by_host": self.by_host, "with_protocol": self.with_protocol, "id": self.id,
+            "for_address": self.for_address,
+            "timestamp": None if self.timestamp is None else self.timestamp.isoformat(),
+            "delay": self.delay, "raw": self.raw,
         }
 
 
