@@ -64,7 +64,7 @@ def test_a_duplicate_delivery_counts_once_but_both_copies_are_cleaned_up(ledger:
 
 
 def test_one_searchs_sightings_are_recorded_together_each_decided_as_alone(ledger: Ledger) -> None:
-    """A batch decides what each arrival would alone: a verdict per new probe, none for a copy, a hold while submitting."""
+    """A batch decides what each arrival would alone: a verdict per new probe, none for a copy, a hold if submitting."""
     for probe_id in ("p1", "p2", "p3"):
         _open(ledger, probe_id)
     ledger.record_accepted("p1", accepted_at=1_000.0)
