@@ -128,11 +128,16 @@ class Values:
     """Float values written as prometheus_client writes them, each distinct value worked out once."""
 
     def __init__(self) -> None:
-        self._names = _Names()
+        self.known: dict[float, str] = {0.0: "0.0"}  # by value; a -0.0 must not be looked up here
 
     def __call__(self, value: float) -> str:
         """Return ``value`` as the exposition writes it."""
-        return self._names.of_value(value)
+        if value == 0:  # -0.0 == 0.0 as a key, but is written "-0.0"
+            return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+        text = self.known.get(value)
+        if text is None:
+            text = self.known[value] = floatToGoString(value)  # type: ignore[no-untyped-call]  # unannotated
+        return text
 
 
 def label_value(value: str) -> str:
@@ -158,12 +163,12 @@ class FamilyHead:
 
 
 def render_cached(heads: Sequence[FamilyHead], items: Iterable[Sequence[Sequence[Segment]]], *,
-                  openmetrics: bool = False, names: frozenset[str] | None = None) -> bytes:
+                  openmetrics: bool = False, names: frozenset[str] | None = None, tail: bytes = b"") -> bytes:
     """Join the kept segments of ``items`` (per item: one list of segments per family of ``heads``).
 
     Each family's header comes first, then every item's samples in item order, as generate_latest writes a
     registry's family. With ``names``, keep only those samples and leave out families without any, as a
-    restricted registry does.
+    restricted registry does. ``tail`` (the other families) is appended.
     """
     rows = list(items)
     output: list[bytes] = []
@@ -177,4 +182,5 @@ def render_cached(heads: Sequence[FamilyHead], items: Iterable[Sequence[Sequence
             output.extend(lines for name, lines in row[index] if wanted is None or name in wanted)
         if names is not None and len(output) == start + 1:
             del output[start:]
+    output.append(tail)
     return b"".join(output)

@@ -174,8 +174,13 @@ class _PairNumbers:
 
     pair: tuple[str, str]
     labels: str  # route="...",smart_host="..." escaped
-    scalars: dict[int, list[tuple[Labels, float]]]
-    histograms: dict[int, list[tuple[Labels, tuple[float, ...], float]]]
+    scalars: dict[int, float]  # family -> value, for the families of one series per pair
+    failures: tuple[tuple[tuple[str, str], float], ...]  # ((stage, reason), value)
+    histograms: tuple[tuple[int, tuple[str, ...], tuple[float, ...], float], ...]  # family, stage, counts, sum
+
+    def labels_of(self, key: tuple[str, ...]) -> Labels:
+        """Return the labels besides route and smart_host of a failure's or a histogram's key."""
+        return tuple(zip(("stage", "reason"), key, strict=False))
 
 
 def _series_labels(pair_labels: str, extra: Labels) -> str:
@@ -207,6 +212,7 @@ class _PairSeries:
         self.stages = {str(each): _Histogram(stage) for each in Stage}
         self.rendered: list[list[Segment]] = []
         self.rendered_version = -1
+        self.label_texts: dict[tuple[str, ...], str] = {}  # the renderer's: a series' key -> its label text
 
     def conform(self, failures: Iterable[tuple[str, str]], tls: bool) -> None:
         """Add the failure series a (re)load calls for; keep the certificate series only for TLS."""
@@ -222,36 +228,36 @@ class _PairSeries:
 
     def numbers(self) -> _PairNumbers:
         """Return a copy of the pair's numbers."""
-        none: Labels = ()
-        scalars = {family: [(none, value)] for family, value in self.scalars.items()}
-        scalars[_FAILURES] = [((("stage", s), ("reason", r)), value) for (s, r), value in self.failures.items()]
-        histograms: dict[int, list[tuple[Labels, tuple[float, ...], float]]] = {
-            _DELIVERY: [(none, tuple(self.delivery.counts), self.delivery.total)],
-            _STAGE: [((("stage", s),), tuple(h.counts), h.total) for s, h in self.stages.items()],
-        }
-        return _PairNumbers(self.pair, self.labels, scalars, histograms)
+        histograms = ((_DELIVERY, (), tuple(self.delivery.counts), self.delivery.total),
+                      *((_STAGE, (stage,), tuple(h.counts), h.total) for stage, h in self.stages.items()))
+        return _PairNumbers(self.pair, self.labels, dict(self.scalars), tuple(self.failures.items()), histograms)
 
 
-def _render_pair(numbers: _PairNumbers, le: Sequence[Sequence[str]], values: Values) -> list[list[Segment]]:
-    """Return a pair's text: per family of _PAIR_HEADS, its segments (``le``: per family, the bucket bounds)."""
+def _render_pair(numbers: _PairNumbers, le: Sequence[Sequence[str]], values: Values,
+                 texts: dict[tuple[str, ...], str]) -> list[list[Segment]]:
+    """Return a pair's text: per family of _PAIR_HEADS, its segments (``le``: per family, the bucket bounds;
+    ``texts``: the pair's label texts by series key, filled as needed)."""
     rendered: list[list[Segment]] = [[] for _ in _PAIR_HEADS]
-    for family, series in numbers.scalars.items():
+    labels = numbers.labels
+    for family, value in numbers.scalars.items():
         name = _PAIR_HEADS[family].sample_names[0]
-        text = "".join(f"{name}{{{_series_labels(numbers.labels, extra)}}} {values(value)}\n"
-                       for extra, value in series)
-        rendered[family] = [(name, text.encode())]
-    for family, hists in numbers.histograms.items():
+        rendered[family] = [(name, f"{name}{{{labels}}} {values(value)}\n".encode())]
+    name = _PAIR_HEADS[_FAILURES].sample_names[0]
+    lines = []
+    for key, value in numbers.failures:
+        text = texts.get(key) or texts.setdefault(key, _series_labels(labels, numbers.labels_of(key)))
+        lines.append(f"{name}{{{text}}} {values(value)}\n")
+    rendered[_FAILURES] = [(name, "".join(lines).encode())]
+    known = values.known
+    for family, series, counts, sum_value in numbers.histograms:
         bucket, count, total = _PAIR_HEADS[family].sample_names
-        segments = rendered[family]
-        for extra, counts, sum_value in hists:
-            labels = _series_labels(numbers.labels, extra)
-            lines, acc = [], 0.0
-            for bound, n in zip(le[family], counts, strict=True):  # "le" sorts before every other label
-                acc += n
-                lines.append(f'{bucket}{{le="{bound}",{labels}}} {values(acc)}\n')
-            segments.append((bucket, "".join(lines).encode()))
-            segments.append((count, f"{count}{{{labels}}} {values(acc)}\n".encode()))
-            segments.append((total, f"{total}{{{labels}}} {values(sum_value)}\n".encode()))
+        text = texts.get(series) or texts.setdefault(series, _series_labels(labels, numbers.labels_of(series)))
+        lines, acc = [], 0.0
+        for bound, n in zip(le[family], counts, strict=True):  # "le" sorts before every other label
+            acc += n
+            lines.append(f'{bucket}{{le="{bound}",{text}}} {known.get(acc) or values(acc)}\n')  # acc: never -0.0
+        rendered[family] += [(bucket, "".join(lines).encode()), (count, f"{count}{{{text}}} {values(acc)}\n".encode()),
+                             (total, f"{total}{{{text}}} {values(sum_value)}\n".encode())]
     return rendered
 
 
@@ -260,18 +266,19 @@ def _pair_metrics(pairs: Iterable[_PairNumbers], le: Sequence[Sequence[str]]) ->
     metrics = [head.metric() for head in _PAIR_HEADS]
     for numbers in pairs:
         base = {"route": numbers.pair[0], "smart_host": numbers.pair[1]}
-        for family, series in numbers.scalars.items():
-            for extra, value in series:
-                metrics[family].add_sample(_PAIR_HEADS[family].sample_names[0], {**base, **dict(extra)}, value)
-        for family, hists in numbers.histograms.items():
+        for family, value in numbers.scalars.items():
+            metrics[family].add_sample(_PAIR_HEADS[family].sample_names[0], base, value)
+        for key, value in numbers.failures:
+            metrics[_FAILURES].add_sample(_PAIR_HEADS[_FAILURES].sample_names[0],
+                                          {**base, **dict(numbers.labels_of(key))}, value)
+        for family, series, counts, sum_value in numbers.histograms:
             bucket, count, total = _PAIR_HEADS[family].sample_names
-            for extra, counts, sum_value in hists:
-                labels, acc = {**base, **dict(extra)}, 0.0
-                for bound, n in zip(le[family], counts, strict=True):
-                    acc += n
-                    metrics[family].add_sample(bucket, {**labels, "le": bound}, acc)
-                metrics[family].add_sample(count, labels, acc)
-                metrics[family].add_sample(total, labels, sum_value)
+            labels, acc = {**base, **dict(numbers.labels_of(series))}, 0.0
+            for bound, n in zip(le[family], counts, strict=True):
+                acc += n
+                metrics[family].add_sample(bucket, {**labels, "le": bound}, acc)
+            metrics[family].add_sample(count, labels, acc)
+            metrics[family].add_sample(total, labels, sum_value)
     return metrics
 
 
@@ -505,8 +512,8 @@ class ProbeMetrics:
         with self._lock:
             return [series.numbers() for series in self._pairs.values()]
 
-    def _pair_text(self, *, openmetrics: bool, names: frozenset[str] | None) -> bytes:
-        """Render the pair families, re-rendering only the pairs that changed since the last scrape.
+    def _pair_text(self, *, openmetrics: bool, names: frozenset[str] | None, tail: bytes) -> bytes:
+        """Render the pair families, then ``tail``, re-rendering only the pairs that changed since the last scrape.
 
         The changed pairs' numbers are copied under the lock (so each shows one consistent state) and
         formatted outside it, so observers wait for copies only.
@@ -517,13 +524,14 @@ class ProbeMetrics:
                 todo = [(s, s.version, s.numbers()) for s in pairs if s.rendered_version != s.version]
             values = Values()
             for series, version, numbers in todo:
-                series.rendered = _render_pair(numbers, self._le, values)
+                series.rendered = _render_pair(numbers, self._le, values, series.label_texts)
                 series.rendered_version = version
-            return render_cached(_PAIR_HEADS, [s.rendered for s in pairs], openmetrics=openmetrics, names=names)
+            return render_cached(_PAIR_HEADS, [s.rendered for s in pairs], openmetrics=openmetrics, names=names,
+                                 tail=tail)
 
     def render(self) -> bytes:
         """Return the Prometheus text exposition (0.0.4) of every series."""
-        return self._pair_text(openmetrics=False, names=None) + generate_text(self._health)
+        return self._pair_text(openmetrics=False, names=None, tail=generate_text(self._health))
 
     def render_for(self, accept: str | None, names: Iterable[str] | None = None) -> tuple[bytes, str]:
         """Return the exposition in the format an ``Accept`` header asks for, and its content type.
@@ -538,6 +546,5 @@ class ProbeMetrics:
             registry = self.registry if wanted is None else self.registry.restricted_registry(wanted)
             return encoder(registry), content_type
         health = self._health if wanted is None else self._health.restricted_registry(wanted)
-        pairs = self._pair_text(openmetrics=style == "openmetrics", names=wanted)
         rest = generate_text(health) if style == "text" else encoder(health)
-        return pairs + rest, content_type
+        return self._pair_text(openmetrics=style == "openmetrics", names=wanted, tail=rest), content_type
