@@ -34,6 +34,7 @@ from probe.mailbox.base import Mailbox, SearchResult, Watch
 from probe.mailbox.ews import EwsMailbox
 from probe.metrics import ProbeMetrics
 from probe.pipeline import Target, confirm, expire, send_probe, targets
+from probe.runtime import limit_malloc_arenas
 from probe.signing import SigningKeyError, load_or_create_key
 from probe.smtp import SubmitResult
 
@@ -415,6 +416,7 @@ def run_until_signalled(daemon: Daemon, server: Any, *, stop: threading.Event | 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``mailflow-probe run``."""
+    limit_malloc_arenas()  # before the first thread
     configure_logging(args.log_format, args.log_level)
     try:
         daemon, server = start_daemon(Path(args.config_file), listen_address=args.listen_address,

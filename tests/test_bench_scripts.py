@@ -1,0 +1,46 @@
+"""Every benchmark script still runs end to end against the lab, at a smoke size (no figures are judged here).
+
+Benchmarks are measured by hand (docs/benchmarks.md); this only keeps the scripts working as the probe
+changes: each runs in its own process at its smallest size, must exit 0, must print its table, and must
+leave docs/benchmarks.md alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "docs" / "benchmarks.md"
+SCRIPTS = {
+    "submit": (["bench/submit.py", "--quick", "--no-report"], "| submit(): the whole submit step |"),
+    "scale": (["bench/scale.py", "--quick", "--no-report"], "| 20 | 5 s x 1 |"),
+    "batching": (["bench/batching.py", "--quick", "--no-report"], "| batched (the probe) |"),
+    "accuracy": (["bench/accuracy.py", "--quick", "--no-report"], "| streaming |"),
+    "metrics_render": (["bench/metrics_render.py", "--quick"], "| 500 |"),
+    "lab_ews": (["bench/lab_ews.py", "--items", "300", "--clients", "2", "--requests", "5"], "| 2 |"),
+    "soak": (["bench/soak.py", "--minutes", "0.5", "--pairs", "8", "--interval", "3", "--timeout", "8",
+              "--sample-seconds", "5", "--fault-seconds", "10"], "PASS"),
+}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_a_benchmark_script_runs_at_its_smoke_size_and_prints_its_table(name: str, tmp_path: Path) -> None:
+    """The script exits 0, prints its table (a row it always has), and does not rewrite the report."""
+    args, expected = SCRIPTS[name]
+    before = _digest(REPORT)
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=280,
+                          check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{name} exited {done.returncode}:\n{output[-3000:]}"
+    assert expected in done.stdout, f"{name} did not print {expected!r}:\n{output[-3000:]}"
+    assert _digest(REPORT) == before, f"{name} rewrote docs/benchmarks.md at its smoke size"
