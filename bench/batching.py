@@ -128,7 +128,8 @@ def main() -> int:
             for label, runner in (("batched (the probe)", PROBE_RUN), ("one per probe (naive)", NAIVE_RUN)):
                 print(f"{time.strftime('%H:%M:%S')} {label}: {pairs} pairs, {interval:g} s x {intervals}",
                       flush=True)
-                result = measure(lab, work / label.split()[0], pairs, interval, intervals, runner=runner)
+                result = measure(lab, work / label.split()[0], pairs, interval, intervals, runner=runner,
+                                 scrape_every=0)
                 rows.append(row(label, result))
                 print(table(HEADER, rows[-1:]), flush=True)
     body = table(HEADER, rows)
