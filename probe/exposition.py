@@ -164,7 +164,13 @@ class FamilyHead:
 
 def render_cached(heads: Sequence[FamilyHead], items: Iterable[Sequence[Sequence[Segment]]], *,
                   openmetrics: bool = False, names: frozenset[str] | None = None, tail: bytes = b"") -> bytes:
-    """Join the kept segments of ``items`` (per item: one list of segments per family of ``heads``).
+    """Join the kept segments of ``items``: the text of :func:`cached_parts`."""
+    return b"".join(cached_parts(heads, items, openmetrics=openmetrics, names=names, tail=tail))
+
+
+def cached_parts(heads: Sequence[FamilyHead], items: Iterable[Sequence[Sequence[Segment]]], *,
+                 openmetrics: bool = False, names: frozenset[str] | None = None, tail: bytes = b"") -> list[bytes]:
+    """Return the kept segments of ``items`` (per item: one list of segments per family of ``heads``) in order.
 
     Each family's header comes first, then every item's samples in item order, as generate_latest writes a
     registry's family. With ``names``, keep only those samples and leave out families without any, as a
@@ -183,4 +189,4 @@ def render_cached(heads: Sequence[FamilyHead], items: Iterable[Sequence[Sequence
         if names is not None and len(output) == start + 1:
             del output[start:]
     output.append(tail)
-    return b"".join(output)
+    return output

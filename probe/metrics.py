@@ -35,7 +35,7 @@ from prometheus_client.utils import floatToGoString
 
 from probe import __version__
 from probe.config import Config, SmartHostConfig
-from probe.exposition import FamilyHead, Segment, Values, generate_text, label_value, render_cached
+from probe.exposition import FamilyHead, Segment, Values, cached_parts, generate_text, label_value
 from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
 from probe.smtp import SubmitResult
@@ -512,12 +512,15 @@ class ProbeMetrics:
         with self._lock:
             return [series.numbers() for series in self._pairs.values()]
 
-    def _pair_text(self, *, openmetrics: bool, names: frozenset[str] | None, tail: bytes) -> bytes:
-        """Render the pair families, then ``tail``, re-rendering only the pairs that changed since the last scrape.
+    def _pair_parts(self, *, openmetrics: bool, names: frozenset[str] | None, tail: bytes) -> list[bytes]:
+        """Return the pair families, then ``tail``, re-rendering only the pairs that changed since the last scrape.
 
         The changed pairs' numbers are copied under the lock (so each shows one consistent state) and
-        formatted outside it, so observers wait for copies only.
+        formatted outside it, so observers wait for copies only. A ``names`` filter that wants no pair
+        family renders no pair.
         """
+        if names is not None and all(names.isdisjoint(head.sample_names) for head in _PAIR_HEADS):
+            return [tail]
         with self._render_lock:
             with self._lock:
                 pairs = list(self._pairs.values())
@@ -526,12 +529,12 @@ class ProbeMetrics:
             for series, version, numbers in todo:
                 series.rendered = _render_pair(numbers, self._le, values, series.label_texts)
                 series.rendered_version = version
-            return render_cached(_PAIR_HEADS, [s.rendered for s in pairs], openmetrics=openmetrics, names=names,
-                                 tail=tail)
+            return cached_parts(_PAIR_HEADS, [s.rendered for s in pairs], openmetrics=openmetrics, names=names,
+                                tail=tail)
 
     def render(self) -> bytes:
         """Return the Prometheus text exposition (0.0.4) of every series."""
-        return self._pair_text(openmetrics=False, names=None, tail=generate_text(self._health))
+        return b"".join(self._pair_parts(openmetrics=False, names=None, tail=generate_text(self._health)))
 
     def render_for(self, accept: str | None, names: Iterable[str] | None = None) -> tuple[bytes, str]:
         """Return the exposition in the format an ``Accept`` header asks for, and its content type.
@@ -539,12 +542,20 @@ class ProbeMetrics:
         ``names`` (the ``name[]`` query parameters, as prometheus_client's own handler takes them) keeps only
         the samples of those names: a cheap read of one series at thousands of pairs.
         """
+        parts, content_type = self.render_parts_for(accept, names)
+        return b"".join(parts), content_type
+
+    def render_parts_for(self, accept: str | None, names: Iterable[str] | None = None) -> tuple[list[bytes], str]:
+        """Return :meth:`render_for`'s body as the pieces it is made of, to be written without joining them.
+
+        At thousands of pairs the page is tens of megabytes; written piece by piece it never exists whole.
+        """
         encoder, content_type = choose_encoder(accept or "")
         wanted = None if names is None else frozenset(names)
         style = _text_style(encoder)
         if style is None:
             registry = self.registry if wanted is None else self.registry.restricted_registry(wanted)
-            return encoder(registry), content_type
+            return [encoder(registry)], content_type
         health = self._health if wanted is None else self._health.restricted_registry(wanted)
         rest = generate_text(health) if style == "text" else encoder(health)
-        return self._pair_text(openmetrics=style == "openmetrics", names=wanted, tail=rest), content_type
+        return self._pair_parts(openmetrics=style == "openmetrics", names=wanted, tail=rest), content_type

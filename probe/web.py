@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
@@ -27,6 +28,7 @@ log = logging.getLogger("probe.web")
 HANDSHAKE_TIMEOUT: Final = 10.0
 REQUEST_TIMEOUT: Final = 30.0
 MAX_BODY: Final = 64 * 1024
+WRITE_BATCH: Final = 256 * 1024  # bytes per write of a large body
 _HTML: Final = "text/html; charset=utf-8"
 _TEXT: Final = "text/plain; charset=utf-8"
 _GET_PATHS: Final = frozenset({"/", "/metrics", "/-/healthy", "/-/ready", "/debug"})
@@ -55,9 +57,23 @@ class StatusSource(Protocol):
 class MetricsSource(Protocol):
     """The exposition /metrics serves (probe.metrics.ProbeMetrics)."""
 
-    def render_for(self, accept: str | None, names: list[str] | None = None) -> tuple[bytes, str]:
-        """Return the exposition for an ``Accept`` header (only the samples ``names``, if given), and its type."""
+    def render_parts_for(self, accept: str | None, names: list[str] | None = None) -> tuple[list[bytes], str]:
+        """Return the exposition for an ``Accept`` header (only the samples ``names``, if given) in pieces, and type."""
         ...
+
+
+def _batches(parts: list[bytes], size: int = WRITE_BATCH) -> Iterator[bytes]:
+    """Join ``parts`` into pieces of about ``size`` bytes: few system calls, no copy of the whole body."""
+    batch: list[bytes] = []
+    held = 0
+    for part in parts:
+        batch.append(part)
+        held += len(part)
+        if held >= size:
+            yield b"".join(batch)
+            batch, held = [], 0
+    if batch:
+        yield b"".join(batch)
 
 
 class ListenAddressError(ValueError):
@@ -144,19 +160,21 @@ class _Handler(BaseHTTPRequestHandler):
         """Log requests at debug level through the probe's loggers."""
         log.debug(format, *args)
 
-    def _send(self, status: HTTPStatus, body: bytes | str, content_type: str = _TEXT,
+    def _send(self, status: HTTPStatus, body: bytes | str | list[bytes], content_type: str = _TEXT,
               headers: dict[str, str] | None = None) -> None:
-        data = body.encode("utf-8") if isinstance(body, str) else body
+        """Send a response; a body in pieces (/metrics) is written in batches, never joined whole."""
+        parts = body if isinstance(body, list) else [body.encode("utf-8") if isinstance(body, str) else body]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(sum(len(part) for part in parts)))
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
         for name, value in {**self.server.web.headers, **(headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(data)
+            for batch in _batches(parts):
+                self.wfile.write(batch)
 
     def _authorized(self) -> bool:
         if self.server.web.authorized(self.headers.get("Authorization")):
@@ -208,8 +226,8 @@ class _Handler(BaseHTTPRequestHandler):
         source = self.server.source
         if path == "/metrics":
             names = parse_qs(query).get("name[]")
-            body, content_type = self.server.metrics.render_for(self.headers.get("Accept"), names)
-            self._send(HTTPStatus.OK, body, content_type)
+            parts, content_type = self.server.metrics.render_parts_for(self.headers.get("Accept"), names)
+            self._send(HTTPStatus.OK, parts, content_type)
         elif path == "/-/healthy":
             self._send(HTTPStatus.OK, "Healthy\n")
         elif path == "/-/ready":

@@ -326,3 +326,37 @@ def test_ipv6_loopback_listener(source):
         assert fetch(running, "/-/healthy", host="::1").status == 200
     finally:
         running.close()
+
+
+class PiecesMetrics:
+    """An exposition of many pieces, several megabytes in all (like /metrics at thousands of pairs)."""
+
+    def __init__(self) -> None:
+        self.parts = [f"piece_{i} {'x' * (i % 3000)}\n".encode() for i in range(4000)]
+
+    def render_parts_for(self, accept: str | None, names: list[str] | None = None) -> tuple[list[bytes], str]:
+        return list(self.parts), "text/plain; version=0.0.4; charset=utf-8"
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_page_of_many_pieces_arrives_whole_and_in_order(tmp_path: Path, source: FakeSource, tls: bool) -> None:
+    """A body given in pieces is written in batches: the client reads exactly their concatenation, length declared."""
+    metrics = PiecesMetrics()
+    web = None
+    context = None
+    if tls:
+        ca = LabCA(tmp_path / "ca")
+        cert = ca.issue("probe-web", ["127.0.0.1"])
+        web = load_web_config(write_web_config(tmp_path, (
+            f"tls_server_config:\n  cert_file: {cert.cert_file}\n  key_file: {cert.key_file}\n")))
+        context = ca.client_context()
+    running = serve("127.0.0.1:0", source=source, metrics=metrics, web_config=web)
+    try:
+        reply = fetch(running, "/metrics", context=context)
+    finally:
+        running.close()
+    expected = b"".join(metrics.parts).decode()
+    assert len(expected) > 5_000_000
+    assert reply.status == 200
+    assert int(reply.headers["Content-Length"]) == len(expected)
+    assert reply.body == expected
