@@ -23,6 +23,7 @@ SCRIPTS = {
     "accuracy": (["bench/accuracy.py", "--quick", "--no-report"], "| streaming |"),
     "metrics_render": (["bench/metrics_render.py", "--quick"], "| 500 |"),
     "lab_ews": (["bench/lab_ews.py", "--items", "300", "--clients", "2", "--requests", "5"], "| 2 |"),
+    "threads": (["bench/threads.py", "--quick"], "| the whole process |"),
     "soak": (["bench/soak.py", "--minutes", "0.5", "--pairs", "8", "--interval", "3", "--timeout", "8",
               "--sample-seconds", "5", "--fault-seconds", "10"], "PASS"),
 }
