@@ -27,7 +27,6 @@ from common import lab_process, table, write_config
 from probe.config import load_config
 from probe.daemon import Daemon
 from probe.logs import configure_logging
-from probe.runtime import limit_malloc_arenas
 
 WARM_UP_EXTRA = 15.0
 
@@ -65,7 +64,6 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=30.0, help="seconds measured after the warm-up")
     args = parser.parse_args()
     pairs, interval, window = (20, 5.0, 5.0) if args.quick else (args.pairs, args.interval, args.window)
-    limit_malloc_arenas()  # as `mailflow-probe run` does
     configure_logging("logfmt", "warn")
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp, \
             lab_process(Path(tmp) / "lab", smart_hosts=pairs // 4, mailboxes=2) as lab:
