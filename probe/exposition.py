@@ -115,11 +115,9 @@ def generate_text(registry: Collecting) -> bytes:
 # -- cached families ------------------------------------------------------------------------------------
 #
 # The families of the (route, smart host) pairs are rendered a pair at a time and the pair's text kept until
-# the pair changes; a scrape joins the kept text under each family's header. A pair's text in one family is a
-# list of segments, each the lines of one sample name (a histogram's buckets, then its count, then its sum),
-# so a ``name[]`` filter keeps whole segments without parsing lines.
-
-Segment = tuple[str, bytes]  # (sample name, its lines)
+# the pair changes; a scrape joins the kept text under each family's header. A pair's text in one family is
+# one bytes object (at thousands of pairs, fewer and larger objects are most of the memory saved); a
+# ``name[]`` filter that wants only some of a family's sample names picks their lines out of it.
 
 _SAMPLE_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
 
@@ -162,15 +160,15 @@ class FamilyHead:
         return Metric(self.name, self.doc, self.kind)
 
 
-def render_cached(heads: Sequence[FamilyHead], items: Iterable[Sequence[Sequence[Segment]]], *,
+def render_cached(heads: Sequence[FamilyHead], items: Iterable[Sequence[bytes]], *,
                   openmetrics: bool = False, names: frozenset[str] | None = None, tail: bytes = b"") -> bytes:
-    """Join the kept segments of ``items``: the text of :func:`cached_parts`."""
+    """Join the kept text of ``items``: the text of :func:`cached_parts`."""
     return b"".join(cached_parts(heads, items, openmetrics=openmetrics, names=names, tail=tail))
 
 
-def cached_parts(heads: Sequence[FamilyHead], items: Iterable[Sequence[Sequence[Segment]]], *,
+def cached_parts(heads: Sequence[FamilyHead], items: Iterable[Sequence[bytes]], *,
                  openmetrics: bool = False, names: frozenset[str] | None = None, tail: bytes = b"") -> list[bytes]:
-    """Return the kept segments of ``items`` (per item: one list of segments per family of ``heads``) in order.
+    """Return the kept text of ``items`` (per item: its lines of each family of ``heads``) in order, in pieces.
 
     Each family's header comes first, then every item's samples in item order, as generate_latest writes a
     registry's family. With ``names``, keep only those samples and leave out families without any, as a
@@ -179,14 +177,21 @@ def cached_parts(heads: Sequence[FamilyHead], items: Iterable[Sequence[Sequence[
     rows = list(items)
     output: list[bytes] = []
     for index, head in enumerate(heads):
-        wanted = None if names is None or names.issuperset(head.sample_names) else names
-        if wanted is not None and wanted.isdisjoint(head.sample_names):
+        if names is not None and names.isdisjoint(head.sample_names):
             continue
-        start = len(output)
+        kept = [row[index] for row in rows]
+        if names is not None and not names.issuperset(head.sample_names):
+            wanted = {name.encode() for name in names}
+            kept = [_lines_named(text, wanted) for text in kept]
+        if names is not None and not any(kept):
+            continue
         output.append(head.om_header if openmetrics else head.text_header)
-        for row in rows:
-            output.extend(lines for name, lines in row[index] if wanted is None or name in wanted)
-        if names is not None and len(output) == start + 1:
-            del output[start:]
+        output.extend(kept)
     output.append(tail)
     return output
+
+
+def _lines_named(text: bytes, wanted: set[bytes]) -> bytes:
+    """Return the lines of ``text`` whose sample name is in ``wanted``."""
+    return b"".join(line for line in text.splitlines(keepends=True)
+                    if line.split(b"{", 1)[0].split(b" ", 1)[0] in wanted)

@@ -35,7 +35,7 @@ from prometheus_client.utils import floatToGoString
 
 from probe import __version__
 from probe.config import Config, SmartHostConfig
-from probe.exposition import FamilyHead, Segment, Values, cached_parts, generate_text, label_value
+from probe.exposition import FamilyHead, Values, cached_parts, generate_text, label_value
 from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
 from probe.smtp import SubmitResult
@@ -183,18 +183,6 @@ class _PairNumbers:
         return tuple(zip(("stage", "reason"), key, strict=False))
 
 
-def _series_labels(pair_labels: str, extra: Labels) -> str:
-    """Return a series' label text, labels sorted by name as generate_latest writes them.
-
-    The pair's text stands in for both of its labels under the key "route": no other label name of these
-    families falls between "route" and "smart_host".
-    """
-    if not extra:
-        return pair_labels
-    parts = sorted([("route", pair_labels), *((k, f'{k}="{label_value(v)}"') for k, v in extra)])
-    return ",".join(text for _, text in parts)
-
-
 class _PairSeries:
     """The numbers of one (route, smart host) pair, changed only under ``ProbeMetrics._lock``.
 
@@ -210,9 +198,8 @@ class _PairSeries:
         self.failures: dict[tuple[str, str], float] = {}
         self.delivery = _Histogram(delivery)
         self.stages = {str(each): _Histogram(stage) for each in Stage}
-        self.rendered: list[list[Segment]] = []
+        self.rendered: list[bytes] = []
         self.rendered_version = -1
-        self.label_texts: dict[tuple[str, ...], str] = {}  # the renderer's: a series' key -> its label text
 
     def conform(self, failures: Iterable[tuple[str, str]], tls: bool) -> None:
         """Add the failure series a (re)load calls for; keep the certificate series only for TLS."""
@@ -233,31 +220,30 @@ class _PairSeries:
         return _PairNumbers(self.pair, self.labels, dict(self.scalars), tuple(self.failures.items()), histograms)
 
 
-def _render_pair(numbers: _PairNumbers, le: Sequence[Sequence[str]], values: Values,
-                 texts: dict[tuple[str, ...], str]) -> list[list[Segment]]:
-    """Return a pair's text: per family of _PAIR_HEADS, its segments (``le``: per family, the bucket bounds;
-    ``texts``: the pair's label texts by series key, filled as needed)."""
-    rendered: list[list[Segment]] = [[] for _ in _PAIR_HEADS]
+def _render_pair(numbers: _PairNumbers, le: Sequence[Sequence[str]], values: Values) -> list[bytes]:
+    """Return a pair's text: its lines of each family of _PAIR_HEADS (``le``: per family, the bucket bounds)."""
+    rendered: list[bytes] = [b""] * len(_PAIR_HEADS)
     labels = numbers.labels
     for family, value in numbers.scalars.items():
         name = _PAIR_HEADS[family].sample_names[0]
-        rendered[family] = [(name, f"{name}{{{labels}}} {values(value)}\n".encode())]
+        rendered[family] = f"{name}{{{labels}}} {values(value)}\n".encode()
+    # Labels in name order, as generate_latest writes them: reason < route < smart_host < stage.
     name = _PAIR_HEADS[_FAILURES].sample_names[0]
-    lines = []
-    for key, value in numbers.failures:
-        text = texts.get(key) or texts.setdefault(key, _series_labels(labels, numbers.labels_of(key)))
-        lines.append(f"{name}{{{text}}} {values(value)}\n")
-    rendered[_FAILURES] = [(name, "".join(lines).encode())]
+    rendered[_FAILURES] = "".join(
+        f'{name}{{reason="{label_value(reason)}",{labels},stage="{label_value(stage)}"}} {values(value)}\n'
+        for (stage, reason), value in numbers.failures).encode()
     known = values.known
+    lines: dict[int, list[str]] = {}
     for family, series, counts, sum_value in numbers.histograms:
         bucket, count, total = _PAIR_HEADS[family].sample_names
-        text = texts.get(series) or texts.setdefault(series, _series_labels(labels, numbers.labels_of(series)))
-        lines, acc = [], 0.0
+        text = f'{labels},stage="{label_value(series[0])}"' if series else labels
+        out, acc = lines.setdefault(family, []), 0.0
         for bound, n in zip(le[family], counts, strict=True):  # "le" sorts before every other label
             acc += n
-            lines.append(f'{bucket}{{le="{bound}",{text}}} {known.get(acc) or values(acc)}\n')  # acc: never -0.0
-        rendered[family] += [(bucket, "".join(lines).encode()), (count, f"{count}{{{text}}} {values(acc)}\n".encode()),
-                             (total, f"{total}{{{text}}} {values(sum_value)}\n".encode())]
+            out.append(f'{bucket}{{le="{bound}",{text}}} {known.get(acc) or values(acc)}\n')  # acc: never -0.0
+        out += [f"{count}{{{text}}} {values(acc)}\n", f"{total}{{{text}}} {values(sum_value)}\n"]
+    for family, out in lines.items():
+        rendered[family] = "".join(out).encode()
     return rendered
 
 
@@ -527,7 +513,7 @@ class ProbeMetrics:
                 todo = [(s, s.version, s.numbers()) for s in pairs if s.rendered_version != s.version]
             values = Values()
             for series, version, numbers in todo:
-                series.rendered = _render_pair(numbers, self._le, values, series.label_texts)
+                series.rendered = _render_pair(numbers, self._le, values)
                 series.rendered_version = version
             return cached_parts(_PAIR_HEADS, [s.rendered for s in pairs], openmetrics=openmetrics, names=names,
                                 tail=tail)
