@@ -339,7 +339,8 @@ def _explain(interval: float, intervals: int, scrape_every: float) -> str:
         "GetItem, DeleteItem, streaming subscriptions, clock pings). Delivered / scheduled: probes created in the "
         "window and delivered by the end of a drain of up to 20 s, against pairs x intervals; missed: per pair, "
         "the due probes (one per interval) without a delivered one. The last column is one more full scrape "
-        "(text format), taken after the window.\n\n"
+        "(text format), taken after the window: the process's CPU while it ran, the probing that went on "
+        "meanwhile included (`bench/metrics_render.py` times the rendering alone).\n\n"
     )
 
 
