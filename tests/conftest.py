@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from exchangelib.protocol import close_connections
 
 from probe.lab import Lab
 from probe.lab.ews import add_response_observer
@@ -53,6 +54,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session when any EWS response the lab sent did not validate."""
     if _audit.failures and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def fresh_exchangelib() -> Iterator[None]:
+    """Close exchangelib's cached connections after the test, so the next starts with none (modules opt in)."""
+    yield
+    close_connections()
 
 
 @pytest.fixture

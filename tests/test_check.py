@@ -7,14 +7,12 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from exchangelib.protocol import close_connections
 
 from probe.check import CheckOptions, run_check
 from probe.cli import main as cli_main
@@ -29,10 +27,7 @@ EDGE_2 = "fourthcoffee-edge-2"
 MAILBOX = "mailflow.probe@fourthcoffee.test"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_exchangelib() -> Iterator[None]:
-    yield
-    close_connections()
+pytestmark = pytest.mark.usefixtures("fresh_exchangelib")  # a new connection pool per test
 
 
 def write_config(lab: Any, tmp_path: Path, *, timeout: float = 10.0, smtp_timeout: float | None = None,

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import yaml
-from exchangelib.protocol import close_connections
 
 from probe.daemon import Daemon, start_daemon
 from tests.daemon_harness import fetch, free_port, running_daemon, scrape, start_process, states, value, wait_for
@@ -24,10 +23,7 @@ PAIRS = {("contoso-to-fourthcoffee", "fourthcoffee-edge-1"), ("contoso-to-fourth
          ("fourthcoffee-to-contoso", "contoso-edge-1"), ("fourthcoffee-to-contoso", "contoso-edge-2")}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_exchangelib() -> Iterator[None]:
-    yield
-    close_connections()
+pytestmark = pytest.mark.usefixtures("fresh_exchangelib")  # a new connection pool per test
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from typing import Any, Final
 
 import pytest
 import yaml
-from exchangelib.protocol import close_connections
 from prometheus_client.parser import text_string_to_metric_families
 
 from probe.check import CheckOptions, run_check
@@ -152,10 +151,7 @@ def matrix_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
 
 
-@pytest.fixture(autouse=True)
-def _fresh_exchangelib() -> Iterator[None]:
-    yield
-    close_connections()
+pytestmark = pytest.mark.usefixtures("fresh_exchangelib")  # a new connection pool per test
 
 
 def apply_faults(lab: Lab) -> None:

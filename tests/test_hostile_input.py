@@ -7,14 +7,12 @@ import io
 import random
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from exchangelib.protocol import close_connections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,10 +37,7 @@ KEY = b"k" * 32
 FUZZ = settings(deadline=None, max_examples=120, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True)
-def _fresh_exchangelib() -> Iterator[None]:
-    yield
-    close_connections()
+pytestmark = pytest.mark.usefixtures("fresh_exchangelib")  # a new connection pool per test
 
 
 # -- the config loader -------------------------------------------------------------------------------------

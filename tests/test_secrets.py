@@ -23,7 +23,6 @@ from typing import Any
 import bcrypt
 import pytest
 import yaml
-from exchangelib.protocol import close_connections
 
 from probe.check import CheckOptions, run_check
 from probe.config import load_config
@@ -36,10 +35,7 @@ EDGE_1 = "fourthcoffee-edge-1"
 ROUTE = "contoso-to-fourthcoffee"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_exchangelib() -> Iterator[None]:
-    yield
-    close_connections()
+pytestmark = pytest.mark.usefixtures("fresh_exchangelib")  # a new connection pool per test
 
 
 # -- what counts as a password on the page ------------------------------------------------------------------
