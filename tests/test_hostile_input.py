@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from probe.check import CheckOptions, run_check
 from probe.cli import main as cli_main
-from probe.config import Config, ConfigError, load_config
+from probe.config import Config, load_config
 from probe.lab import Lab
 from probe.ledger import Ledger
 from probe.mailbox.ews import EwsMailbox
@@ -27,10 +27,10 @@ from probe.message import Tag, build_probe_message, make_tag, parse_tag, probe_i
 from probe.pipeline import NullObserver, confirm, send_probe, targets
 from probe.signing import load_or_create_key
 from probe.vocabulary import Verdict
+from tests.test_config import load_outcome
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = REPO / "tests" / "config" / "valid" / "minimal.yaml"
-ENV = {"CONTOSO_SMTP_PASSWORD": "smtp-Secret-1", "FC_EWS_PASSWORD": "ews-Secret-2"}
 ROUTE = "contoso-to-fourthcoffee"
 MAILBOX = "mailflow.probe@fourthcoffee.test"
 KEY = b"k" * 32
@@ -41,15 +41,6 @@ pytestmark = pytest.mark.usefixtures("fresh_exchangelib")  # a new connection po
 
 
 # -- the config loader -------------------------------------------------------------------------------------
-
-
-def load_outcome(path: Path) -> str:
-    """Return "PATH: loaded" or the ConfigError's message; any other exception propagates (and fails)."""
-    try:
-        load_config(path, environ=ENV)
-    except ConfigError as exc:
-        return exc.describe()
-    return f"{path}: loaded"
 
 
 def in_temp_file(content: bytes) -> str:
