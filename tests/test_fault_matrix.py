@@ -9,6 +9,7 @@ daemon's metric movement. The table (scenario, expected, observed) is printed an
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -142,12 +143,18 @@ _observed: dict[tuple[str, str], dict[str, str]] = {}  # (route, smart host) -> 
 # -- the lab and its configuration ---------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def faulty_lab_at(directory: Path) -> Iterator[Lab]:
+    """Start a lab of ten forests (8 smart hosts each) with every fault of the matrix in force."""
+    with Lab.start(directory, forests=("contoso", "fourthcoffee", *MAILBOX_FORESTS), smart_hosts_per_forest=8) as lab:
+        apply_faults(lab)
+        yield lab
+
+
 @pytest.fixture(scope="module")
 def matrix_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """A lab of ten forests (8 smart hosts each) with every fault of the matrix in force."""
-    with Lab.start(tmp_path_factory.mktemp("matrix") / "lab", forests=("contoso", "fourthcoffee", *MAILBOX_FORESTS),
-                   smart_hosts_per_forest=8) as lab:
-        apply_faults(lab)
+    """The matrix's lab: every fault in force at once."""
+    with faulty_lab_at(tmp_path_factory.mktemp("matrix") / "lab") as lab:
         yield lab
 
 

@@ -29,7 +29,7 @@ from probe.config import load_config
 from probe.daemon import start_daemon
 from probe.lab import Lab
 from tests.daemon_harness import free_port
-from tests.test_fault_matrix import MAILBOX_FORESTS, apply_faults, matrix_config
+from tests.test_fault_matrix import faulty_lab_at, matrix_config
 
 EDGE_1 = "fourthcoffee-edge-1"
 ROUTE = "contoso-to-fourthcoffee"
@@ -164,9 +164,7 @@ def test_with_starttls_the_credentials_travel_only_inside_tls(lab: Lab, tmp_path
 @pytest.fixture(scope="module")
 def faulty_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """The fault matrix's lab: every fault kind in force at once."""
-    with Lab.start(tmp_path_factory.mktemp("secrets") / "lab", forests=("contoso", "fourthcoffee", *MAILBOX_FORESTS),
-                   smart_hosts_per_forest=8) as lab:
-        apply_faults(lab)
+    with faulty_lab_at(tmp_path_factory.mktemp("secrets") / "lab") as lab:
         yield lab
 
 
