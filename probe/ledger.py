@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from probe.vocabulary import Verdict
+from probe.local_faults import local_fault
+from probe.vocabulary import LocalResource, UnknownReason, Verdict
 
 SCHEMA_VERSION: Final = 1
 
@@ -69,7 +70,14 @@ CREATE TABLE IF NOT EXISTS observations (
 
 
 class LedgerError(Exception):
-    """The state file cannot be used; the message says which file and why."""
+    """The state file cannot be used; the message says which file and why.
+
+    ``resource`` is set when the cause is the host's own (a full disk, no memory): probe.local_faults.
+    """
+
+    def __init__(self, message: str, *, resource: LocalResource | None = None) -> None:
+        super().__init__(message)
+        self.resource = resource
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,8 +189,8 @@ class Ledger:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                raise LedgerError(f"state file {self.path}: {_explain(exc)}") from None
+            except (sqlite3.OperationalError, MemoryError) as exc:
+                raise LedgerError(f"state file {self.path}: {_explain(exc)}", resource=local_fault(exc)) from None
 
     # -- the life of a probe ------------------------------------------------------------------------
 
@@ -242,6 +250,22 @@ class Ledger:
                 "UPDATE probes SET state = ?, stage = ?, reason = ?, smtp_code = ?, decided_at = ?, detail = ?"
                 " WHERE probe_id = ? AND state = ?",
                 (str(Verdict.SEND_FAILED), stage, reason, smtp_code, now, _dump(detail), probe_id, SUBMITTING),
+            )
+            return self._fetch_decision(db, probe_id, now) if cur.rowcount else None
+
+    def record_local_failure(self, probe_id: str, *, resource: LocalResource,
+                             detail: dict[str, Any] | None = None) -> Decision | None:
+        """Decide ``unknown`` (reason ``local``) for a probe the host itself could not submit.
+
+        The smart host was not (fully) tried, so nothing is said about it: no stage, no send failure.
+        """
+        now = self._clock()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE probes SET state = ?, stage = NULL, reason = ?, decided_at = ?, detail = ?"
+                " WHERE probe_id = ? AND state = ?",
+                (str(Verdict.UNKNOWN), str(UnknownReason.LOCAL), now,
+                 _dump({**(detail or {}), "local": str(resource)}), probe_id, SUBMITTING),
             )
             return self._fetch_decision(db, probe_id, now) if cur.rowcount else None
 
@@ -468,8 +492,10 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
     db.execute("SELECT COUNT(*) FROM probes").fetchone()  # a corrupt file fails here, not later
 
 
-def _explain(exc: sqlite3.Error) -> str:
+def _explain(exc: sqlite3.Error | MemoryError) -> str:
     text = str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory"
     if "not a database" in text or "malformed" in text:
         return "not a mailflow-probe state file or corrupt (move it aside to start afresh)"
     if "readonly" in text or "unable to open" in text:

@@ -10,6 +10,9 @@ import json
 import logging
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO
 
@@ -126,3 +129,27 @@ def log_decision(logger: logging.Logger, decision: Decision) -> None:
         "smtp_code": decision.smtp_code, "message_id": decision.message_id, "probe_id": decision.probe_id,
     }
     logger.log(_VERDICT_LEVELS.get(decision.verdict, logging.INFO), "probe %s", decision.verdict, extra=fields)
+
+
+class Throttle:
+    """Let one log line per key through every ``every`` seconds; count the ones held back in between.
+
+    For news that can repeat thousands of times a minute (a host out of file descriptors, a flood of
+    forged tags): the first line says what happened, the next one how often it happened since.
+    """
+
+    def __init__(self, every: float = 60.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every, self._clock = every, clock
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, key: str) -> int | None:
+        """Return how many lines of ``key`` were held back since the last one, or None to hold this one too."""
+        now = self._clock()
+        with self._lock:
+            if now < self._next.get(key, float("-inf")):
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            self._next[key] = now + self._every
+            return self._held.pop(key, 0)

@@ -106,7 +106,8 @@ def source() -> FakeSource:
 
 @pytest.fixture
 def server(source: FakeSource) -> Iterator[WebServer]:
-    running = serve("127.0.0.1:0", source=source, metrics=ProbeMetrics(source.conf, process_metrics=False))
+    running = serve("127.0.0.1:0", source=source, metrics=ProbeMetrics(source.conf, process_metrics=False),
+                    lifecycle=True)
     yield running
     running.close()
 
@@ -135,7 +136,7 @@ def test_health_and_readiness(server, source):
 
 
 def test_reload_is_post_only_and_reports_the_callbacks_outcome(server, source):
-    """POST /-/reload calls back; a refused config answers 500 with its text; GET is 405 and calls nothing."""
+    """POST /-/reload calls back; a refused config answers 500 without its file, line or value; GET is 405."""
     get = fetch(server, "/-/reload")
     assert (get.status, get.headers["Allow"], source.reloads) == (405, "POST", 0)
     ok = fetch(server, "/-/reload", method="POST")
@@ -143,7 +144,8 @@ def test_reload_is_post_only_and_reports_the_callbacks_outcome(server, source):
     source.outcome = (False, "probe.yaml:7: routes[0].mailbox: no mailbox named 'nope'")
     refused = fetch(server, "/-/reload", method="POST")
     assert refused.status == 500
-    assert "probe.yaml:7: routes[0].mailbox: no mailbox named 'nope'" in refused.body
+    assert "refused" in refused.body
+    assert "probe.yaml" not in refused.body and "nope" not in refused.body and ":7" not in refused.body
     assert source.reloads == 2
 
 

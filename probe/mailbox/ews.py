@@ -67,6 +67,7 @@ from lxml import etree
 
 from probe import message as probe_message
 from probe.config import MailboxConfig
+from probe.local_faults import local_fault
 from probe.mailbox.base import CleanupResult, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
 from probe.mailbox.received import parse_received
@@ -464,7 +465,10 @@ class EwsMailbox:
         )
 
     def _failed(self, started: float, exc: BaseException) -> SearchResult:
-        reason, text = classify(exc), describe(exc)
+        local, text = local_fault(exc), describe(exc)
+        if local is not None:  # the probe's own host failed: not the mailbox's error (the observer logs it)
+            return SearchResult(ok=False, started_at=started, finished_at=time.time(), local=local, error=text)
+        reason = classify(exc)
         log.warning("mailbox %s: search failed (%s): %s", self._config.name, reason, text)
         return SearchResult(ok=False, started_at=started, finished_at=time.time(), error_reason=reason, error=text)
 
