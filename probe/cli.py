@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from probe import __version__
+from probe.report import FORMATS
 
 EXIT_USAGE = 2
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only this route (repeatable)")
     check.add_argument("--timeout", default=None, metavar="DURATION",
                        help="how long to wait for delivery (default: each route's timeout)")
-    check.add_argument("--format", choices=("text", "json", "nagios"), default="text")
+    check.add_argument("--format", choices=tuple(FORMATS), default="text")
     check.add_argument("--debug", action="store_true", help="add the redacted transcript and the hops")
 
     validate = sub.add_parser("validate", help="check a configuration file and exit")

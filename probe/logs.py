@@ -102,18 +102,37 @@ def parse_level(level: str) -> int:
 
 
 def configure_logging(fmt: LogFormat = "logfmt", level: str = "info", *, stream: TextIO | None = None) -> None:
-    """Send the ``probe`` loggers' lines to ``stream`` (stderr) in ``fmt``, at ``level`` and above."""
+    """Send every log line of the process to ``stream`` (stderr) in ``fmt``: the ``probe`` loggers' at ``level``
+    and above, the libraries' (APScheduler, asyncio, exchangelib...) at warn and above.
+
+    Uncaught exceptions in threads and Python's warnings become log lines too, so nothing reaches the terminal
+    in another shape.
+    """
     if fmt not in ("logfmt", "json"):
         raise ValueError(f"unknown log format {fmt!r}: use logfmt or json")
-    logger = logging.getLogger(ROOT)
-    logger.setLevel(parse_level(level))
-    for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
-        logger.removeHandler(old)
+    probe_level = parse_level(level)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     setattr(handler, _HANDLER_MARK, True)
-    logger.addHandler(handler)
-    logger.propagate = False
+    for name, logger_level in ((ROOT, probe_level), ("", max(probe_level, logging.WARNING))):
+        logger = logging.getLogger(name)
+        logger.setLevel(logger_level)
+        for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+    logging.getLogger(ROOT).propagate = False
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_exception
+
+
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    """Log an exception that ended a thread, in the chosen format (instead of a raw traceback on stderr)."""
+    if args.exc_type is SystemExit:
+        return
+    thread = args.thread.name if args.thread is not None else "?"
+    logging.getLogger(f"{ROOT}.thread").error(
+        "a thread ended with an error", extra={"thread": thread},
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback))
 
 
 _VERDICT_LEVELS: Final = {Verdict.DELIVERED: logging.INFO, Verdict.LATE: logging.INFO,

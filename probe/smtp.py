@@ -171,6 +171,23 @@ class _ProbeSMTP(smtplib.SMTP):
             self.lines.append(f"S: {code}{'-' if i < len(lines) - 1 else ' '}{line}".rstrip())
         return code, text
 
+    def auth_utf8(self, mechanism: str, user: str, password: str) -> tuple[int, bytes]:
+        """Say AUTH PLAIN or LOGIN with the credentials in UTF-8; raise SMTPAuthenticationError when refused.
+
+        smtplib encodes the responses as ASCII, so a password such as ``Pässwörd-2026`` raised
+        UnicodeEncodeError before anything was sent. SASL PLAIN is UTF-8 (RFC 4616); LOGIN has no standard,
+        and Exchange, Postfix/Dovecot and the lab all take UTF-8 there too.
+        """
+        if mechanism == "PLAIN":
+            code, reply = self.docmd("AUTH", "PLAIN " + _b64(f"\0{user}\0{password}"))
+        else:
+            code, reply = self.docmd("AUTH", "LOGIN " + _b64(user))
+            if code == 334:
+                code, reply = self.docmd(_b64(password))
+        if code in (235, 503):  # 503: already authenticated
+            return code, reply
+        raise smtplib.SMTPAuthenticationError(code, reply)
+
     def _shown(self, cmd: str, args: str) -> str:
         if not self.authenticating:
             return f"{cmd} {args}" if args else cmd
@@ -305,13 +322,11 @@ def _authenticate(session: _ProbeSMTP, host: SmartHostConfig) -> None:
     assert host.password is not None
     session.watch.enter(Stage.AUTH)
     mechanism = _mechanism(session)
-    session.user, session.password = host.username, host.password.reveal()
     session.authenticating = True
     try:
-        session.auth(mechanism, session.auth_plain if mechanism == "PLAIN" else session.auth_login)
+        session.auth_utf8(mechanism, host.username, host.password.reveal())
     finally:
         session.authenticating = False
-        session.password = ""
 
 
 def _converse(session: _ProbeSMTP, *, host: SmartHostConfig, context: ssl.SSLContext | None,

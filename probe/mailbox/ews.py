@@ -420,8 +420,8 @@ class EwsMailbox:
             deadline = time.time() + budget_seconds
             return calibrate(self.clock, lambda at: self._timed_ping(at, deadline),
                              target=target_uncertainty, budget=budget_seconds)
-        except Exception:  # calibration is an optimisation: a failure leaves the estimate as it was
-            log.exception("mailbox %s: clock calibration failed", self._config.name)
+        except Exception as exc:  # calibration is an optimisation: a failure leaves the estimate as it was
+            log.warning("mailbox %s: clock calibration failed: %s", self._config.name, describe(exc))
             return self.clock.estimate(now=time.time())
         finally:
             self._calibrating.release()
