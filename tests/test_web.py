@@ -145,7 +145,9 @@ def test_reload_is_post_only_and_reports_the_callbacks_outcome(server, source):
     refused = fetch(server, "/-/reload", method="POST")
     assert refused.status == 500
     assert "refused" in refused.body
-    assert "probe.yaml" not in refused.body and "nope" not in refused.body and ":7" not in refused.body
+    assert "probe.yaml" not in refused.body
+    assert "nope" not in refused.body
+    assert ":7" not in refused.body
     assert source.reloads == 2
 
 
