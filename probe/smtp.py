@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from probe.config import SmartHostConfig
 from probe.local_faults import explain, local_fault
@@ -42,6 +42,7 @@ from probe.vocabulary import LocalResource, SendReason, Stage
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
+MECHANISMS: Final[list[str]] = ["PLAIN", "LOGIN"]  # in order of preference (SASL mechanisms the submit step speaks)
 _AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str,
                   tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]]
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
@@ -310,7 +311,7 @@ def _mechanism(session: _ProbeSMTP) -> str:
         raise _SendFailedError(Stage.AUTH, SendReason.AUTH_UNAVAILABLE,
                        "the smart host offers no AUTH, but this host has credentials")
     offered = session.esmtp_features["auth"].upper().split()
-    for mechanism in ("PLAIN", "LOGIN"):
+    for mechanism in MECHANISMS:
         if mechanism in offered:
             return mechanism
     raise _SendFailedError(Stage.AUTH, SendReason.AUTH_UNAVAILABLE,
