@@ -8,7 +8,6 @@ unexpected error.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from probe.lab import Lab
 from probe.report import FORMATS
+from tests.daemon_harness import with_open_files_limit
 from tests.hostile_smtp import hostile_smtp
 
 ROUTE = "contoso-to-fourthcoffee"
@@ -29,13 +29,9 @@ pytestmark = pytest.mark.usefixtures("fresh_exchangelib")
 
 def run_check(config: Path, *args: str, limit_files: int | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m probe check`` as its own process (with a lowered open-files limit, if asked)."""
-
-    def lower() -> None:
-        if limit_files is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limit_files, limit_files))
-
-    return subprocess.run([sys.executable, "-m", "probe", "check", "-c", str(config), "--timeout", "15s", *args],
-                          capture_output=True, text=True, timeout=120, check=False, preexec_fn=lower)
+    argv = [sys.executable, "-m", "probe", "check", "-c", str(config), "--timeout", "15s", *args]
+    return subprocess.run(with_open_files_limit(argv, limit_files), capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 def hostile_config(lab: Any, tmp_path: Path, port: int) -> Path:

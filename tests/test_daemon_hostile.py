@@ -7,7 +7,6 @@ a host out of file descriptors never blames a smart host, and a flood of resets 
 from __future__ import annotations
 
 import json
-import resource
 import socket
 import struct
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_harness import free_port, scrape, states, value, wait_for
+from tests.daemon_harness import free_port, scrape, states, value, wait_for, with_open_files_limit
 
 pytestmark = pytest.mark.usefixtures("fresh_exchangelib")
 
@@ -30,15 +29,10 @@ def daemon_process(config: Path, log: Path, *, open_files: int | None = None,
                    extra: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Run ``python -m probe run`` (JSON logs to ``log``), with soft and hard open-files limits of ``open_files``."""
     port = free_port()
-
-    def limit() -> None:
-        if open_files is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
-
+    argv = [sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address", f"127.0.0.1:{port}",
+            "--log.format", "json", *extra]
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
-                                 f"127.0.0.1:{port}", "--log.format", "json", *extra],
-                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit)
+        proc = subprocess.Popen(with_open_files_limit(argv, open_files), stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: _answers(port), timeout=30, what="the daemon's /-/healthy")
         yield proc, port

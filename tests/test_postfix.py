@@ -89,7 +89,8 @@ def rig() -> Iterator[Rig]:
                                            cert=lab.ca.issue(f"postfix-{name}", [address]))
                 for name, address, tls in (("tls", TLS_ADDRESS, True), ("plain", PLAIN_ADDRESS, False)))
             dovecot = stack.enter_context(DovecotAuth.start(
-                directory / "dovecot", users={USERNAME: password, UTF8_USERNAME: UTF8_PASSWORD}, sockets=[postfix.auth_socket, plain.auth_socket]))
+                directory / "dovecot", users={USERNAME: password, UTF8_USERNAME: UTF8_PASSWORD},
+                sockets=[postfix.auth_socket, plain.auth_socket]))
             for instance in (postfix, plain):
                 stack.enter_context(instance.start())  # ~2 s each, mostly postfix-script's checks
             yield Rig(lab=lab, postfix=postfix, plain=plain, dovecot=dovecot, password=password,
