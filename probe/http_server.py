@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import h11
 
@@ -103,6 +104,24 @@ class Limits:
     idle_seconds: float = IDLE_SECONDS
     write_seconds: float = WRITE_SECONDS
     max_body: int = MAX_BODY
+
+
+def cross_origin_refusal(header: Callable[[str], str | None]) -> str | None:
+    """Return why a state-changing request looks cross-origin (a browser sent it for another site), or None.
+
+    ``header`` returns a request header by lower-case name. The rule of Go's net/http CrossOriginProtection:
+    ``Sec-Fetch-Site`` other than same-origin or none is refused; without it, an ``Origin`` whose host is not
+    the request's ``Host`` is. Requests with neither header (curl, promtool, scripts) are not a browser's.
+    """
+    site = header("sec-fetch-site")
+    if site is not None:
+        return None if site in ("same-origin", "none") else f"Sec-Fetch-Site is {site}"
+    origin = header("origin")
+    if origin is None:
+        return None
+    if origin == "null" or urlsplit(origin).netloc.lower() != (header("host") or "").lower():
+        return f"Origin {origin} is not this listener"
+    return None
 
 
 def text_response(status: int, text: str, **headers: str) -> Response:

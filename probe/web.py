@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from probe.config import Config
-from probe.http_server import HttpServer, Limits, Request, Response, text_response
+from probe.http_server import HttpServer, Limits, Request, Response, cross_origin_refusal, text_response
 from probe.secret import redact
 from probe.vocabulary import LocalResource
 from probe.web_pages import debug_page, find_pair, status_page
@@ -128,7 +128,7 @@ class _App:
         if not self.lifecycle:
             return text_response(403, "Lifecycle API is not enabled (start with --web.enable-lifecycle; "
                                       "SIGHUP always reloads).\n")
-        refusal = cross_origin_refusal(request)
+        refusal = cross_origin_refusal(request.header)
         if refusal is not None:
             log.warning("cross-origin request refused", extra={"path": path, "client": request.client,
                                                                 "why": refusal})
@@ -177,24 +177,6 @@ class _App:
 
 def _html(page: str) -> Response:
     return Response(status=200, body=[page.encode("utf-8")], content_type=_HTML, headers={"Cache-Control": "no-store"})
-
-
-def cross_origin_refusal(request: Request) -> str | None:
-    """Return why a state-changing request looks cross-origin (a browser sent it for another site), or None.
-
-    The rule of Go's net/http CrossOriginProtection: ``Sec-Fetch-Site`` other than same-origin or none is
-    refused; without it, an ``Origin`` whose host is not the request's ``Host`` is. Requests with neither
-    header (curl, promtool, scripts) are not from a browser and pass.
-    """
-    site = request.header("sec-fetch-site")
-    if site is not None:
-        return None if site in ("same-origin", "none") else f"Sec-Fetch-Site is {site}"
-    origin = request.header("origin")
-    if origin is None:
-        return None
-    if origin == "null" or urlsplit(origin).netloc.lower() != (request.header("host") or "").lower():
-        return f"Origin {origin} is not this listener"
-    return None
 
 
 class WebServer:
