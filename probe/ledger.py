@@ -21,6 +21,11 @@ from probe.local_faults import local_fault
 from probe.vocabulary import LocalResource, UnknownReason, Verdict
 
 SCHEMA_VERSION: Final = 1
+# PRAGMA application_id of every state file (the bytes "MFLP" at offset 68 of the file; see sqlite.org/fileformat2):
+# a file that carries another id is another application's and is never opened for writing. `file state.db` shows
+# it as "SQLite 3.x database, application id 1296452688".
+APPLICATION_ID: Final = 0x4D464C50
+_TABLES: Final = frozenset({"probes", "sightings", "observations"})
 
 # Probe states: the five verdicts plus the two states before one.
 SUBMITTING: Final = "submitting"  # the row exists, the smart host has not answered yet
@@ -478,7 +483,25 @@ def _check_location(path: Path) -> None:
             raise LedgerError(f"state file {path}: cannot create its directory: {exc.strerror}") from None
 
 
+def _identify(db: sqlite3.Connection, path: str) -> bool:
+    """Return whether the file must be marked as the probe's (new, or a state file from before the mark);
+    raise LedgerError, writing nothing, for another application's database. Reads only."""
+    app = int(db.execute("PRAGMA application_id").fetchone()[0])
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if app == APPLICATION_ID:
+        return False
+    if app == 0 and (not tables and version == 0 or version == 1 and _TABLES <= tables):
+        return True  # empty, or schema 1 written by this program before it marked its files: adopted
+    shown = ", ".join(sorted(tables)[:5]) or "none"
+    db.close()
+    raise LedgerError(f"state file {path} is another application's SQLite database (application_id {app:#x}, "
+                      f"user_version {version}, tables: {shown}), not mailflow-probe's; it was left untouched:"
+                      " give state_file a path of its own")
+
+
 def _migrate(db: sqlite3.Connection, path: str) -> None:
+    mark = _identify(db, path)
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         db.close()
@@ -489,6 +512,8 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
     if version < SCHEMA_VERSION:
         db.executescript(_SCHEMA)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    if mark:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     db.execute("SELECT COUNT(*) FROM probes").fetchone()  # a corrupt file fails here, not later
 
 
