@@ -169,3 +169,34 @@ def _wait_all_closed(socks: list[socket.socket], *, timeout: float) -> float:
         sock.close()
     assert not open_, f"{len(open_)} slow clients still connected after {timeout} s"
     return time.monotonic() - start
+
+
+def test_forged_tags_are_exported_and_logged_once_a_minute(lab: Any, tmp_path: Path) -> None:
+    """Thirty messages whose probe tag has the wrong HMAC: forged_tags_total{mailbox} counts them, the log has
+    one line for them (rate-limited), none is counted as a probe or deleted."""
+    from probe.message import build_probe_message
+
+    mailbox_address = "mailflow.probe@fourthcoffee.test"
+    forged = [build_probe_message(key=b"k" * 32, route="contoso-to-fourthcoffee", smart_host="fourthcoffee-edge-1",
+                                  sender="mailflow.probe@contoso.test", recipient=mailbox_address)
+              for _ in range(30)]
+    for message in forged:
+        lab.store.deliver(mailbox_address, message.raw)
+    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=6, jitter=0.2)
+    log = tmp_path / "daemon.log"
+    with daemon_process(config, log) as (_, port):
+        wait_for(lambda: value(scrape(port), "mailflow_probe_forged_tags_total") >= 30, timeout=30,
+                 what="the forged tags counted")
+        wait_for(lambda: value(scrape(port), "mailflow_probe_delivered_total") >= 8, timeout=30,
+                 what="several searches (each sees the forged messages again)")
+        samples = scrape(port)
+    series = {dict(labels)["mailbox"]: v for (name, labels), v in samples.items()
+              if name == "mailflow_probe_forged_tags_total"}
+    assert len(series) == 2  # one per configured mailbox, from start-up
+    assert sorted(series.values())[0] == 0
+    assert sorted(series.values())[1] >= 30
+    forged_lines = [line for line in log_lines(log) if "forged" in line["msg"]]
+    assert len(forged_lines) == 1, forged_lines
+    assert forged_lines[0]["forged"] >= 30
+    left = {i.message_id for i in lab.store.items(mailbox_address, ["inbox", "junkemail"])}
+    assert {m.message_id for m in forged} <= left
