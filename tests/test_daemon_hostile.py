@@ -200,3 +200,19 @@ def test_forged_tags_are_exported_and_logged_once_a_minute(lab: Any, tmp_path: P
     assert forged_lines[0]["forged"] >= 30
     left = {i.message_id for i in lab.store.items(mailbox_address, ["inbox", "junkemail"])}
     assert {m.message_id for m in forged} <= left
+
+
+def test_run_logs_every_config_warning_at_start(lab: Any, tmp_path: Path) -> None:
+    """Warnings validate would print (verification off, a password in the file) are log lines of run too."""
+    import yaml
+
+    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=60, timeout=10, jitter=1)
+    data = yaml.safe_load(config.read_text())
+    data["routes"][0]["smart_hosts"][0]["verify"] = False
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    log = tmp_path / "daemon.log"
+    with daemon_process(config, log):
+        pass
+    warnings = [line for line in log_lines(log) if line["level"] == "warn" and line["msg"].startswith("config: ")]
+    assert any("certificate verification is off" in line["msg"] for line in warnings), warnings
+    assert any("probe.yaml:" in line["msg"] for line in warnings)
