@@ -5,7 +5,8 @@ Run: python bench/slow_clients.py [--quick] [--connections 1100] [--hold 180] [-
 The lab runs in its own process, the daemon in another (``python -m probe run``) with soft and hard open-files
 limits of ``--open-files`` (systemd's default soft limit is 1,024) and the default connection cap. This process
 then holds ``--connections`` connections to the web port, each sending one byte of a request head every
-``--byte-every`` seconds and opening again at once when the server cuts it, for ``--hold`` seconds, while a
+``--byte-every`` seconds and opening again at its next round when the server cuts it (at once with
+``--aggressive``), for ``--hold`` seconds, while a
 scraper asks for /metrics every second. Printed: every scrape's latency, how long the server let each slow
 client hold on, and what the daemon counted meanwhile (send failures, local faults, deliveries).
 """
@@ -77,8 +78,8 @@ def wait_ready(port: int, timeout: float = 60.0) -> None:
 class Attack:
     """Slow clients: each sends a byte of a header every ``every`` seconds, and reconnects when cut."""
 
-    def __init__(self, port: int, connections: int, every: float) -> None:
-        self.port, self.connections, self.every = port, connections, every
+    def __init__(self, port: int, connections: int, every: float, *, aggressive: bool) -> None:
+        self.port, self.connections, self.every, self.aggressive = port, connections, every, aggressive
         self.held_for: list[float] = []  # seconds from connect to the server's cut
         self.refused = 0
         self.open = 0
@@ -90,7 +91,7 @@ class Attack:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
             except OSError:
                 self.refused += 1
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(self.every)
                 continue
             start = time.monotonic()
             self.open += 1
@@ -112,6 +113,8 @@ class Attack:
             finally:
                 self.open -= 1
                 writer.close()
+            if not self.aggressive:  # as slowloris does: the cut socket is opened again at the next round
+                await asyncio.sleep(max(0.0, self.every - (time.monotonic() - start) % self.every))
 
     async def run(self, seconds: float) -> None:
         """Hold the connections for ``seconds``."""
@@ -147,6 +150,8 @@ def main() -> int:
     parser.add_argument("--open-files", type=int, default=1024)
     parser.add_argument("--byte-every", type=float, default=10.0)
     parser.add_argument("--interval", type=float, default=5.0, help="the probes' interval, seconds")
+    parser.add_argument("--aggressive", action="store_true",
+                        help="open a cut connection again at once (a connection flood), not at the next round")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 150 connections for 15 s")
     args = parser.parse_args()
     if args.quick:
@@ -162,7 +167,7 @@ def main() -> int:
         try:
             wait_ready(port)
             before = counters(port)
-            attack = Attack(port, args.connections, args.byte_every)
+            attack = Attack(port, args.connections, args.byte_every, aggressive=args.aggressive)
             latencies: list[float] = []
             failures: list[str] = []
             stop = threading.Event()
@@ -178,6 +183,7 @@ def main() -> int:
     held = attack.held_for
     rows = [
         ("slow clients (target at once)", args.connections), ("held for", f"{args.hold:g} s"),
+        ("a cut client opens again", "at once" if args.aggressive else f"at its next round ({args.byte_every:g} s)"),
         ("daemon open-files limit (soft = hard)", args.open_files), ("probe interval", f"{args.interval:g} s"),
         ("peak slow clients connected (client side)", attack.peak),
         ("slow clients cut by the server", len(held)),

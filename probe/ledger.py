@@ -491,7 +491,7 @@ def _identify(db: sqlite3.Connection, path: str) -> bool:
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if app == APPLICATION_ID:
         return False
-    if app == 0 and (not tables and version == 0 or version == 1 and _TABLES <= tables):
+    if app == 0 and ((not tables and version == 0) or (version == 1 and tables >= _TABLES)):
         return True  # empty, or schema 1 written by this program before it marked its files: adopted
     shown = ", ".join(sorted(tables)[:5]) or "none"
     db.close()

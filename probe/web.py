@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from probe.config import Config
-from probe.http_server import HttpServer, Limits, Request, Response, cross_origin_refusal, text_response
+from probe.http_server import LISTEN_BACKLOG, HttpServer, Limits, Request, Response, cross_origin_refusal, text_response
 from probe.secret import redact
 from probe.vocabulary import LocalResource
 from probe.web_pages import debug_page, find_pair, status_page
@@ -248,7 +248,7 @@ def serve(listen_address: str, *, source: StatusSource, metrics: MetricsSource,
     web = web_config or WebConfig()
     limits = limits or Limits()
     try:
-        sock = _listen(family, (bind_host, port), min(limits.max_connections, 4096))
+        sock = _listen(family, (bind_host, port), LISTEN_BACKLOG)
     except OSError as exc:
         raise ListenError(exc.errno, f"cannot listen on {listen_address}: {exc.strerror or exc}") from None
     app = _App(source=source, metrics=metrics, web=web, lifecycle=lifecycle)

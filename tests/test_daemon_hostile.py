@@ -216,3 +216,53 @@ def test_run_logs_every_config_warning_at_start(lab: Any, tmp_path: Path) -> Non
     warnings = [line for line in log_lines(log) if line["level"] == "warn" and line["msg"].startswith("config: ")]
     assert any("certificate verification is off" in line["msg"] for line in warnings), warnings
     assert any("probe.yaml:" in line["msg"] for line in warnings)
+
+
+@contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` at ``path`` (the suite runs as root) and unmount it afterwards."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file in ``directory`` until its filesystem is full; return it."""
+    filler = directory / "filler"
+    with filler.open("wb") as out, suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    return filler
+
+
+def test_a_full_disk_under_the_state_file_counts_no_send_failure(lab: Any, tmp_path: Path) -> None:
+    """The state file's filesystem (a real 2 MiB tmpfs) fills up: probes are not sent (none can be recorded),
+    local_errors_total{resource="disk"} counts it, the log says the disk is full, no send failure is counted;
+    with room again the daemon probes and delivers."""
+    import yaml
+
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        config = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=6, jitter=0.2)
+        data = yaml.safe_load(config.read_text())
+        data["state_file"] = str(disk / "state.db")
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        log = tmp_path / "daemon.log"
+        with daemon_process(config, log) as (_, port):
+            wait_for(lambda: value(scrape(port), "mailflow_probe_delivered_total") >= 2, timeout=30,
+                     what="deliveries before the disk fills")
+            filler = fill(disk)
+            wait_for(lambda: value(scrape(port), "mailflow_probe_local_errors_total", resource="disk") >= 3,
+                     timeout=30, what="the full disk counted as a local fault")
+            filler.unlink()
+            delivered = value(scrape(port), "mailflow_probe_delivered_total")
+            wait_for(lambda: value(scrape(port), "mailflow_probe_delivered_total") >= delivered + 2, timeout=30,
+                     what="deliveries again with room on the disk")
+            samples = scrape(port)
+    assert value(samples, "mailflow_probe_send_failures_total") == 0
+    assert value(samples, "mailflow_probe_local_errors_total", resource="descriptors") == 0
+    lines = log_lines(log)
+    assert any(line.get("resource") == "disk" and "disk is full" in line["msg"] for line in lines), lines[-5:]
