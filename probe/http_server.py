@@ -54,6 +54,7 @@ WORKERS: Final = 4
 ACCEPT_BATCH: Final = 32
 LISTEN_BACKLOG: Final = 4096  # the kernel's queue of connections not yet accepted (capped by net.core.somaxconn)
 _READ: Final = 64 * 1024
+_HEAD_READ: Final = 4 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,6 +279,8 @@ class HttpServer:
         self._waiting[client] = None
         try:
             await self._converse(client)
+        except h11.RemoteProtocolError as exc:  # not HTTP/1.1, or a head over MAX_HEAD: say so, then close
+            await _refuse_malformed(client, exc)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, h11.ProtocolError, ssl.SSLError) as exc:
             log.debug("web client dropped", extra={"client": client.peer, "err": f"{type(exc).__name__}: {exc}"})
         except asyncio.CancelledError:
@@ -314,8 +317,8 @@ class HttpServer:
         """Return the next request head, or None when the client closed the connection."""
         while True:
             event = client.http.next_event()
-            if event is h11.NEED_DATA:
-                client.http.receive_data(await client.reader.read(_READ))
+            if event is h11.NEED_DATA:  # small reads: h11 refuses a buffer over MAX_HEAD that holds no whole head
+                client.http.receive_data(await client.reader.read(_HEAD_READ))
                 continue
             if isinstance(event, h11.Request):
                 return event
@@ -400,6 +403,18 @@ class HttpServer:
 
     async def _drain(self, client: _Client) -> None:
         async with asyncio.timeout(self.limits.write_seconds):
+            await client.writer.drain()
+
+
+async def _refuse_malformed(client: _Client, exc: h11.RemoteProtocolError) -> None:
+    status = exc.error_status_hint if exc.error_status_hint in (400, 414, 431, 505) else 400
+    body = f"bad request: {exc}\n".encode("utf-8", errors="replace")[:512]
+    head = (f"HTTP/1.1 {status} Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    log.debug("malformed web request", extra={"client": client.peer, "err": str(exc)})
+    with contextlib.suppress(OSError, TimeoutError):
+        client.writer.write(head + body)
+        async with asyncio.timeout(1.0):
             await client.writer.drain()
 
 

@@ -47,13 +47,8 @@ def test_a_real_local_fault_is_recognised(kind: str) -> None:
 
 def test_a_wrapped_local_fault_is_found_and_a_peers_fault_is_not() -> None:
     """requests/urllib3 wrap the socket's OSError two levels deep; a refused connection is no local fault."""
-    inner = OSError(24, "Too many open files")
-    try:
-        try:
-            raise inner
-        except OSError as exc:
-            raise ConnectionError("Max retries exceeded") from exc
-    except ConnectionError as wrapped:
-        assert local_fault(wrapped) is LocalResource.DESCRIPTORS
+    wrapped = ConnectionError("Max retries exceeded")
+    wrapped.__cause__ = OSError(24, "Too many open files")
+    assert local_fault(wrapped) is LocalResource.DESCRIPTORS
     assert local_fault(ConnectionRefusedError(111, "Connection refused")) is None
     assert local_fault(RuntimeError("something else")) is None

@@ -470,3 +470,16 @@ def test_a_same_origin_reload_from_the_status_page_passes(server: WebServer, sou
     reply = fetch(server, "/-/reload", method="POST", headers={"Origin": f"http://127.0.0.1:{server.port}"})
     assert reply.status == 200
     assert source.reloads == 1
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GARBAGE\r\n\r\n", b"400"),
+    (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65_536 + b"\r\n\r\n", b"431"),
+])
+def test_a_malformed_or_oversized_head_is_answered_and_closed(server: WebServer, request_bytes: bytes,
+                                                              status: bytes) -> None:
+    """Not HTTP, or a head of 64 KiB (over MAX_HEAD, 16 KiB): an error status, then the connection closes; the
+    listener goes on."""
+    answer = raw_exchange(server, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:100]
+    assert fetch(server, "/-/healthy").status == 200
