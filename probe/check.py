@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from probe.config import Config, ConfigError, load_config
 from probe.duration import parse_duration
 from probe.ledger import Decision, Ledger
+from probe.local_faults import explain, local_fault
+from probe.logs import configure_logging
 from probe.mailbox.base import Mailbox
 from probe.mailbox.ews import EwsMailbox
 from probe.pipeline import NullObserver, Target, confirm, expire, send_probe, targets
-from probe.report import EXIT_USAGE, exit_code, format_json, format_nagios, format_table, nagios_code
+from probe.report import EXIT_UNKNOWN, EXIT_USAGE, FORMATS, Format, Report
 from probe.secret import redact
 from probe.signing import SigningKeyError, load_or_create_key
 
@@ -40,7 +43,6 @@ class CheckOutcome:
 
     decisions: list[Decision]
     ledger: Ledger
-    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run_check(config: Config, options: CheckOptions,
@@ -109,38 +111,43 @@ def _progress(stream: TextIO | None, ledger: Ledger, deadline: float, *, final: 
     stream.flush()
 
 
-def _debug_text(outcome: CheckOutcome) -> str:
-    parts = []
-    for d in outcome.decisions:
-        record = outcome.ledger.probe(d.probe_id) or {}
-        detail = record.get("detail", {})
-        parts.append(f"--- {d.route} via {d.smart_host}: {d.verdict} (message {d.message_id})")
-        parts.extend(f"    {line}" for line in detail.get("transcript", []))
-        for hop in detail.get("hops", []):
-            parts.append(f"    hop: {hop}")
-    return redact("\n".join(parts)) + "\n"
-
-
-def _replies(outcome: CheckOutcome) -> dict[str, str]:
-    replies = {}
-    for d in outcome.decisions:
-        detail = (outcome.ledger.probe(d.probe_id) or {}).get("detail", {})
-        if detail.get("smtp_reply") and d.smtp_code:
-            replies[d.probe_id] = f"{d.smtp_code} {detail['smtp_reply']}"[:60]
-    return replies
-
-
 def main(args: argparse.Namespace) -> int:
-    """Run ``check`` from parsed arguments; return the exit code of DESIGN.md (or Nagios' with --format nagios)."""
+    """Run ``check`` from parsed arguments; return the exit code of DESIGN.md (or Nagios' with --format nagios).
+
+    Whatever goes wrong, the chosen format's contract holds (probe.report): a usage or config error, a
+    failure of this host, even a bug, ends in the format's error shape, never in a bare traceback.
+    """
+    fmt = FORMATS[args.format]
+    configure_logging("logfmt", "debug" if args.debug else "warn")  # libraries' news as lines, not tracebacks
     try:
         config = load_config(args.config_file)
         options = _options(args, config)
         outcome = run_check(config, options)
+        report = Report(decisions=outcome.decisions, details=_details(outcome), debug=args.debug)
+        text = fmt.render(report)
     except (ConfigError, SigningKeyError) as exc:
-        text = exc.describe() if isinstance(exc, ConfigError) else str(exc)
-        print(f"mailflow-probe check: {text}", file=sys.stderr)
-        return EXIT_USAGE if args.format != "nagios" else 3
-    return _report(outcome, args)
+        return _fail(fmt, exc.describe() if isinstance(exc, ConfigError) else str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail(fmt, "interrupted before every probe had a verdict", EXIT_UNKNOWN)
+    except Exception as exc:  # a failure of this host, or a bug: still the format's shape, exit 3
+        resource = local_fault(exc)
+        message = explain(resource) if resource is not None else f"internal error: {type(exc).__name__}: {exc}"
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        return _fail(fmt, message, EXIT_UNKNOWN)
+    sys.stdout.write(text)
+    return fmt.exit_code(outcome.decisions)
+
+
+def _fail(fmt: Format, message: str, code: int) -> int:
+    print(f"mailflow-probe check: {redact(message)}", file=sys.stderr)
+    out, exit_with = fmt.failure(message, code)
+    sys.stdout.write(out)
+    return exit_with
+
+
+def _details(outcome: CheckOutcome) -> dict[str, dict[str, Any]]:
+    return {d.probe_id: (outcome.ledger.probe(d.probe_id) or {}).get("detail", {}) for d in outcome.decisions}
 
 
 def _options(args: argparse.Namespace, config: Config) -> CheckOptions:
@@ -155,16 +162,3 @@ def _options(args: argparse.Namespace, config: Config) -> CheckOptions:
         raise ConfigError(f"--timeout: {exc}") from None
     progress = sys.stderr if sys.stderr.isatty() and args.format == "text" else None
     return CheckOptions(routes=args.route, timeout=timeout, progress=progress)
-
-
-def _report(outcome: CheckOutcome, args: argparse.Namespace) -> int:
-    if args.format == "json":
-        sys.stdout.write(format_json(outcome.decisions))
-    elif args.format == "nagios":
-        sys.stdout.write(format_nagios(outcome.decisions))
-        return nagios_code(outcome.decisions)
-    else:
-        sys.stdout.write(format_table(outcome.decisions, replies=_replies(outcome)))
-    if args.debug:
-        sys.stdout.write(_debug_text(outcome))
-    return exit_code(outcome.decisions)

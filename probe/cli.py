@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from probe import __version__
+from probe.report import FORMATS
 
 EXIT_USAGE = 2
 
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--web.listen-address", dest="listen_address", default=":9425", metavar="HOST:PORT")
     run.add_argument("--web.config.file", dest="web_config_file", default=None, metavar="FILE",
                      help="exporter-toolkit web config (TLS, basic auth) for the listener")
+    run.add_argument("--web.enable-lifecycle", dest="web_enable_lifecycle", action="store_true",
+                     help="allow POST /-/reload (SIGHUP reloads either way)")
+    run.add_argument("--web.max-connections", dest="web_max_connections", type=int, default=None, metavar="N",
+                     help="clients served at once (default 512, or half the open-files limit when lower)")
     run.add_argument("--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt")
     run.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warn", "error"),
                      default="info")
@@ -52,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only this route (repeatable)")
     check.add_argument("--timeout", default=None, metavar="DURATION",
                        help="how long to wait for delivery (default: each route's timeout)")
-    check.add_argument("--format", choices=("text", "json", "nagios"), default="text")
+    check.add_argument("--format", choices=tuple(FORMATS), default="text")
     check.add_argument("--debug", action="store_true", help="add the redacted transcript and the hops")
 
     validate = sub.add_parser("validate", help="check a configuration file and exit")

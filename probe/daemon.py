@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import random
+import resource
 import signal
 import sys
 import threading
@@ -27,16 +28,19 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from probe.config import Config, ConfigError, MailboxConfig, load_config
+from probe.config import Config, ConfigError, MailboxConfig, load_config, load_config_with_warnings
+from probe.http_server import MAX_CONNECTIONS
 from probe.ledger import Decision, Ledger, LedgerError
-from probe.logs import configure_logging, log_decision
+from probe.local_faults import explain, local_fault
+from probe.logs import Throttle, configure_logging, log_decision
 from probe.mailbox.base import Mailbox, SearchResult, Watch
 from probe.mailbox.ews import EwsMailbox
 from probe.metrics import ProbeMetrics
 from probe.pipeline import Target, confirm, expire, send_probe, targets
-from probe.runtime import limit_malloc_arenas
+from probe.runtime import limit_malloc_arenas, raise_open_files_limit
 from probe.signing import SigningKeyError, load_or_create_key
 from probe.smtp import SubmitResult
+from probe.vocabulary import LocalResource, UnknownReason
 
 log = logging.getLogger("probe.daemon")
 
@@ -47,6 +51,7 @@ RETENTION_SECONDS = 7 * 86400
 SHUTDOWN_GRACE = 5.0
 CALIBRATE_ABOVE = 0.1  # seconds of clock offset uncertainty that call for a calibration
 CALIBRATE_EVERY = 300.0  # at most this often per mailbox
+LOG_EVERY = 60.0  # seconds between two lines of the same repeating news (a local fault, forged tags)
 MailboxFactory = Callable[[MailboxConfig, bytes], Mailbox]
 
 
@@ -55,6 +60,8 @@ class _Observer:
 
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
+        self._throttle = Throttle(LOG_EVERY)
+        self._forged_seen: dict[str, int] = {}
 
     def on_submit(self, target: Target, result: SubmitResult) -> None:
         """Count a submission and time its stages."""
@@ -62,12 +69,34 @@ class _Observer:
             self._daemon.metrics.observe_submit(target.route.name, target.smart_host.name, result)
 
     def on_search(self, mailbox: str, result: SearchResult) -> None:
-        """Record a mailbox's health."""
+        """Record a mailbox's health (a search the host itself failed is a local fault, not the mailbox's)."""
         if mailbox in self._daemon.config.mailboxes:
             self._daemon.metrics.observe_search(mailbox, result)
-        if not result.ok:
+        if result.forged:
+            self._forged(mailbox, result.forged)
+        if result.local is not None:
+            self._local_line(result.local, f"searching mailbox {mailbox}", result.error)
+        elif not result.ok:
             log.warning("mailbox search failed", extra={"mailbox": mailbox, "reason": str(result.error_reason),
                                                         "error": result.error})
+
+    def on_local_fault(self, resource: LocalResource, what: str) -> None:
+        """Count a failure of the probe's own host and log what ran out (at most a line a minute)."""
+        self._daemon.metrics.observe_local(resource)
+        self._local_line(resource, what, None)
+
+    def _local_line(self, resource: LocalResource, what: str, error: str | None) -> None:
+        held = self._throttle.admit(f"local:{resource}")
+        if held is not None:
+            log.error(f"{explain(resource)}: not a smart host's or a mailbox's fault; probes it hits end unknown",
+                      extra={"resource": str(resource), "reason": str(UnknownReason.LOCAL), "while": what,
+                             "error": error, "repeats_held_back": held})
+
+    def _forged(self, mailbox: str, count: int) -> None:
+        self._forged_seen[mailbox] = self._forged_seen.get(mailbox, 0) + count
+        if self._throttle.admit(f"forged:{mailbox}") is not None:
+            log.warning("messages with a forged probe tag in the mailbox: not counted, not deleted",
+                        extra={"mailbox": mailbox, "forged": self._forged_seen.pop(mailbox)})
 
     def on_decision(self, decision: Decision) -> None:
         """Count a verdict and log its line."""
@@ -100,14 +129,24 @@ class _SendPool(ThreadPoolExecutor):  # type: ignore[misc]
     could start before its event, and its lag be measured from the run before: a whole interval.)
     """
 
-    def __init__(self, workers: int, scheduled: dict[str, datetime]) -> None:
+    def __init__(self, workers: int, scheduled: dict[str, datetime],
+                 on_local_fault: Callable[[LocalResource, str], None]) -> None:
         super().__init__(workers)
         self._scheduled_times = scheduled
+        self._on_local_fault = on_local_fault
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         if run_times:
             self._scheduled_times[job.id] = run_times[-1]
-        super()._do_submit_job(job, run_times)
+        try:
+            super()._do_submit_job(job, run_times)
+        except RuntimeError as exc:
+            # The run is queued already; only a new worker thread could not start. It runs on a worker
+            # that exists (the pool's done-callback balances the count the scheduler keeps).
+            resource = local_fault(exc)
+            if resource is None:
+                raise
+            self._on_local_fault(resource, f"starting a worker for {job.id}")
 
 
 class Daemon:
@@ -128,7 +167,8 @@ class Daemon:
         self._scheduled: dict[str, datetime] = {}
         self._ready = threading.Event()
         self.scheduler = BackgroundScheduler(
-            executors={"default": _SendPool(SEND_WORKERS, self._scheduled), "house": ThreadPoolExecutor(2)},
+            executors={"default": _SendPool(SEND_WORKERS, self._scheduled, self._observer.on_local_fault),
+                       "house": ThreadPoolExecutor(2)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
         )
         self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
@@ -176,6 +216,10 @@ class Daemon:
     def ready(self) -> bool:
         """Say whether the daemon is probing."""
         return self._ready.is_set()
+
+    def observe_local_fault(self, resource: LocalResource, what: str) -> None:
+        """Count and log a failure of this host met outside the probes (the web listener's)."""
+        self._observer.on_local_fault(resource, what)
 
     def has_pair(self, route: str, smart_host: str) -> bool:
         """Say whether (route, smart host) is in the running configuration."""
@@ -251,7 +295,9 @@ class Daemon:
         try:
             send_probe(target, key=self.key, ledger=self.ledger, observer=self._observer)
         except LedgerError as exc:
-            log.error("probe not sent: the state file cannot be written", extra={"error": str(exc)})
+            self._ledger_failed(exc, "probe not sent: the state file cannot be written")
+        except Exception as exc:  # a local fault outside the submission (building, recording), or a bug
+            self._job_failed(exc, f"sending through {target.smart_host.name}")
         watcher = self._watchers.get(target.mailbox.name)
         if watcher is not None and time.time() + target.route.timeout < watcher.wake_at:
             watcher.wake.set()  # its next deadline is sooner now
@@ -260,7 +306,7 @@ class Daemon:
         try:
             expire(self.ledger, observer=self._observer, unknown_after=self._longest_timeout())
         except LedgerError as exc:
-            log.error("verdicts not decided: the state file cannot be written", extra={"error": str(exc)})
+            self._ledger_failed(exc, "verdicts not decided: the state file cannot be written")
 
     def _housekeeping(self) -> None:
         try:
@@ -269,7 +315,7 @@ class Daemon:
                 self.metrics.set_in_flight(key[0], key[1], counts.get(key, 0))
             self.ledger.prune(older_than=time.time() - RETENTION_SECONDS)
         except LedgerError as exc:
-            log.error("housekeeping skipped: the state file cannot be written", extra={"error": str(exc)})
+            self._ledger_failed(exc, "housekeeping skipped: the state file cannot be written")
 
     # -- mailbox watchers ---------------------------------------------------------------------------
 
@@ -339,10 +385,23 @@ class Daemon:
             confirm(watcher.name, watcher.mailbox, ledger=self.ledger, observer=self._observer,
                     late_window=late_window, cleanup=watcher.config.cleanup != "keep")
         except LedgerError as exc:
-            log.error("search results not recorded: the state file cannot be written", extra={"error": str(exc)})
-        except Exception:  # a bug must not kill the watcher thread; it is logged with its traceback
-            log.exception("mailbox watcher failed", extra={"mailbox": watcher.name})
+            self._ledger_failed(exc, "search results not recorded: the state file cannot be written")
+        except Exception as exc:  # a bug must not kill the watcher thread; it is logged with its traceback
+            self._job_failed(exc, f"searching mailbox {watcher.name}")
             time.sleep(1.0)
+
+    def _ledger_failed(self, exc: LedgerError, message: str) -> None:
+        if exc.resource is not None:
+            self._observer.on_local_fault(exc.resource, message)
+        else:
+            log.error(message, extra={"error": str(exc)})
+
+    def _job_failed(self, exc: Exception, what: str) -> None:
+        resource = local_fault(exc)
+        if resource is not None:
+            self._observer.on_local_fault(resource, what)
+        else:
+            log.exception("unexpected error (a bug: please report it)", extra={"while": what})
 
 def _notify(watcher: _MailboxWatcher) -> None:
     watcher.notified.set()
@@ -379,16 +438,39 @@ class _WebSource:
         return self._daemon.reload()
 
 
+@dataclass(frozen=True, kw_only=True)
+class WebOptions:
+    """The listener's flags: ``--web.config.file``, ``--web.enable-lifecycle``, ``--web.max-connections``."""
+
+    config_file: str | None = None
+    lifecycle: bool = False
+    max_connections: int | None = None  # None: 512, or half the open-files limit when that is lower
+
+
+def connection_cap(asked: int | None) -> int:
+    """Return the web listener's connection cap: as asked, else 512 or half the soft open-files limit."""
+    if asked is not None:
+        return asked
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, soft // 2))
+
+
 def start_daemon(config_path: Path, *, listen_address: str, web_config_file: str | None = None,
-                 mailbox_factory: MailboxFactory | None = None) -> tuple[Daemon, Any]:
+                 mailbox_factory: MailboxFactory | None = None, web: WebOptions | None = None) -> tuple[Daemon, Any]:
     """Load the config, start the daemon and its web server; return both (errors raise ConfigError etc.)."""
+    from probe.http_server import Limits
     from probe.web import serve
     from probe.webconfig import load_web_config
 
-    config = load_config(config_path)
-    web_config = load_web_config(Path(web_config_file)) if web_config_file else None
-    daemon = Daemon(config, mailbox_factory=mailbox_factory, config_path=config_path)
-    server = serve(listen_address, source=_WebSource(daemon), metrics=daemon.metrics, web_config=web_config)
+    web = web or WebOptions(config_file=web_config_file)
+    loaded = load_config_with_warnings(config_path)
+    for warning in loaded.warnings:
+        log.warning(f"config: {warning}")
+    web_config = load_web_config(Path(web.config_file)) if web.config_file else None
+    daemon = Daemon(loaded.config, mailbox_factory=mailbox_factory, config_path=config_path)
+    server = serve(listen_address, source=_WebSource(daemon), metrics=daemon.metrics, web_config=web_config,
+                   lifecycle=web.lifecycle, limits=Limits(max_connections=connection_cap(web.max_connections)),
+                   on_local_fault=daemon.observe_local_fault)
     daemon.start()
     return daemon, server
 
@@ -418,9 +500,13 @@ def main(args: argparse.Namespace) -> int:
     """Run ``mailflow-probe run``."""
     limit_malloc_arenas()  # before the first thread
     configure_logging(args.log_format, args.log_level)
+    soft, hard = raise_open_files_limit()
+    web = WebOptions(config_file=args.web_config_file, lifecycle=args.web_enable_lifecycle,
+                     max_connections=args.web_max_connections)
+    log.info("limits", extra={"open_files": soft, "open_files_hard": hard,
+                              "web_max_connections": connection_cap(web.max_connections)})
     try:
-        daemon, server = start_daemon(Path(args.config_file), listen_address=args.listen_address,
-                                      web_config_file=args.web_config_file)
+        daemon, server = start_daemon(Path(args.config_file), listen_address=args.listen_address, web=web)
     except ConfigError as exc:
         print(f"mailflow-probe run: {exc.describe()}", file=sys.stderr)
         return 2

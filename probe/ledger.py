@@ -17,9 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from probe.vocabulary import Verdict
+from probe.local_faults import local_fault
+from probe.vocabulary import LocalResource, UnknownReason, Verdict
 
 SCHEMA_VERSION: Final = 1
+# PRAGMA application_id of every state file (the bytes "MFLP" at offset 68 of the file; see sqlite.org/fileformat2):
+# a file that carries another id is another application's and is never opened for writing. `file state.db` shows
+# it as "SQLite 3.x database, application id 1296452688".
+APPLICATION_ID: Final = 0x4D464C50
+_TABLES: Final = frozenset({"probes", "sightings", "observations"})
 
 # Probe states: the five verdicts plus the two states before one.
 SUBMITTING: Final = "submitting"  # the row exists, the smart host has not answered yet
@@ -69,7 +75,14 @@ CREATE TABLE IF NOT EXISTS observations (
 
 
 class LedgerError(Exception):
-    """The state file cannot be used; the message says which file and why."""
+    """The state file cannot be used; the message says which file and why.
+
+    ``resource`` is set when the cause is the host's own (a full disk, no memory): probe.local_faults.
+    """
+
+    def __init__(self, message: str, *, resource: LocalResource | None = None) -> None:
+        super().__init__(message)
+        self.resource = resource
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,8 +194,8 @@ class Ledger:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                raise LedgerError(f"state file {self.path}: {_explain(exc)}") from None
+            except (sqlite3.OperationalError, MemoryError) as exc:
+                raise LedgerError(f"state file {self.path}: {_explain(exc)}", resource=local_fault(exc)) from None
 
     # -- the life of a probe ------------------------------------------------------------------------
 
@@ -242,6 +255,22 @@ class Ledger:
                 "UPDATE probes SET state = ?, stage = ?, reason = ?, smtp_code = ?, decided_at = ?, detail = ?"
                 " WHERE probe_id = ? AND state = ?",
                 (str(Verdict.SEND_FAILED), stage, reason, smtp_code, now, _dump(detail), probe_id, SUBMITTING),
+            )
+            return self._fetch_decision(db, probe_id, now) if cur.rowcount else None
+
+    def record_local_failure(self, probe_id: str, *, resource: LocalResource,
+                             detail: dict[str, Any] | None = None) -> Decision | None:
+        """Decide ``unknown`` (reason ``local``) for a probe the host itself could not submit.
+
+        The smart host was not (fully) tried, so nothing is said about it: no stage, no send failure.
+        """
+        now = self._clock()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE probes SET state = ?, stage = NULL, reason = ?, decided_at = ?, detail = ?"
+                " WHERE probe_id = ? AND state = ?",
+                (str(Verdict.UNKNOWN), str(UnknownReason.LOCAL), now,
+                 _dump({**(detail or {}), "local": str(resource)}), probe_id, SUBMITTING),
             )
             return self._fetch_decision(db, probe_id, now) if cur.rowcount else None
 
@@ -454,7 +483,25 @@ def _check_location(path: Path) -> None:
             raise LedgerError(f"state file {path}: cannot create its directory: {exc.strerror}") from None
 
 
+def _identify(db: sqlite3.Connection, path: str) -> bool:
+    """Return whether the file must be marked as the probe's (new, or a state file from before the mark);
+    raise LedgerError, writing nothing, for another application's database. Reads only."""
+    app = int(db.execute("PRAGMA application_id").fetchone()[0])
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if app == APPLICATION_ID:
+        return False
+    if app == 0 and ((not tables and version == 0) or (version == 1 and tables >= _TABLES)):
+        return True  # empty, or schema 1 written by this program before it marked its files: adopted
+    shown = ", ".join(sorted(tables)[:5]) or "none"
+    db.close()
+    raise LedgerError(f"state file {path} is another application's SQLite database (application_id {app:#x}, "
+                      f"user_version {version}, tables: {shown}), not mailflow-probe's; it was left untouched:"
+                      " give state_file a path of its own")
+
+
 def _migrate(db: sqlite3.Connection, path: str) -> None:
+    mark = _identify(db, path)
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         db.close()
@@ -465,11 +512,15 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
     if version < SCHEMA_VERSION:
         db.executescript(_SCHEMA)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    if mark:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     db.execute("SELECT COUNT(*) FROM probes").fetchone()  # a corrupt file fails here, not later
 
 
-def _explain(exc: sqlite3.Error) -> str:
+def _explain(exc: sqlite3.Error | MemoryError) -> str:
     text = str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory"
     if "not a database" in text or "malformed" in text:
         return "not a mailflow-probe state file or corrupt (move it aside to start afresh)"
     if "readonly" in text or "unable to open" in text:

@@ -10,6 +10,9 @@ import json
 import logging
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO
 
@@ -99,18 +102,37 @@ def parse_level(level: str) -> int:
 
 
 def configure_logging(fmt: LogFormat = "logfmt", level: str = "info", *, stream: TextIO | None = None) -> None:
-    """Send the ``probe`` loggers' lines to ``stream`` (stderr) in ``fmt``, at ``level`` and above."""
+    """Send every log line of the process to ``stream`` (stderr) in ``fmt``: the ``probe`` loggers' at ``level``
+    and above, the libraries' (APScheduler, asyncio, exchangelib...) at warn and above.
+
+    Uncaught exceptions in threads and Python's warnings become log lines too, so nothing reaches the terminal
+    in another shape.
+    """
     if fmt not in ("logfmt", "json"):
         raise ValueError(f"unknown log format {fmt!r}: use logfmt or json")
-    logger = logging.getLogger(ROOT)
-    logger.setLevel(parse_level(level))
-    for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
-        logger.removeHandler(old)
+    probe_level = parse_level(level)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     setattr(handler, _HANDLER_MARK, True)
-    logger.addHandler(handler)
-    logger.propagate = False
+    for name, logger_level in ((ROOT, probe_level), ("", max(probe_level, logging.WARNING))):
+        logger = logging.getLogger(name)
+        logger.setLevel(logger_level)
+        for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+    logging.getLogger(ROOT).propagate = False
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_exception
+
+
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    """Log an exception that ended a thread, in the chosen format (instead of a raw traceback on stderr)."""
+    if args.exc_type is SystemExit:
+        return
+    thread = args.thread.name if args.thread is not None else "?"
+    logging.getLogger(f"{ROOT}.thread").error(
+        "a thread ended with an error", extra={"thread": thread},
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback))
 
 
 _VERDICT_LEVELS: Final = {Verdict.DELIVERED: logging.INFO, Verdict.LATE: logging.INFO,
@@ -126,3 +148,27 @@ def log_decision(logger: logging.Logger, decision: Decision) -> None:
         "smtp_code": decision.smtp_code, "message_id": decision.message_id, "probe_id": decision.probe_id,
     }
     logger.log(_VERDICT_LEVELS.get(decision.verdict, logging.INFO), "probe %s", decision.verdict, extra=fields)
+
+
+class Throttle:
+    """Let one log line per key through every ``every`` seconds; count the ones held back in between.
+
+    For news that can repeat thousands of times a minute (a host out of file descriptors, a flood of
+    forged tags): the first line says what happened, the next one how often it happened since.
+    """
+
+    def __init__(self, every: float = 60.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every, self._clock = every, clock
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, key: str) -> int | None:
+        """Return how many lines of ``key`` were held back since the last one, or None to hold this one too."""
+        now = self._clock()
+        with self._lock:
+            if now < self._next.get(key, float("-inf")):
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            self._next[key] = now + self._every
+            return self._held.pop(key, 0)

@@ -39,7 +39,7 @@ from probe.exposition import FamilyHead, Values, cached_parts, generate_text, la
 from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
 from probe.smtp import SubmitResult
-from probe.vocabulary import MailboxReason, Stage, Verdict
+from probe.vocabulary import LocalResource, MailboxReason, Stage, Verdict
 
 PREFIX: Final = "mailflow_probe"
 PAIR: Final = ("route", "smart_host")
@@ -365,6 +365,12 @@ class ProbeMetrics:
                              registry=self._health, buckets=_LAG_BUCKETS)
         self.watcher_up = self._gauge("mailbox_watcher_up", "1 when the mailbox's watcher in this mode runs.",
                                       ["mailbox", "mode"])
+        self.local_errors = self._counter("local_errors_total", "Failures of the probe's own host, by what ran "
+                                          "out; the probes they hit end unknown (reason local).", ["resource"])
+        for resource in LocalResource:
+            self.local_errors.labels(str(resource))
+        self.forged_tags = self._counter("forged_tags_total", "Messages in the mailbox whose probe tag does not "
+                                         "verify (never counted as a probe, never deleted).", ["mailbox"])
 
     # -- series bookkeeping ------------------------------------------------------------------------
 
@@ -392,7 +398,7 @@ class ProbeMetrics:
             for mailbox in layout.mailboxes:
                 self._create_mailbox(mailbox)
             mailboxes = frozenset((m,) for m in layout.mailboxes)
-            for family in (self.mailbox_up, self.mailbox_errors, self.watcher_up):
+            for family in (self.mailbox_up, self.mailbox_errors, self.watcher_up, self.forged_tags):
                 self._drop(family, mailboxes, 1)
             self._layout = layout
 
@@ -402,6 +408,7 @@ class ProbeMetrics:
             self._child(self.mailbox_errors, mailbox, str(reason))
         for mode in WATCH_MODES:
             self._child(self.watcher_up, mailbox, mode)
+        self._child(self.forged_tags, mailbox)
 
     def _changing(self, route: str, smart_host: str) -> _PairSeries | None:
         """Return the pair's numbers, their version moved, or None when the pair is not configured."""
@@ -452,14 +459,26 @@ class ProbeMetrics:
                 series.scalars[_TLS] = not_after.timestamp()
 
     def observe_search(self, mailbox: str, result: SearchResult) -> None:
-        """Set ``mailbox_up`` from a search; count its error by reason."""
+        """Set ``mailbox_up`` from a search; count its error by reason, and the forged tags it saw.
+
+        A search the probe's own host failed (``result.local``) says nothing of the mailbox: it is counted by
+        :meth:`observe_local` only.
+        """
         with self._lock:
             if mailbox not in self._layout.mailboxes:
+                return
+            if result.forged:
+                self._child(self.forged_tags, mailbox).inc(result.forged)
+            if result.local is not None:
                 return
             self._child(self.mailbox_up, mailbox).set(1 if result.ok else 0)
             if not result.ok:
                 reason = str(result.error_reason) if result.error_reason is not None else "unknown"
                 self._child(self.mailbox_errors, mailbox, reason).inc()
+
+    def observe_local(self, resource: LocalResource) -> None:
+        """Count a failure of the probe's own host (what ran out)."""
+        self.local_errors.labels(str(resource)).inc()
 
     def set_in_flight(self, route: str, smart_host: str, n: int) -> None:
         """Set how many probes of a pair await a verdict."""

@@ -16,6 +16,7 @@ from probe.ledger import Arrival, Decision, Ledger
 from probe.mailbox.base import Mailbox, SearchResult, Sighting
 from probe.message import build_probe_message
 from probe.smtp import SubmitResult, submit
+from probe.vocabulary import LocalResource, UnknownReason
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +46,9 @@ class Observer(Protocol):
     def on_decision(self, decision: Decision) -> None:
         """Hear a verdict the ledger has decided."""
 
+    def on_local_fault(self, resource: LocalResource, what: str) -> None:
+        """Hear that the probe's own host ran out of ``resource`` while doing ``what`` (probe.local_faults)."""
+
 
 class NullObserver:
     """An observer that ignores everything."""
@@ -57,6 +61,9 @@ class NullObserver:
 
     def on_decision(self, decision: Decision) -> None:
         """Ignore a decision."""
+
+    def on_local_fault(self, resource: LocalResource, what: str) -> None:
+        """Ignore a local fault."""
 
 
 def targets(config: Config, routes: Iterable[str] | None = None) -> list[Target]:
@@ -72,7 +79,7 @@ def targets(config: Config, routes: Iterable[str] | None = None) -> list[Target]
 
 def send_probe(target: Target, *, key: bytes, ledger: Ledger, observer: Observer,
                timeout: float | None = None, clock: Callable[[], float] = time.time) -> Decision | None:
-    """Build, record and submit one probe; return the send_failed decision, or None when accepted."""
+    """Build, record and submit one probe; return the send_failed (or local unknown) decision, or None when accepted."""
     message = build_probe_message(key=key, route=target.route.name, smart_host=target.smart_host.name,
                                   sender=target.route.sender, recipient=target.recipient)
     ledger.open_probe(probe_id=message.probe_id, route=target.route.name, smart_host=target.smart_host.name,
@@ -80,8 +87,14 @@ def send_probe(target: Target, *, key: bytes, ledger: Ledger, observer: Observer
                       deadline=clock() + (timeout if timeout is not None else target.route.timeout))
     result = submit(host=target.smart_host, sender=target.route.sender, recipient=target.recipient,
                     message=message.raw)
-    observer.on_submit(target, result)
     detail = submit_detail(result)
+    if result.local is not None:  # the host failed, not the smart host: unknown (local), no send counted
+        observer.on_local_fault(result.local, f"sending through {target.smart_host.name}")
+        local = ledger.record_local_failure(message.probe_id, resource=result.local, detail=detail)
+        if local is not None:
+            observer.on_decision(local)
+        return local
+    observer.on_submit(target, result)
     if result.ok and result.accepted_at is not None:
         early = ledger.record_accepted(message.probe_id, accepted_at=result.accepted_at,
                                        smtp_code=result.smtp_code, detail=detail)
@@ -124,10 +137,16 @@ def confirm(mailbox_name: str, mailbox: Mailbox, *, ledger: Ledger, observer: Ob
         decisions = _record_sightings(ledger, result.sightings, observer)
         ledger.record_observation(mailbox_name, ok=result.ok, started_at=result.started_at,
                                   finished_at=result.finished_at,
-                                  reason=None if result.error_reason is None else str(result.error_reason))
+                                  reason=_observation_reason(result))
     if cleanup:
         clean_up(mailbox_name, mailbox, ledger=ledger)
     return decisions
+
+
+def _observation_reason(result: SearchResult) -> str | None:
+    if result.error_reason is not None:
+        return str(result.error_reason)
+    return None if result.local is None else str(UnknownReason.LOCAL)
 
 
 def _record_sightings(ledger: Ledger, sightings: Sequence[Sighting], observer: Observer) -> list[Decision]:

@@ -1,12 +1,21 @@
-"""The one-shot check's report: a table, JSON, or Nagios plugin output, and the exit code."""
+"""The one-shot check's report: each output format from one table (text, JSON, Nagios), with its exit codes.
+
+Every format keeps its contract under every fault: ``json`` always prints one JSON document (the list of
+DESIGN.md, with ``--debug`` details inside each object; on an error, one object with ``error``), ``nagios``
+exactly one status line first (long output after it with ``--debug``, as the plugin API allows) and 3
+(UNKNOWN) on an unexpected error. Text from the network (SMTP replies, transcripts, Received hops) is made
+terminal-safe in text and Nagios output: control characters are shown escaped, never sent to the terminal.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from probe.ledger import Decision
+from probe.secret import redact
 from probe.vocabulary import Verdict
 
 EXIT_OK = 0
@@ -16,6 +25,44 @@ EXIT_UNKNOWN = 3
 
 _NAGIOS_STATES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 _FAILED = frozenset({Verdict.SEND_FAILED, Verdict.LOST, Verdict.LATE})
+_REPLY_WIDTH: Final = 60
+
+# C0 controls, DEL, C1 controls (\x9b is a CSI on some terminals) and the bidirectional overrides and
+# isolates (they reorder what follows them on screen): shown as escapes.
+_UNSAFE: Final = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F),
+                  *range(0x2066, 0x206A)]
+_ESCAPES: Final = {code: (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}") for code in _UNSAFE}
+
+
+def terminal_safe(text: str) -> str:
+    """Return ``text`` with every control character (ESC, CR, BEL, C1, bidi overrides...) shown escaped."""
+    return text.translate(_ESCAPES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """What a check found: the verdicts, each probe's details from the ledger, and whether to show them."""
+
+    decisions: Sequence[Decision]
+    details: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # probe id -> ledger detail
+    debug: bool = False
+
+    def sorted(self) -> list[Decision]:
+        """Return the decisions by route and smart host."""
+        return sorted(self.decisions, key=lambda d: (d.route, d.smart_host))
+
+    def detail(self, decision: Decision) -> Mapping[str, Any]:
+        """Return one probe's details (transcript, hops, reply), redacted where shown."""
+        return self.details.get(decision.probe_id, {})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Format:
+    """One output format: how a report is written, its exit code, and what an error looks like."""
+
+    render: Callable[[Report], str]
+    exit_code: Callable[[Sequence[Decision]], int]
+    failure: Callable[[str, int], tuple[str, int]]  # (message, DESIGN.md exit code) -> (stdout, exit code)
 
 
 def exit_code(decisions: Sequence[Decision]) -> int:
@@ -50,19 +97,11 @@ def _why(decision: Decision) -> str:
     return "-"
 
 
-def _row(decision: Decision, replies: dict[str, str]) -> list[str]:
-    reply = replies.get(decision.probe_id) or (str(decision.smtp_code) if decision.smtp_code else "-")
-    return [decision.route, decision.smart_host, str(decision.verdict), _latency(decision), _why(decision), reply]
-
-
-def format_table(decisions: Sequence[Decision], *, replies: dict[str, str] | None = None) -> str:
-    """Return an aligned plain-text table, one row per (route, smart host)."""
-    header = ["ROUTE", "SMART HOST", "VERDICT", "LATENCY", "STAGE/REASON", "SMTP REPLY"]
-    rows = [header] + [_row(d, replies or {}) for d in sorted(decisions, key=lambda d: (d.route, d.smart_host))]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]).rstrip() for r in rows]
-    summary = _summary(decisions)
-    return "\n".join([*lines, "", summary]) + "\n"
+def _reply(report: Report, decision: Decision) -> str:
+    reply = report.detail(decision).get("smtp_reply")
+    if reply and decision.smtp_code:
+        return terminal_safe(redact(f"{decision.smtp_code} {reply}"))[:_REPLY_WIDTH]
+    return str(decision.smtp_code) if decision.smtp_code else "-"
 
 
 def _summary(decisions: Sequence[Decision]) -> str:
@@ -73,16 +112,74 @@ def _summary(decisions: Sequence[Decision]) -> str:
     return f"{len(decisions)} probes: " + (", ".join(parts) if parts else "none")
 
 
-def format_json(decisions: Sequence[Decision], *, extra: dict[str, dict[str, Any]] | None = None) -> str:
-    """Return the JSON list of DESIGN.md (route, smart_host, verdict, stage, reason, smtp_code, latency...)."""
+def _debug_lines(report: Report, decision: Decision) -> list[str]:
+    """Return a probe's debug lines (header, transcript, hops), redacted and terminal-safe."""
+    detail = report.detail(decision)
+    lines = [f"--- {decision.route} via {decision.smart_host}: {decision.verdict} (message {decision.message_id})"]
+    lines += [f"    {line}" for line in detail.get("transcript", [])]
+    lines += [f"    hop: {hop}" for hop in detail.get("hops", [])]
+    if detail.get("error"):
+        lines.append(f"    error: {detail['error']}")
+    return [terminal_safe(redact(line)) for line in lines]
+
+
+# -- text ------------------------------------------------------------------------------------------------
+
+
+def format_table(report: Report) -> str:
+    """Return an aligned plain-text table, one row per (route, smart host); with debug, the transcripts after."""
+    header = ["ROUTE", "SMART HOST", "VERDICT", "LATENCY", "STAGE/REASON", "SMTP REPLY"]
+    rows = [header] + [[terminal_safe(d.route), terminal_safe(d.smart_host), str(d.verdict), _latency(d), _why(d),
+                        _reply(report, d)] for d in report.sorted()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]).rstrip() for r in rows]
+    lines += ["", _summary(report.decisions)]
+    if report.debug:
+        lines += [line for d in report.sorted() for line in _debug_lines(report, d)]
+    return "\n".join(lines) + "\n"
+
+
+def _text_failure(message: str, code: int) -> tuple[str, int]:
+    return "", code  # the message goes to stderr alone
+
+
+# -- JSON ------------------------------------------------------------------------------------------------
+
+
+def _debug_json(report: Report, decision: Decision) -> dict[str, Any]:
+    detail = report.detail(decision)
+    return {"transcript": [redact(str(line)) for line in detail.get("transcript", [])],
+            "hops": detail.get("hops", []), "smtp_reply": redact(str(detail.get("smtp_reply") or "")) or None,
+            "error": redact(str(detail.get("error") or "")) or None}
+
+
+def format_json(report: Report) -> str:
+    """Return the JSON list of DESIGN.md (route, smart_host, verdict, stage, reason, smtp_code, latency...);
+    with debug, each object also holds ``debug`` (transcript, hops, reply, error)."""
     items = []
-    for d in sorted(decisions, key=lambda d: (d.route, d.smart_host)):
-        items.append({**d.to_json(), **(extra or {}).get(d.probe_id, {})})
+    for d in report.sorted():
+        item = d.to_json()
+        if report.debug:
+            item["debug"] = _debug_json(report, d)
+        items.append(item)
     return json.dumps(items, indent=2) + "\n"
 
 
-def format_nagios(decisions: Sequence[Decision]) -> str:
-    """Return one Nagios status line with perfdata (latency per pair, counts)."""
+def _json_failure(message: str, code: int) -> tuple[str, int]:
+    return json.dumps({"error": redact(message), "exit_code": code}, indent=2) + "\n", code
+
+
+# -- Nagios ----------------------------------------------------------------------------------------------
+
+
+def _nagios_text(text: str) -> str:
+    """Return ``text`` fit for a plugin line: terminal-safe, no ``|`` (it starts perfdata)."""
+    return terminal_safe(text).replace("|", "\u00a6")
+
+
+def format_nagios(report: Report) -> str:
+    """Return one Nagios status line with perfdata (latency per pair, counts); with debug, long output after."""
+    decisions = report.decisions
     code = nagios_code(decisions)
     bad = [d for d in decisions if d.verdict is not Verdict.DELIVERED]
     text = _summary(decisions)
@@ -91,4 +188,19 @@ def format_nagios(decisions: Sequence[Decision]) -> str:
     perf = [f"'{d.route}/{d.smart_host}'={d.latency:.3f}s;;;0" for d in decisions if d.latency is not None]
     delivered = sum(1 for d in decisions if d.verdict is Verdict.DELIVERED)
     perf.append(f"delivered={delivered};;;0;{len(decisions)}")
-    return f"MAILFLOW {_NAGIOS_STATES[code]} - {text} | {' '.join(perf)}\n"
+    lines = [f"MAILFLOW {_NAGIOS_STATES[code]} - {_nagios_text(text)} | {' '.join(perf)}"]
+    if report.debug:
+        lines += [_nagios_text(line) for d in report.sorted() for line in _debug_lines(report, d)]
+    return "\n".join(lines) + "\n"
+
+
+def _nagios_failure(message: str, code: int) -> tuple[str, int]:
+    first = " ".join(redact(message).split())
+    return f"MAILFLOW UNKNOWN - {_nagios_text(first)}\n", EXIT_UNKNOWN
+
+
+FORMATS: Final[dict[str, Format]] = {
+    "text": Format(render=format_table, exit_code=exit_code, failure=_text_failure),
+    "json": Format(render=format_json, exit_code=exit_code, failure=_json_failure),
+    "nagios": Format(render=format_nagios, exit_code=nagios_code, failure=_nagios_failure),
+}

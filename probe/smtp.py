@@ -14,6 +14,8 @@ is that explicit consent.
 Names under ``.invalid`` fail as ``dns`` without asking any resolver (RFC 6761, section 6.4).
 Every network operation, the TLS handshake and name resolution included, has the host's timeout.
 Every network or protocol problem becomes a :class:`SubmitResult`; only programming errors raise.
+A failure of the probe's own host (no file descriptor, memory or thread to spare: probe.local_faults)
+is a result with ``local`` set and no stage or reason: it says nothing about the smart host.
 """
 
 from __future__ import annotations
@@ -29,16 +31,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from probe.config import SmartHostConfig
+from probe.local_faults import explain, local_fault
 from probe.secret import REDACTED, redact
 from probe.tls_facts import TlsFacts, tls_facts_of
-from probe.vocabulary import SendReason, Stage
+from probe.vocabulary import LocalResource, SendReason, Stage
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
+MECHANISMS: Final[list[str]] = ["PLAIN", "LOGIN"]  # in order of preference (SASL mechanisms the submit step speaks)
 _AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str,
                   tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]]
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
@@ -65,6 +69,7 @@ class SubmitResult:
     tls: TlsFacts | None = None
     transcript: tuple[str, ...] = ()
     error: str | None = None
+    local: LocalResource | None = None  # the probe's own host failed: no verdict on the smart host
 
 
 class _SendFailedError(Exception):
@@ -166,6 +171,23 @@ class _ProbeSMTP(smtplib.SMTP):
         for i, line in enumerate(lines):
             self.lines.append(f"S: {code}{'-' if i < len(lines) - 1 else ' '}{line}".rstrip())
         return code, text
+
+    def auth_utf8(self, mechanism: str, user: str, password: str) -> tuple[int, bytes]:
+        """Say AUTH PLAIN or LOGIN with the credentials in UTF-8; raise SMTPAuthenticationError when refused.
+
+        smtplib encodes the responses as ASCII, so a password such as ``Pässwörd-2026`` raised
+        UnicodeEncodeError before anything was sent. SASL PLAIN is UTF-8 (RFC 4616); LOGIN has no standard,
+        and Exchange, Postfix/Dovecot and the lab all take UTF-8 there too.
+        """
+        if mechanism == "PLAIN":
+            code, reply = self.docmd("AUTH", "PLAIN " + _b64(f"\0{user}\0{password}"))
+        else:
+            code, reply = self.docmd("AUTH", "LOGIN " + _b64(user))
+            if code == 334:
+                code, reply = self.docmd(_b64(password))
+        if code in (235, 503):  # 503: already authenticated
+            return code, reply
+        raise smtplib.SMTPAuthenticationError(code, reply)
 
     def _shown(self, cmd: str, args: str) -> str:
         if not self.authenticating:
@@ -289,7 +311,7 @@ def _mechanism(session: _ProbeSMTP) -> str:
         raise _SendFailedError(Stage.AUTH, SendReason.AUTH_UNAVAILABLE,
                        "the smart host offers no AUTH, but this host has credentials")
     offered = session.esmtp_features["auth"].upper().split()
-    for mechanism in ("PLAIN", "LOGIN"):
+    for mechanism in MECHANISMS:
         if mechanism in offered:
             return mechanism
     raise _SendFailedError(Stage.AUTH, SendReason.AUTH_UNAVAILABLE,
@@ -301,13 +323,11 @@ def _authenticate(session: _ProbeSMTP, host: SmartHostConfig) -> None:
     assert host.password is not None
     session.watch.enter(Stage.AUTH)
     mechanism = _mechanism(session)
-    session.user, session.password = host.username, host.password.reveal()
     session.authenticating = True
     try:
-        session.auth(mechanism, session.auth_plain if mechanism == "PLAIN" else session.auth_login)
+        session.auth_utf8(mechanism, host.username, host.password.reveal())
     finally:
         session.authenticating = False
-        session.password = ""
 
 
 def _converse(session: _ProbeSMTP, *, host: SmartHostConfig, context: ssl.SSLContext | None,
@@ -441,19 +461,24 @@ def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes
     try:
         context = _tls_context(host) if host.tls != "none" else None
     except OSError as exc:  # ssl.SSLError is an OSError: a CA file that is missing or not PEM
+        resource = local_fault(exc)
+        if resource is not None:
+            return _local_result(host, resource, exc)
         return SubmitResult(ok=False, stage=Stage.STARTTLS, reason=SendReason.TLS_CERTIFICATE,
                             error=f"smart host {host.name}: cannot load ca_file {host.ca_file}: {exc}")
+    except MemoryError as exc:
+        return _local_result(host, LocalResource.MEMORY, exc)
     session = _ProbeSMTP(host=host, local_hostname=local_hostname or host.helo or socket.gethostname(),
                          clock=clock, implicit_tls=context if host.tls == "implicit" else None)
-    failure: _SendFailedError | None = None
+    failure: _SendFailedError | _LocalFaultError | None = None
     final: tuple[int, bytes] | None = None
     try:
         final = _converse(session, host=host, context=context, sender=sender, recipient=recipient,
                           message=message)
     except _SendFailedError as stopped:
         failure = stopped
-    except OSError as exc:  # socket, ssl and smtplib errors are all OSErrors
-        failure = _classify(exc, session.watch.stage, heard_server=session.reply_at is not None)
+    except (OSError, MemoryError, RuntimeError) as exc:  # socket, ssl and smtplib errors are all OSErrors
+        failure = _failure_of(exc, session)
     finally:
         session.watch.stop()
         accepted_at = session.reply_at
@@ -461,11 +486,37 @@ def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes
     return _result(session, host, failure, final, accepted_at)
 
 
-def _result(session: _ProbeSMTP, host: SmartHostConfig, failure: _SendFailedError | None,
+class _LocalFaultError(Exception):
+    """The probe's own host failed during a session (probe.local_faults)."""
+
+    def __init__(self, resource: LocalResource, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.resource, self.cause = resource, cause
+
+
+def _failure_of(exc: OSError | MemoryError | RuntimeError, session: _ProbeSMTP) -> _SendFailedError | _LocalFaultError:
+    """Return a local fault as such; classify an OSError at the session's stage; raise anything else."""
+    resource = local_fault(exc)
+    if resource is not None:
+        return _LocalFaultError(resource, exc)
+    if not isinstance(exc, OSError):
+        raise exc
+    return _classify(exc, session.watch.stage, heard_server=session.reply_at is not None)
+
+
+def _local_result(host: SmartHostConfig, resource: LocalResource, exc: BaseException,
+                  base: SubmitResult | None = None) -> SubmitResult:
+    error = f"smart host {host.name} not tried to the end: {explain(resource)} ({type(exc).__name__}: {exc})"
+    return replace(base or SubmitResult(ok=False), ok=False, local=resource, error=redact(error))
+
+
+def _result(session: _ProbeSMTP, host: SmartHostConfig, failure: _SendFailedError | _LocalFaultError | None,
             final: tuple[int, bytes] | None, accepted_at: float | None) -> SubmitResult:
     scrub = _scrubber(host)
     transcript = tuple(scrub("\n".join(session.lines)).split("\n")) if session.lines else ()  # one pass, not one a line
     base = SubmitResult(ok=False, stage_seconds=dict(session.watch.seconds), tls=session.tls, transcript=transcript)
+    if isinstance(failure, _LocalFaultError):
+        return _local_result(host, failure.resource, failure.cause, base)
     if failure is not None:
         reply = scrub(failure.reply) if failure.reply is not None else None
         return replace(base, stage=failure.stage, reason=failure.reason, smtp_code=failure.code,

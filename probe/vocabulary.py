@@ -54,3 +54,18 @@ class MailboxReason(StrEnum):
     THROTTLED = "throttled"
     SERVER_ERROR = "server_error"
     PROTOCOL = "protocol"
+
+
+class UnknownReason(StrEnum):
+    """Why a probe ended ``unknown``, where one reason is known (DESIGN.md: reason ``local``)."""
+
+    LOCAL = "local"  # the probe's own host failed: never blamed on a smart host or a mailbox
+
+
+class LocalResource(StrEnum):
+    """What the probe's own host ran out of (verdict ``unknown``, reason ``local``)."""
+
+    DESCRIPTORS = "descriptors"  # EMFILE, ENFILE
+    MEMORY = "memory"  # MemoryError, ENOMEM, ENOBUFS
+    DISK = "disk"  # ENOSPC, EDQUOT (the state file)
+    THREADS = "threads"  # RuntimeError("can't start new thread")

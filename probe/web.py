@@ -1,8 +1,10 @@
 """The daemon's HTTP listener: /metrics, /-/healthy, /-/ready, /-/reload, the status page and the debug view.
 
-Standard library only (``ThreadingHTTPServer`` in a thread). It reads the daemon through ``StatusSource``
+The connections are probe.http_server's (asyncio and h11: a cap on clients, a deadline for each request
+head, cached basic auth); this module holds the routes. It reads the daemon through ``StatusSource``
 callbacks and never imports it. TLS and basic auth come from an exporter-toolkit web config
-(probe.webconfig).
+(probe.webconfig). ``POST /-/reload`` needs ``--web.enable-lifecycle`` (as Prometheus' does) and is refused
+when a browser sends it from another site.
 """
 
 from __future__ import annotations
@@ -10,28 +12,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import ssl
-import threading
-from collections.abc import Iterator
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from probe.config import Config
+from probe.http_server import LISTEN_BACKLOG, HttpServer, Limits, Request, Response, cross_origin_refusal, text_response
 from probe.secret import redact
+from probe.vocabulary import LocalResource
 from probe.web_pages import debug_page, find_pair, status_page
 from probe.webconfig import WebConfig
 
 log = logging.getLogger("probe.web")
 
-HANDSHAKE_TIMEOUT: Final = 10.0
-REQUEST_TIMEOUT: Final = 30.0
-MAX_BODY: Final = 64 * 1024
-WRITE_BATCH: Final = 256 * 1024  # bytes per write of a large body
 _HTML: Final = "text/html; charset=utf-8"
-_TEXT: Final = "text/plain; charset=utf-8"
 _GET_PATHS: Final = frozenset({"/", "/metrics", "/-/healthy", "/-/ready", "/debug"})
+_LIFECYCLE_PATHS: Final = frozenset({"/-/reload"})
 
 
 class StatusSource(Protocol):
@@ -60,20 +56,6 @@ class MetricsSource(Protocol):
     def render_parts_for(self, accept: str | None, names: list[str] | None = None) -> tuple[list[bytes], str]:
         """Return the exposition for an ``Accept`` header (only the samples ``names``, if given) in pieces, and type."""
         ...
-
-
-def _batches(parts: list[bytes], size: int = WRITE_BATCH) -> Iterator[bytes]:
-    """Join ``parts`` into pieces of about ``size`` bytes: few system calls, no copy of the whole body."""
-    batch: list[bytes] = []
-    held = 0
-    for part in parts:
-        batch.append(part)
-        held += len(part)
-        if held >= size:
-            yield b"".join(batch)
-            batch, held = [], 0
-    if batch:
-        yield b"".join(batch)
 
 
 class ListenAddressError(ValueError):
@@ -112,194 +94,164 @@ def _bind_target(host: str, port: int) -> tuple[socket.AddressFamily, str]:
     return family, str(sockaddr[0])
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _App:
+    """The routes: what each request is answered with (runs on the listener's worker threads)."""
 
-    def __init__(self, family: socket.AddressFamily, address: tuple[str, int], *, source: StatusSource,
-                 metrics: MetricsSource, web: WebConfig) -> None:
-        self.address_family = family
-        self.source, self.metrics, self.web = source, metrics, web
-        super().__init__(address, _Handler)
+    def __init__(self, *, source: StatusSource, metrics: MetricsSource, web: WebConfig, lifecycle: bool) -> None:
+        self.source, self.metrics, self.web, self.lifecycle = source, metrics, web, lifecycle
 
-    def server_bind(self) -> None:
-        """Bind without the reverse lookup HTTPServer does; make "::" dual-stack."""
-        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
-            with contextlib.suppress(OSError):
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(self.server_address)
-        self.server_address = self.socket.getsockname()
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        """Do the TLS handshake (when configured) in the request's own thread, then handle it."""
-        if self.web.tls is None:
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(HANDSHAKE_TIMEOUT)
+    def __call__(self, request: Request) -> Response:
+        """Answer one authorised request, with the configured and the security headers."""
         try:
-            wrapped = self.web.tls.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("TLS handshake failed", extra={"client": str(client_address[0]), "err": str(exc)})
-            return
-        try:
-            super().finish_request(wrapped, client_address)
-        finally:
-            with contextlib.suppress(OSError):
-                wrapped.close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    timeout = REQUEST_TIMEOUT
-    server_version = "mailflow-probe"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's parameter name
-        """Log requests at debug level through the probe's loggers."""
-        log.debug(format, *args)
-
-    def _send(self, status: HTTPStatus, body: bytes | str | list[bytes], content_type: str = _TEXT,
-              headers: dict[str, str] | None = None) -> None:
-        """Send a response; a body in pieces (/metrics) is written in batches, never joined whole."""
-        parts = body if isinstance(body, list) else [body.encode("utf-8") if isinstance(body, str) else body]
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(len(part) for part in parts)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-        for name, value in {**self.server.web.headers, **(headers or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            for batch in _batches(parts):
-                self.wfile.write(batch)
-
-    def _authorized(self) -> bool:
-        if self.server.web.authorized(self.headers.get("Authorization")):
-            return True
-        self._send(HTTPStatus.UNAUTHORIZED, "Unauthorized\n",
-                   headers={"WWW-Authenticate": 'Basic realm="mailflow-probe", charset="UTF-8"'})
-        return False
-
-    def _discard_body(self) -> bool:
-        length = self.headers.get("Content-Length", "0")
-        if not length.isdigit() or int(length) > MAX_BODY:
-            self.close_connection = True
-            self._send(HTTPStatus.BAD_REQUEST, "bad or too large request body\n")
-            return False
-        self.rfile.read(int(length))
-        return True
-
-    def do_GET(self) -> None:
-        """Serve the read-only endpoints."""
-        if not self._authorized():
-            return
-        url = urlsplit(self.path)
-        self._guarded(lambda: self._get(url.path, url.query))
-
-    def do_HEAD(self) -> None:
-        """Serve the read-only endpoints' headers."""
-        self.do_GET()
-
-    def do_POST(self) -> None:
-        """Serve /-/reload."""
-        if not self._discard_body() or not self._authorized():
-            return
-        path = urlsplit(self.path).path
-        if path == "/-/reload":
-            self._guarded(self._reload)
-        elif path in _GET_PATHS:
-            self._send(HTTPStatus.METHOD_NOT_ALLOWED, "use GET\n", headers={"Allow": "GET, HEAD"})
-        else:
-            self._send(HTTPStatus.NOT_FOUND, "not found\n")
-
-    def _guarded(self, serve: Any) -> None:
-        try:
-            serve()
+            response = self._route(request)
         except Exception as exc:
-            log.exception("request failed", extra={"path": self.path})
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {redact(str(exc))}\n")
+            log.exception("request failed", extra={"path": request.target})
+            response = text_response(500, f"internal error: {redact(str(exc))}\n")
+        response.headers = {"X-Content-Type-Options": "nosniff",
+                            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                            **self.web.headers, **response.headers}
+        return response
 
-    def _get(self, path: str, query: str) -> None:
-        source = self.server.source
+    def _route(self, request: Request) -> Response:
+        url = urlsplit(request.target)
+        if request.method in ("GET", "HEAD"):
+            return self._get(request, url.path, url.query)
+        if request.method == "POST":
+            return self._post(request, url.path)
+        return text_response(405, "use GET, HEAD or POST\n", Allow="GET, HEAD, POST")
+
+    def _post(self, request: Request, path: str) -> Response:
+        if path in _GET_PATHS:
+            return text_response(405, "use GET\n", Allow="GET, HEAD")
+        if path not in _LIFECYCLE_PATHS:
+            return text_response(404, "not found\n")
+        if not self.lifecycle:
+            return text_response(403, "Lifecycle API is not enabled (start with --web.enable-lifecycle; "
+                                      "SIGHUP always reloads).\n")
+        refusal = cross_origin_refusal(request.header)
+        if refusal is not None:
+            log.warning("cross-origin request refused", extra={"path": path, "client": request.client,
+                                                                "why": refusal})
+            return text_response(403, f"cross-origin request refused: {refusal}\n")
+        return self._reload()
+
+    def _get(self, request: Request, path: str, query: str) -> Response:
         if path == "/metrics":
             names = parse_qs(query).get("name[]")
-            parts, content_type = self.server.metrics.render_parts_for(self.headers.get("Accept"), names)
-            self._send(HTTPStatus.OK, parts, content_type)
-        elif path == "/-/healthy":
-            self._send(HTTPStatus.OK, "Healthy\n")
-        elif path == "/-/ready":
-            ready = source.ready()
-            self._send(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
-                       "Ready\n" if ready else "Not ready\n")
-        elif path == "/":
-            self._send(HTTPStatus.OK, status_page(source), _HTML, {"Cache-Control": "no-store"})
-        elif path == "/debug":
-            self._debug(parse_qs(query))
-        elif path == "/-/reload":
-            self._send(HTTPStatus.METHOD_NOT_ALLOWED, "use POST\n", headers={"Allow": "POST"})
-        else:
-            self._send(HTTPStatus.NOT_FOUND, "not found\n")
+            parts, content_type = self.metrics.render_parts_for(request.header("accept"), names)
+            return Response(status=200, body=parts, content_type=content_type)
+        if path == "/":
+            return _html(status_page(self.source))
+        if path == "/debug":
+            return self._debug(parse_qs(query))
+        return self._plain(path)
 
-    def _debug(self, query: dict[str, list[str]]) -> None:
+    def _plain(self, path: str) -> Response:
+        if path == "/-/healthy":
+            return text_response(200, "Healthy\n")
+        if path == "/-/ready":
+            ready = self.source.ready()
+            return text_response(200 if ready else 503, "Ready\n" if ready else "Not ready\n")
+        if path in _LIFECYCLE_PATHS:
+            return text_response(405, "use POST\n", Allow="POST")
+        return text_response(404, "not found\n")
+
+    def _debug(self, query: dict[str, list[str]]) -> Response:
         route, host = query.get("route", [""])[0], query.get("smart_host", [""])[0]
         if not route or not host:
-            self._send(HTTPStatus.BAD_REQUEST, "give route= and smart_host=\n")
-            return
-        pair = find_pair(self.server.source.config(), route, host)
+            return text_response(400, "give route= and smart_host=\n")
+        pair = find_pair(self.source.config(), route, host)
         if pair is None:
-            self._send(HTTPStatus.NOT_FOUND, f"no smart host {host!r} in route {route!r}\n")
-            return
+            return text_response(404, f"no smart host {host!r} in route {route!r}\n")
         probe_id = query.get("probe_id", [None])[0]
-        page = debug_page(self.server.source, *pair, probe_id=probe_id)
-        self._send(HTTPStatus.OK, page, _HTML, {"Cache-Control": "no-store"})
+        return _html(debug_page(self.source, *pair, probe_id=probe_id))
 
-    def _reload(self) -> None:
-        ok, message = self.server.source.reload()
-        text = redact(message.rstrip("\n")) + "\n"
-        self._send(HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR, text)
+    def _reload(self) -> Response:
+        ok, message = self.source.reload()
+        if ok:
+            return text_response(200, redact(message.rstrip("\n")) + "\n")
+        # The details (file, line, the offending value) are in the daemon's log, not for any HTTP client.
+        return text_response(500, "reload failed: the new configuration was refused and the running one is kept; "
+                                  "the daemon's log says why\n")
+
+
+def _html(page: str) -> Response:
+    return Response(status=200, body=[page.encode("utf-8")], content_type=_HTML, headers={"Cache-Control": "no-store"})
 
 
 class WebServer:
     """A running listener; ``close()`` stops it."""
 
-    def __init__(self, server: _Server) -> None:
+    def __init__(self, server: HttpServer, sock: socket.socket, *, tls: bool) -> None:
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="probe-web", daemon=True)
-        self._thread.start()
+        self._tls = tls
+        address = sock.getsockname()
+        self._host, self._port = str(address[0]), int(address[1])
+        server.start()
 
     @property
     def host(self) -> str:
         """Return the address the listener is bound to."""
-        return self._server.server_name
+        return self._host
 
     @property
     def port(self) -> int:
         """Return the port the listener is bound to (the real one when 0 was asked for)."""
-        return self._server.server_port
+        return self._port
 
     @property
     def tls(self) -> bool:
         """Return whether the listener speaks TLS."""
-        return self._server.web.tls is not None
+        return self._tls
+
+    @property
+    def limits(self) -> Limits:
+        """Return the limits the listener holds clients to."""
+        return self._server.limits
+
+    @property
+    def evicted(self) -> int:
+        """Return how many clients waiting for their request head were dropped to let newer ones in."""
+        return self._server.evicted
 
     def close(self) -> None:
         """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.close()
+
+
+def _listen(family: socket.AddressFamily, address: tuple[str, int], backlog: int) -> socket.socket:
+    """Bind and listen (no reverse lookup; "::" dual-stack); raise OSError."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6 and address[0] == "::":
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def serve(listen_address: str, *, source: StatusSource, metrics: MetricsSource,
-          web_config: WebConfig | None = None) -> WebServer:
-    """Start the listener on ``listen_address`` in a background thread and return it."""
+          web_config: WebConfig | None = None, lifecycle: bool = False, limits: Limits | None = None,
+          on_local_fault: Callable[[LocalResource, str], None] | None = None) -> WebServer:
+    """Start the listener on ``listen_address`` in a background thread and return it.
+
+    ``lifecycle`` (``--web.enable-lifecycle``) allows ``POST /-/reload``; without it that answers 403.
+    """
     host, port = parse_listen_address(listen_address)
     family, bind_host = _bind_target(host, port)
+    web = web_config or WebConfig()
+    limits = limits or Limits()
     try:
-        server = _Server(family, (bind_host, port), source=source, metrics=metrics, web=web_config or WebConfig())
+        sock = _listen(family, (bind_host, port), LISTEN_BACKLOG)
     except OSError as exc:
         raise ListenError(exc.errno, f"cannot listen on {listen_address}: {exc.strerror or exc}") from None
-    return WebServer(server)
+    app = _App(source=source, metrics=metrics, web=web, lifecycle=lifecycle)
+    server = HttpServer(sock, handler=app, gate=web if web.auth_required else None, tls=web.tls, limits=limits,
+                        on_local_fault=on_local_fault)
+    return WebServer(server, sock, tls=web.tls is not None)

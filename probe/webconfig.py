@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
+import secrets
 import ssl
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -41,6 +44,43 @@ _TLS_KEYS: Final = ("cert_file", "key_file", "client_auth_type", "client_ca_file
 _TLS_UNSUPPORTED: Final = ("cert", "key", "client_ca", "client_allowed_sans", "cipher_suites",
                            "prefer_server_cipher_suites", "curve_preferences")
 _HTTP_KEYS: Final = ("headers", "http2")
+CACHE_SIZE: Final = 100  # exporter-toolkit's cache size
+
+
+class VerdictCache:
+    """Outcomes of bcrypt checks, keyed by user, hash and password, as exporter-toolkit caches them.
+
+    A bcrypt check costs about 0.1 s of CPU by design; a scraper sends the same credentials every time. The
+    key is a keyed BLAKE2b digest (the password itself is not kept). Credentials that passed and those that
+    failed are kept apart, each up to ``size``: wrong passwords, however many, never push out right ones.
+    """
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self._size = size
+        self._salt = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._passed: dict[bytes, None] = {}
+        self._failed: dict[bytes, None] = {}
+
+    def key(self, user: str, hashed: bytes, password: str) -> bytes:
+        """Return the cache key of one (user, hash, password)."""
+        data = b"\0".join((user.encode("utf-8"), hashed, password.encode("utf-8")))
+        return hashlib.blake2b(data, key=self._salt, digest_size=32).digest()
+
+    def get(self, key: bytes) -> bool | None:
+        """Return the cached outcome, or None."""
+        with self._lock:
+            if key in self._passed:
+                return True
+            return False if key in self._failed else None
+
+    def put(self, key: bytes, passed: bool) -> None:
+        """Remember an outcome; when full, forget the oldest of its kind."""
+        with self._lock:
+            kept = self._passed if passed else self._failed
+            if len(kept) >= self._size:
+                kept.pop(next(iter(kept)))
+            kept[key] = None
 
 
 @dataclass(frozen=True)
@@ -51,25 +91,46 @@ class WebConfig:
     users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
+    cache: VerdictCache = field(default_factory=VerdictCache, compare=False, repr=False)
 
     @property
     def auth_required(self) -> bool:
         """Return whether requests must carry basic auth credentials."""
         return bool(self.users)
 
-    def authorized(self, header: str | None) -> bool:
-        """Return whether an ``Authorization`` header names a user whose bcrypt hash the password matches."""
-        if not self.users:
-            return True
+    def _lookup(self, header: str | None) -> tuple[bytes | None, bytes, str, bytes]:
+        """Return the user's hash (None: no such user), the hash to check against, the password, the cache key."""
         user, password = _basic_credentials(header)
         hashed = self.users.get(user) if user is not None else None
         # An unknown user still costs one bcrypt check, so timing does not tell which users exist.
         reference = hashed if hashed is not None else next(iter(self.users.values()))
+        return hashed, reference, password, self.cache.key(user or "", reference, password)
+
+    def cached_verdict(self, header: str | None) -> bool | None:
+        """Return whether an ``Authorization`` header is let in, when that is known without bcrypt; else None."""
+        if not self.users:
+            return True
+        if _basic_credentials(header)[0] is None:
+            return False  # no credentials at all: nothing to check
+        return self.cache.get(self._lookup(header)[3])
+
+    def verify(self, header: str | None) -> bool:
+        """Check an ``Authorization`` header with bcrypt and cache the outcome."""
+        if not self.users:
+            return True
+        hashed, reference, password, key = self._lookup(header)
         try:
             matches = bcrypt.checkpw(password.encode("utf-8"), reference)
         except ValueError:
-            return False
-        return matches and hashed is not None
+            matches = False
+        passed = matches and hashed is not None
+        self.cache.put(key, passed)
+        return passed
+
+    def authorized(self, header: str | None) -> bool:
+        """Return whether an ``Authorization`` header names a user whose bcrypt hash the password matches."""
+        cached = self.cached_verdict(header)
+        return cached if cached is not None else self.verify(header)
 
 
 def _basic_credentials(header: str | None) -> tuple[str | None, str]:

@@ -86,3 +86,14 @@ def states(state_file: Path) -> dict[str, str]:
         return dict(db.execute("SELECT probe_id, state FROM probes").fetchall())
     finally:
         db.close()
+
+
+def with_open_files_limit(argv: list[str], open_files: int | None) -> list[str]:
+    """Return ``argv`` run under soft and hard open-files limits of ``open_files`` (set by a small Python
+    wrapper that then execs it: no preexec_fn in a test process full of threads)."""
+    if open_files is None:
+        return argv
+    setter = ("import os, resource, sys; "
+              f"resource.setrlimit(resource.RLIMIT_NOFILE, ({open_files}, {open_files})); "
+              "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", setter, *argv]

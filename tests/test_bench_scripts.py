@@ -24,6 +24,8 @@ SCRIPTS = {
     "metrics_render": (["bench/metrics_render.py", "--quick"], "| 500 |"),
     "lab_ews": (["bench/lab_ews.py", "--items", "300", "--clients", "2", "--requests", "5"], "| 2 |"),
     "threads": (["bench/threads.py", "--quick"], "| the whole process |"),
+    "slow_clients": (["bench/slow_clients.py", "--quick"], "| slow clients cut by the server |"),
+    "auth_flood": (["bench/auth_flood.py", "--quick"], "| a new wrong password each request |"),
     "soak": (["bench/soak.py", "--minutes", "0.5", "--pairs", "8", "--interval", "3", "--timeout", "8",
               "--sample-seconds", "5", "--fault-seconds", "10"], "PASS"),
 }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from probe.ledger import Arrival, Ledger, LedgerError
+from probe.ledger import APPLICATION_ID, Arrival, Ledger, LedgerError
 from probe.vocabulary import Verdict
 
 
@@ -186,6 +186,7 @@ def test_a_state_file_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     """A newer schema is not downgraded."""
     path = tmp_path / "state.db"
     db = sqlite3.connect(path)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     db.execute("PRAGMA user_version = 99")
     db.close()
     with pytest.raises(LedgerError, match="newer mailflow-probe"):
@@ -250,3 +251,63 @@ def test_the_next_deadline_is_the_soonest_future_one_of_the_mailboxs_open_probes
     ledger.record_send_failure("failed", stage="rcpt", reason="rejected", smtp_code=550)
     assert ledger.next_deadline("fc", after=1_000.0) == 1_200.0
     assert ledger.next_deadline("fc", after=1_500.0) is None
+
+
+def _foreign_database(path: Path, *, application_id: int) -> bytes:
+    """Make another application's SQLite database (its own tables, rollback journal) and return its bytes."""
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA application_id = {application_id}")
+    db.execute("PRAGMA user_version = 7")
+    db.execute("CREATE TABLE bookmarks (id INTEGER PRIMARY KEY, url TEXT NOT NULL)")
+    db.executemany("INSERT INTO bookmarks (url) VALUES (?)", [("https://example.org/",), ("about:blank",)])
+    db.commit()
+    db.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("application_id", [0, 0x0F055112])
+def test_another_applications_database_is_refused_and_left_untouched(tmp_path: Path, application_id: int) -> None:
+    """A state_file that is (a symlink to) another application's SQLite database is refused with one clear line;
+    the database keeps its bytes: no table added, no WAL switch, no user_version or application_id change."""
+    other = tmp_path / "other-app" / "app.db"
+    other.parent.mkdir()
+    before = _foreign_database(other, application_id=application_id)
+    link = tmp_path / "state.db"
+    link.symlink_to(other)
+    with pytest.raises(LedgerError, match=r"another application's SQLite database") as refused:
+        Ledger(link)
+    assert "\n" not in str(refused.value)
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in other.parent.iterdir()) == ["app.db"]  # no -wal, no -shm, no journal left
+    db = sqlite3.connect(other)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["bookmarks"]
+    db.close()
+
+
+def test_a_new_state_file_carries_the_probes_application_id(tmp_path: Path) -> None:
+    """A state file the probe creates is marked with its application_id ("MFLP")."""
+    path = tmp_path / "state.db"
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID == 0x4D464C50
+    db.close()
+    assert path.read_bytes()[68:72] == b"MFLP"
+
+
+def test_a_state_file_from_before_the_mark_is_adopted_with_its_probes(tmp_path: Path) -> None:
+    """A schema 1 state file written before the application_id existed opens, keeps its probes, and is marked."""
+    path = tmp_path / "state.db"
+    ledger = Ledger(path)
+    ledger.open_probe(probe_id="p-1", route="r", smart_host="h", mailbox="m", message_id="<p-1@x>", deadline=9e9)
+    ledger.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA application_id = 0")  # as the first release left its files
+    db.commit()
+    db.close()
+    adopted = Ledger(path)
+    assert [p.probe_id for p in adopted.open_probes()] == ["p-1"]
+    adopted.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    db.close()

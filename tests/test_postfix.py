@@ -13,7 +13,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ from probe.lab import Lab
 from probe.lab.store import StoredItem
 from probe.message import ProbeMessage, build_probe_message
 from probe.secret import Secret
+from probe.smtp import MECHANISMS as PLAIN_FIRST
 from probe.smtp import SubmitResult, submit
 from probe.vocabulary import SendReason, Stage, Verdict
 from tests.postfix import (
@@ -49,6 +50,8 @@ RELAY_TARGET = "fourthcoffee-edge-1"
 TLS_ADDRESS = "127.0.0.55"  # 127.0.0.53 and .54 are systemd-resolved's on machines that have it
 PLAIN_ADDRESS = "127.0.0.56"
 USERNAME = "probe-relay@contoso.test"
+UTF8_USERNAME = "probe-utf8@contoso.test"
+UTF8_PASSWORD = Secret("Pässwörd-2026")  # Dovecot's passwd-file holds it in UTF-8, as SASL PLAIN sends it
 WAIT = 15.0
 
 T = TypeVar("T")
@@ -86,7 +89,8 @@ def rig() -> Iterator[Rig]:
                                            cert=lab.ca.issue(f"postfix-{name}", [address]))
                 for name, address, tls in (("tls", TLS_ADDRESS, True), ("plain", PLAIN_ADDRESS, False)))
             dovecot = stack.enter_context(DovecotAuth.start(
-                directory / "dovecot", users={USERNAME: password}, sockets=[postfix.auth_socket, plain.auth_socket]))
+                directory / "dovecot", users={USERNAME: password, UTF8_USERNAME: UTF8_PASSWORD},
+                sockets=[postfix.auth_socket, plain.auth_socket]))
             for instance in (postfix, plain):
                 stack.enter_context(instance.start())  # ~2 s each, mostly postfix-script's checks
             yield Rig(lab=lab, postfix=postfix, plain=plain, dovecot=dovecot, password=password,
@@ -165,6 +169,23 @@ def test_check_delivers_through_postfix(rig: Rig) -> None:
     outcome = run_check(load_config(path), CheckOptions(poll_seconds=0.25))
     assert [(d.smart_host, d.verdict, d.smtp_code) for d in outcome.decisions] == [
         ("postfix", Verdict.DELIVERED, 250)], outcome.decisions
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_a_non_ascii_password_delivers_through_postfix(rig: Rig, mechanism: str) -> None:
+    """Pässwörd-2026 goes to Postfix/Dovecot in UTF-8 (RFC 4616) with PLAIN and with LOGIN: accepted, relayed,
+    in the mailbox; the transcript shows neither the password nor its encoding."""
+    host = replace(smart_host(rig, rig.postfix, password=UTF8_PASSWORD), username=UTF8_USERNAME)
+    original = PLAIN_FIRST[:]
+    PLAIN_FIRST[:] = [mechanism]
+    try:
+        message, result = send(rig, host)
+    finally:
+        PLAIN_FIRST[:] = original
+    assert result.ok, result
+    assert any(line.startswith(f"C: AUTH {mechanism}") for line in result.transcript), result.transcript
+    assert not any(UTF8_PASSWORD.reveal() in line for line in result.transcript)
+    wait_for(lambda: arrived(rig, message.message_id), "the probe sent with a non-ASCII password in the mailbox")
 
 
 def test_a_wrong_password_is_auth_failed(rig: Rig) -> None:

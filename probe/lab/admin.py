@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
+from probe.http_server import cross_origin_refusal
 from probe.lab.faults import Fault, FaultError, FaultRegistry
 from probe.lab.stats import LabStats
 from probe.lab.store import DeliveryRecord, MailboxStore
@@ -18,6 +19,7 @@ from probe.lab.store import DeliveryRecord, MailboxStore
 log = logging.getLogger(__name__)
 
 _MAX_BODY: Final = 64 * 1024
+_LOOPBACK_NAMES: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def delivery_json(record: DeliveryRecord) -> dict[str, Any]:
@@ -45,6 +47,11 @@ class AdminServer:
         self._httpd.admin = self  # type: ignore[attr-defined]  # the handler finds its server here
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="lab-admin", daemon=True)
+
+    @property
+    def bound_host(self) -> str:
+        """Return the address the API listens on."""
+        return str(self._httpd.server_address[0])
 
     @property
     def url(self) -> str:
@@ -83,7 +90,24 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("admin: " + format, *args)
 
+    def _refused(self, *, changes: bool) -> bool:
+        """Answer 403 to a Host that is not this loopback listener (DNS rebinding), and to a cross-origin
+        request that changes something (a browser's simple POST or DELETE from another site)."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name.strip("[]") not in _LOOPBACK_NAMES | {self.admin.bound_host}:
+            self._error(HTTPStatus.FORBIDDEN, f"Host {host or '(none)'} is not this lab's address; use "
+                        f"{self.admin.url}")
+            return True
+        refusal = cross_origin_refusal(self.headers.get) if changes else None
+        if refusal is not None:
+            self._error(HTTPStatus.FORBIDDEN, f"cross-origin request refused: {refusal}")
+            return True
+        return False
+
     def do_GET(self) -> None:
+        if self._refused(changes=False):
+            return
         url = urlsplit(self.path)
         if url.path == "/faults":
             self._reply(HTTPStatus.OK, [f.to_json() for f in self.admin.faults.active()])
@@ -95,6 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, f"no such resource {url.path}; try /faults, /stats, /deliveries")
 
     def do_POST(self) -> None:
+        if self._refused(changes=True):
+            self.close_connection = True
+            return
         if urlsplit(self.path).path != "/faults":
             self._error(HTTPStatus.NOT_FOUND, "POST only to /faults")
             return
@@ -109,6 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(HTTPStatus.CREATED, fault.to_json())
 
     def do_DELETE(self) -> None:
+        if self._refused(changes=True):
+            return
         url = urlsplit(self.path)
         if url.path != "/faults":
             self._error(HTTPStatus.NOT_FOUND, "DELETE only on /faults")

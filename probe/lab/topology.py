@@ -90,19 +90,21 @@ def _password() -> Secret:
     return Secret(secrets.token_urlsafe(18))
 
 
-def _plan_forest(index: int, name: str, *, smart_hosts: int, mailboxes: int, port: int) -> LabForest:
+def _plan_forest(index: int, name: str, *, smart_hosts: int, mailboxes: int, port: int,
+                 smtp_password: str | None = None) -> LabForest:
     domain = f"{name}.test"
-    smtp_username, smtp_password = f"smtp-relay@{domain}", _password()
+    smtp_username = f"smtp-relay@{domain}"
+    smtp_password_secret = Secret(smtp_password) if smtp_password is not None else _password()
     hosts = [
         LabSmartHost(name=f"{name}-edge-{n + 1}", forest=name, domain=domain,
                      host=smart_host_address(index, n), port=port, username=smtp_username,
-                     password=smtp_password)
+                     password=smtp_password_secret)
         for n in range(smart_hosts)
     ]
     boxes = [f"mailflow.probe{'' if i == 0 else i + 1}@{domain}" for i in range(mailboxes)]
     return LabForest(name=name, domain=domain, smart_hosts=hosts, mailboxes=boxes,
                      ews_username=f"{name.upper()}\\svc-mailflow", ews_password=_password(),
-                     smtp_username=smtp_username, smtp_password=smtp_password)
+                     smtp_username=smtp_username, smtp_password=smtp_password_secret)
 
 
 def _check_request(forests: Sequence[str], smart_hosts: int, mailboxes: int, ews_auth: str) -> None:
@@ -161,7 +163,8 @@ class Lab:
     """A running lab: use ``with Lab.start(state_dir) as lab:``; everything listens on loopback."""
 
     def __init__(self, state_dir: Path, *, forests: Sequence[str], smart_hosts_per_forest: int,
-                 mailboxes_per_forest: int, fixed_ports: bool, ews_auth: EwsAuth) -> None:
+                 mailboxes_per_forest: int, fixed_ports: bool, ews_auth: EwsAuth,
+                 smtp_password: str | None = None) -> None:
         _check_request(forests, smart_hosts_per_forest, mailboxes_per_forest, ews_auth)
         self.state_dir = Path(state_dir).resolve()
         self.fixed_ports = fixed_ports
@@ -169,7 +172,7 @@ class Lab:
         port = FIXED_SMTP_PORT if fixed_ports else 0
         self.forests: dict[str, LabForest] = {
             name: _plan_forest(i, name, smart_hosts=smart_hosts_per_forest,
-                               mailboxes=mailboxes_per_forest, port=port)
+                               mailboxes=mailboxes_per_forest, port=port, smtp_password=smtp_password)
             for i, name in enumerate(forests)
         }
         self.faults = FaultRegistry()
@@ -181,10 +184,14 @@ class Lab:
     @classmethod
     def start(cls, state_dir: Path, *, forests: Sequence[str] = ("contoso", "fourthcoffee"),
               smart_hosts_per_forest: int = 2, mailboxes_per_forest: int = 1, fixed_ports: bool = False,
-              ews_auth: EwsAuth = "ntlm") -> Lab:
-        """Start a lab and return it (use it as a context manager to stop it)."""
+              ews_auth: EwsAuth = "ntlm", smtp_password: str | None = None) -> Lab:
+        """Start a lab and return it (use it as a context manager to stop it).
+
+        ``smtp_password`` sets the smart hosts' account password (default: a random one), e.g. a non-ASCII one.
+        """
         lab = cls(state_dir, forests=forests, smart_hosts_per_forest=smart_hosts_per_forest,
-                  mailboxes_per_forest=mailboxes_per_forest, fixed_ports=fixed_ports, ews_auth=ews_auth)
+                  mailboxes_per_forest=mailboxes_per_forest, fixed_ports=fixed_ports, ews_auth=ews_auth,
+                  smtp_password=smtp_password)
         try:
             lab._start()
         except BaseException:

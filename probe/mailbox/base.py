@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from probe.mailbox.received import Hop
-from probe.vocabulary import MailboxReason
+from probe.vocabulary import LocalResource, MailboxReason
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +48,7 @@ class SearchResult:
     forged: int = 0  # carry a tag of the right shape whose HMAC does not verify
     clock_offset: float | None = None  # server clock minus probe clock, seconds, when known
     clock_uncertainty: float | None = None
+    local: LocalResource | None = None  # the probe's own host failed (no error_reason: not the mailbox's fault)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -67,6 +67,7 @@ from lxml import etree
 
 from probe import message as probe_message
 from probe.config import MailboxConfig
+from probe.local_faults import local_fault
 from probe.mailbox.base import CleanupResult, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
 from probe.mailbox.received import parse_received
@@ -419,8 +420,8 @@ class EwsMailbox:
             deadline = time.time() + budget_seconds
             return calibrate(self.clock, lambda at: self._timed_ping(at, deadline),
                              target=target_uncertainty, budget=budget_seconds)
-        except Exception:  # calibration is an optimisation: a failure leaves the estimate as it was
-            log.exception("mailbox %s: clock calibration failed", self._config.name)
+        except Exception as exc:  # calibration is an optimisation: a failure leaves the estimate as it was
+            log.warning("mailbox %s: clock calibration failed: %s", self._config.name, describe(exc))
             return self.clock.estimate(now=time.time())
         finally:
             self._calibrating.release()
@@ -464,7 +465,10 @@ class EwsMailbox:
         )
 
     def _failed(self, started: float, exc: BaseException) -> SearchResult:
-        reason, text = classify(exc), describe(exc)
+        local, text = local_fault(exc), describe(exc)
+        if local is not None:  # the probe's own host failed: not the mailbox's error (the observer logs it)
+            return SearchResult(ok=False, started_at=started, finished_at=time.time(), local=local, error=text)
+        reason = classify(exc)
         log.warning("mailbox %s: search failed (%s): %s", self._config.name, reason, text)
         return SearchResult(ok=False, started_at=started, finished_at=time.time(), error_reason=reason, error=text)
 

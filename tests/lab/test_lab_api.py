@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -260,3 +261,42 @@ def test_lab_command_refuses_zero_smart_hosts(tmp_path: Path) -> None:
                            "--smart-hosts", "0"], env=env, capture_output=True, timeout=30, check=False)
     assert done.returncode == 2
     assert b"--smart-hosts and --mailboxes must be at least 1" in done.stderr
+
+
+def raw_admin(lab: Lab, request: bytes) -> bytes:
+    """Send raw HTTP to the admin API and return its whole answer."""
+    host, port = lab.admin_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+FAULT = b'{"target": "smarthost/fourthcoffee-edge-1", "kind": "drop"}'
+
+
+@pytest.mark.parametrize("request_head", [
+    b"POST /faults HTTP/1.1\r\nHost: rebound.attacker.example\r\n",  # DNS rebinding: the name now points here
+    b"POST /faults HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://attacker.example\r\nContent-Type: text/plain\r\n",
+    b"POST /faults HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\nContent-Type: text/plain\r\n",
+])
+def test_admin_api_refuses_rebound_hosts_and_cross_origin_posts(lab: Lab, request_head: bytes) -> None:
+    """A request for another Host (DNS rebinding) or a browser's cross-origin simple POST gets 403 and adds
+    no fault; a GET under a foreign Host is refused as well."""
+    answer = raw_admin(lab, request_head + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(FAULT) + FAULT)
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:200]
+    assert lab.faults.active() == []
+    stats = raw_admin(lab, b"GET /stats HTTP/1.1\r\nHost: rebound.attacker.example\r\nConnection: close\r\n\r\n")
+    assert stats.startswith(b"HTTP/1.1 403 ")
+
+
+def test_admin_api_takes_loopback_hosts_and_plain_clients(lab: Lab) -> None:
+    """curl-style requests to 127.0.0.1 or localhost (no Origin) still add faults."""
+    for host in (b"127.0.0.1", b"localhost"):
+        answer = raw_admin(lab, b"POST /faults HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n"
+                           b"Content-Length: %d\r\n\r\n" % len(FAULT) + FAULT)
+        assert answer.startswith(b"HTTP/1.1 201 "), answer[:200]
+        assert len(lab.faults.active()) == 1
+        lab.faults.clear(None)
