@@ -1,4 +1,10 @@
-"""The lab's EWS endpoint: HTTP/1.1 keep-alive over HTTPS and HTTP, auth, faults, stats and streaming."""
+"""The lab's EWS endpoint: HTTP/1.1 keep-alive over HTTPS and HTTP, auth, faults, stats and streaming.
+
+As IIS in front of Exchange 2013-2019 does, every request, whatever its method and path, is authenticated
+first: without credentials it gets 401 with the Negotiate, NTLM and Basic challenges (an NTLM client may
+start its handshake with a GET). Authenticated, a GET of /EWS/Exchange.asmx gets the service's help page;
+SOAP goes over POST. Streamed notifications are framed as Exchange frames them (``soap.streaming_envelope``).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,12 @@ from probe.lab.store import MailboxStore, StoredItem
 
 EWS_PATH: Final = "/EWS/Exchange.asmx"
 MAX_BODY: Final = 16 * 1024 * 1024
+SERVICE_PAGE: Final = (
+    b"<html><head><title>Service</title></head><body><h1>Service</h1><p>You have created a service.</p>"
+    b"<p>To test this service, you will need to create a client and use it to call the service. You can do "
+    b"this using the svcutil.exe tool from the command line with the following syntax:</p>"
+    b"<pre>svcutil.exe https://localhost/EWS/Services.wsdl</pre></body></html>"
+)
 log = logging.getLogger(__name__)
 
 ResponseObserver = Callable[[bytes, str], None]
@@ -106,8 +118,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Stamp the Date header on the forest's server clock."""
         return email.utils.formatdate(self.server.ews.server_time(), usegmt=True)
 
-    def do_GET(self) -> None:
-        self._plain(404 if self._path() != EWS_PATH.lower() else 405, b"")
+    def __getattr__(self, name: str) -> Any:
+        """Answer every HTTP method: POST carries EWS; any other is authenticated first, as IIS does."""
+        if name.startswith("do_") and name != "do_POST":
+            return self._other_method
+        raise AttributeError(name)
 
     def do_POST(self) -> None:
         try:
@@ -116,6 +131,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _other_method(self) -> None:
+        """Answer GET, HEAD and the rest: 401 with the challenges until authenticated, then what IIS serves."""
+        self._read_body()
+        ews = self.server.ews
+        if ews.fault("unreachable") is not None:
+            self.close_connection = True
+            return
+        if not self._authenticated(ews):
+            return
+        if self._path() != EWS_PATH.lower():
+            self._plain(404, b"")
+        elif self.command in ("GET", "HEAD"):
+            self._plain(200, SERVICE_PAGE, [("Content-Type", "text/html; charset=UTF-8")],
+                        body=self.command == "GET")
+        else:
+            self._plain(405, b"", [("Allow", "GET, HEAD, POST")])
 
     def _path(self) -> str:
         return self.path.split("?", 1)[0].lower()
@@ -133,9 +165,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self) -> None:
         body = self._read_body()
         ews = self.server.ews
-        if self._path() != EWS_PATH.lower():
-            self._plain(404, b"")
-            return
         if ews.fault("unreachable") is not None:
             raise _Dropped
         slow = ews.fault("slow")
@@ -144,6 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
         parsed = _parse(body)
         op_name = parsed[2] if isinstance(parsed, tuple) else "Invalid"
         if not self._authenticated(ews):
+            return
+        if self._path() != EWS_PATH.lower():
+            self._plain(404, b"")
             return
         ews.stats.count_ews(ews.forest, op_name)
         if isinstance(parsed, soap.SoapFault):
@@ -178,7 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault(soap.SoapFault("ErrorInvalidRequest", f"The request is invalid: the lab does not "
                                        f"implement {op_name}."), op_name)
             return
-        request = ews.request(header, operation, anchor=self.headers.get("X-AnchorMailbox"), user=self.user)
+        request = ews.request(header, operation, anchor=self.headers.get("X-AnchorMailbox"), user=self.user,
+                              host=self.headers.get("Host", ""))
         if op_name in STREAMING_OPERATIONS:
             self._stream(STREAMING_OPERATIONS[op_name](request), op_name)
             return
@@ -204,13 +237,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _fault(self, fault: soap.SoapFault, op_name: str) -> None:
         self._soap(fault.http_status, soap.fault_envelope(fault), op_name)
 
-    def _plain(self, status: int, payload: bytes, headers: list[tuple[str, str]] | None = None) -> None:
+    def _plain(self, status: int, payload: bytes, headers: list[tuple[str, str]] | None = None, *,
+               body: bool = True) -> None:
         self.send_response(status)
         for name, value in headers or []:
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if body:
+            self.wfile.write(payload)
 
     def _unauthorized(self, challenge: str | None) -> None:
         if challenge is not None:
@@ -227,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for body in bodies:
-                payload = soap.envelope(body)
+                payload = soap.streaming_envelope(body)
                 _notify(payload, op_name)
                 self.wfile.write(f"{len(payload):X}\r\n".encode() + payload + b"\r\n")
                 self.wfile.flush()
@@ -341,11 +376,12 @@ class EwsServer:
         return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
 
     def request(self, header: etree._Element | None, operation: etree._Element, *, anchor: str | None,
-                user: str | None) -> EwsRequest:
+                user: str | None, host: str = "") -> EwsRequest:
         """Build the handler's view of one request."""
         return EwsRequest(store=self.store, forest=self.forest, operation=operation, header=header,
                           milliseconds=soap.wants_milliseconds(header),
-                          default_mailbox=self._default_mailbox(anchor, user), subscriptions=self.subscriptions)
+                          default_mailbox=self._default_mailbox(anchor, user), subscriptions=self.subscriptions,
+                          owa_url=f"https://{host or self.host}/owa/")
 
     def _default_mailbox(self, anchor: str | None, user: str | None) -> str:
         for candidate in (anchor, user):
@@ -356,4 +392,4 @@ class EwsServer:
 
     def _on_new_item(self, item: StoredItem) -> None:
         if not self._stopped.is_set() and self.store.forest_of(item.mailbox) == self.forest:
-            self.subscriptions.on_new_item(item)
+            self.subscriptions.on_new_item(item, unread=self.store.counts(item.mailbox, item.folder)[1])
