@@ -157,6 +157,11 @@ class SubscriptionRegistry:
                 subscription.connections += 1
             return subs
 
+    def open_streams(self) -> int:
+        """Return how many streaming connections are open on this endpoint's subscriptions now."""
+        with self._cond:
+            return sum(s.connections for s in self._subs.values())
+
     def detach(self, subs: list[Subscription]) -> None:
         """Close a streaming connection."""
         with self._cond:
