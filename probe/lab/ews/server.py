@@ -196,25 +196,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, ews: EwsServer, parsed: tuple[etree._Element | None, etree._Element, str],
                 op_name: str) -> None:
-        busy, broken = ews.fault("server_busy"), ews.fault("server_error")
-        if busy is not None:
-            self._fault(soap.SoapFault("ErrorServerBusy", "The server cannot service this request right now. "
-                                       "Try again later.", back_off_ms=busy.back_off_ms or 1000), op_name)
-            return
-        if broken is not None:
-            self._fault(soap.SoapFault("ErrorInternalServerError", "An internal server error occurred. "
-                                       "The operation failed."), op_name)
+        refusal = _refusal(ews, op_name)
+        if refusal is not None:
+            self._fault(refusal, op_name)
             return
         header, operation, _ = parsed
-        if not is_known(op_name):
-            self._fault(soap.SoapFault("ErrorInvalidRequest", f"The request is invalid: the lab does not "
-                                       f"implement {op_name}."), op_name)
-            return
         request = ews.request(header, operation, anchor=self.headers.get("X-AnchorMailbox"), user=self.user,
                               host=self.headers.get("Host", ""))
         if op_name in STREAMING_OPERATIONS:
-            self._stream(STREAMING_OPERATIONS[op_name](request), op_name)
+            self._answer_stream(request, op_name)
+        else:
+            self._answer_once(request, op_name)
+
+    def _answer_stream(self, request: EwsRequest, op_name: str) -> None:
+        try:
+            bodies = STREAMING_OPERATIONS[op_name](request)
+        except soap.SoapFault as fault:
+            self._fault(fault, op_name)
             return
+        self._stream(bodies, op_name)
+
+    def _answer_once(self, request: EwsRequest, op_name: str) -> None:
         try:
             payload = soap.envelope(OPERATIONS[op_name](request))
         except soap.SoapFault as fault:
@@ -273,6 +275,19 @@ class _Handler(BaseHTTPRequestHandler):
             close = getattr(bodies, "close", None)
             if close is not None:
                 close()
+
+
+def _refusal(ews: EwsServer, op_name: str) -> soap.SoapFault | None:
+    """Return the fault a busy or broken endpoint answers with, or the one for an operation the lab lacks."""
+    busy, broken = ews.fault("server_busy"), ews.fault("server_error")
+    if busy is not None:
+        return soap.SoapFault("ErrorServerBusy", "The server cannot service this request right now. Try again later.",
+                              back_off_ms=busy.back_off_ms or 1000)
+    if broken is not None:
+        return soap.SoapFault("ErrorInternalServerError", "An internal server error occurred. The operation failed.")
+    if not is_known(op_name):
+        return soap.SoapFault("ErrorInvalidRequest", f"The request is invalid: the lab does not implement {op_name}.")
+    return None
 
 
 def _parse(body: bytes) -> tuple[etree._Element | None, etree._Element, str] | soap.SoapFault:

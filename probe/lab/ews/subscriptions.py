@@ -300,11 +300,22 @@ def _connection_minutes(request: EwsRequest) -> float:
 
 
 def get_streaming_events(request: EwsRequest) -> Iterator[etree._Element]:
-    """Answer GetStreamingEvents: envelopes of events and keep-alives, then Closed at the timeout."""
-    registry = request.subscriptions
+    """Answer GetStreamingEvents: envelopes of events and keep-alives, then Closed at the timeout.
+
+    A request without a ``t:SubscriptionId`` or with a ConnectionTimeout out of 1-30 fails as a whole (a SOAP
+    Fault, as Exchange's schema validation answers it) before the stream starts.
+    """
     path = f"{m('SubscriptionIds')}/{t('SubscriptionId')}"
     sub_ids = [(e.text or "").strip() for e in request.operation.iterfind(path)]
-    end = time.monotonic() + _connection_minutes(request) * registry.minute_seconds
+    if not sub_ids:
+        raise soap.SoapFault("ErrorSchemaValidation", "The request failed schema validation: SubscriptionIds "
+                             "needs at least one t:SubscriptionId.")
+    end = time.monotonic() + _connection_minutes(request) * request.subscriptions.minute_seconds
+    return _attached_stream(request, sub_ids, end)
+
+
+def _attached_stream(request: EwsRequest, sub_ids: list[str], end: float) -> Iterator[etree._Element]:
+    registry = request.subscriptions
     try:
         subs = registry.attach(sub_ids)
     except SubscriptionError as exc:
