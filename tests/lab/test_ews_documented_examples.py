@@ -49,12 +49,12 @@ class World:
         body = etree.tostring(request, xml_declaration=True, encoding="utf-8")
         with self.session.post(str(self.ews.server.https_url), data=body, stream=True, timeout=30,
                                headers={"Content-Type": "text/xml; charset=utf-8"}) as reply:
-            buffer = b""
+            buffer = bytearray()
             for chunk in reply.iter_content(chunk_size=None):
                 buffer += chunk
                 end = buffer.find(b"</Envelope>")
                 if end >= 0:
-                    return buffer[:end + len(b"</Envelope>")]
+                    return bytes(buffer[:end + len(b"</Envelope>")])
         raise AssertionError(f"the stream ended without a whole envelope: {buffer[:500]!r}")
 
     def seed(self, folder: str = "inbox") -> StoredItem:
