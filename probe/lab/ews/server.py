@@ -23,6 +23,7 @@ from lxml import etree
 
 from probe.lab.ews import soap
 from probe.lab.ews.auth import Authenticator, AuthResult, ConnectionAuth, NtlmUserFile
+from probe.lab.ews.chunking import Chunking, EnvelopePerChunk
 from probe.lab.ews.context import EwsRequest
 from probe.lab.ews.operations import OPERATIONS, STREAMING_OPERATIONS, is_known, operation_name
 from probe.lab.ews.subscriptions import SubscriptionRegistry
@@ -262,12 +263,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/xml; charset=utf-8")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        chunking = self.server.ews.stream_chunking()
         try:
             for body in bodies:
                 payload = soap.streaming_envelope(body)
                 _notify(payload, op_name)
-                self.wfile.write(f"{len(payload):X}\r\n".encode() + payload + b"\r\n")
-                self.wfile.flush()
+                self._write_chunks(chunking.cut(payload), chunking.pause)
+            self._write_chunks(chunking.rest(), 0.0)
             self.wfile.write(b"0\r\n\r\n")
         except (OSError, ValueError):
             self.close_connection = True
@@ -275,6 +277,14 @@ class _Handler(BaseHTTPRequestHandler):
             close = getattr(bodies, "close", None)
             if close is not None:
                 close()
+
+
+    def _write_chunks(self, chunks: list[bytes], pause: float) -> None:
+        for n, chunk in enumerate(chunks):
+            if n and pause:
+                time.sleep(pause)
+            self.wfile.write(f"{len(chunk):X}\r\n".encode() + chunk + b"\r\n")
+            self.wfile.flush()
 
 
 def _refusal(ews: EwsServer, op_name: str) -> soap.SoapFault | None:
@@ -312,6 +322,7 @@ class EwsServer:
         self.host = host
         self.authenticator = Authenticator(users)
         self.subscriptions = SubscriptionRegistry(forest)
+        self.stream_chunking: Callable[[], Chunking] = EnvelopePerChunk  # tests may cut streams otherwise
         self._ports = (https_port, http_port)
         self._ssl_context = ssl_context
         self._servers: list[_HttpServer] = []
