@@ -173,6 +173,18 @@ def test_allproperties_is_the_first_class_set(ews: StandaloneEws) -> None:
     assert not {"Body", "ToRecipients", "CcRecipients", "ResponseObjects", "InternetMessageHeaders"} & listed
 
 
+@pytest.mark.parametrize("uri", ["item:Body", "message:ToRecipients", "item:MimeContent"])
+def test_finditem_refuses_properties_only_getitem_returns(ews: StandaloneEws, uri: str) -> None:
+    """Asked by name for a body, recipient list or MIME, FindItem answers ErrorInvalidPropertyForOperation."""
+    ews.store.deliver(MAILBOX, message("refused", message_id="<refused@probe>"))
+    request = FIND.replace('<t:FieldURI FieldURI="item:DateTimeReceived"/>', f'<t:FieldURI FieldURI="{uri}"/>')
+    reply = soap(ews, request.format(restriction=""))
+    assert reply.findtext(f".//{{{M_NS}}}ResponseCode") == "ErrorInvalidPropertyForOperation"
+    named = reply.find(f".//{{{M_NS}}}MessageXml/{{{T_NS}}}FieldURI")
+    assert named is not None
+    assert named.get("FieldURI") == uri
+
+
 # -- 5: millisecond stamps --------------------------------------------------------------------------------
 
 def test_a_millisecond_stamp_sent_back_in_isequalto_finds_the_message(ews: StandaloneEws) -> None:

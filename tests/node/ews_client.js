@@ -1,6 +1,6 @@
 // Drive an EWS endpoint with ews-javascript-api (the EWS Managed API's JavaScript port), as its users do.
 //
-// Run by tests/test_ews_foreign_clients.py, which starts the lab and reads this script's stdout:
+// Run by tests/lab/test_ews_foreign_client.py, which starts the lab and reads this script's stdout:
 // one JSON object per line. {"want": "deliver", "subject": S, "once": null | "stream-open"} asks the test to
 // deliver a message with that subject to the mailbox (once a notification stream is open, if so asked) and
 // answer "delivered" on stdin; the last line is {"result": {...}} with what the client saw, or {"error": "..."}.

@@ -32,6 +32,12 @@ DELETE_TYPES: Final[dict[str, DeleteMode]] = {
     "HardDelete": "HardDelete", "SoftDelete": "SoftDelete", "MoveToDeletedItems": "MoveToDeletedItems",
 }
 NO_MOVE_TARGETS: Final = frozenset({"root", "searchfolders"})
+NOT_FOR_FIND: Final = frozenset({  # the properties FindItem refuses (the EWS Managed API's schema lacks CanFind)
+    "item:Attachments", "item:Body", "item:EntityExtractionResult", "item:InternetMessageHeaders",
+    "item:MimeContent", "item:NormalizedBody", "item:ResponseObjects", "item:TextBody", "item:UniqueBody",
+    "message:ApprovalRequestData", "message:BccRecipients", "message:CcRecipients", "message:ReplyTo",
+    "message:ToRecipients", "message:VotingInformation",
+})
 _NOT_FOUND: Final = ("The specified object was not found in the store., The process failed to get the correct "
                      "properties.")
 
@@ -44,6 +50,7 @@ class Shape:
     extended: list[etree._Element] = field(default_factory=list)
     headers: list[str] = field(default_factory=list)
     body_type: str = "Best"
+    asked: list[str] = field(default_factory=list)  # the FieldURIs asked for by name, in order
 
 
 def parse_shape(elem: etree._Element | None, *, find: bool = False) -> Shape:
@@ -58,10 +65,12 @@ def parse_shape(elem: etree._Element | None, *, find: bool = False) -> Shape:
         shape.fields |= message_fields.FIND_DEFAULT if find else message_fields.DEFAULT
     if (elem.findtext(t("IncludeMimeContent")) or "").strip() == "true":
         shape.fields.add("item:MimeContent")
+        shape.asked.append("item:MimeContent")
     shape.body_type = (elem.findtext(t("BodyType")) or "Best").strip()
     for path in elem.iterfind(f"{t('AdditionalProperties')}/*"):
         if path.tag == t("FieldURI"):
             shape.fields.add(path.get("FieldURI", ""))
+            shape.asked.append(path.get("FieldURI", ""))
         elif path.tag == t("ExtendedFieldURI"):
             shape.extended.append(path)
         elif path.tag == t("IndexedFieldURI") and path.get("FieldURI") == "item:InternetMessageHeader":
@@ -144,13 +153,27 @@ def _find_in_folder(messages: etree._Element, ref: FolderRef, request: EwsReques
         item_element(container, item, shape, request)
 
 
+def _refused_for_find(messages: etree._Element, uri: str) -> None:
+    msg = soap.error(messages, "FindItem", "ErrorInvalidPropertyForOperation",
+                     "This property can't be used in FindItem requests.")
+    sub(sub(msg, m("MessageXml")), t("FieldURI"), FieldURI=uri)
+
+
 def find_item(request: EwsRequest) -> etree._Element:
-    """Answer FindItem: one response message per parent folder, each paged on its own."""
+    """Answer FindItem: one response message per parent folder, each paged on its own.
+
+    A property FindItem cannot return (bodies, MIME, recipient lists, headers, ...) asked for by name makes
+    each folder's message ErrorInvalidPropertyForOperation, naming the property in MessageXml.
+    """
     root, messages = soap.response("FindItem")
     shape = parse_shape(request.operation.find(m("ItemShape")), find=True)
+    refused = next((uri for uri in shape.asked if uri in NOT_FOR_FIND), None)
     for ref in resolve_all(request.operation.find(m("ParentFolderIds")), request):
         if isinstance(ref, FolderError):
             soap.error(messages, "FindItem", ref.code, ref.text)
+            continue
+        if refused is not None:
+            _refused_for_find(messages, refused)
             continue
         try:
             _find_in_folder(messages, ref, request, shape)
