@@ -35,7 +35,8 @@ def _node() -> str:
     """Return the node binary, or fail saying how to get what the client needs."""
     node = shutil.which("node")
     if node is None:
-        pytest.fail("node is not installed: scripts/setup installs it (Debian's nodejs and npm)")
+        pytest.fail("node is not installed: install Node.js 18 or later (Debian 12: apt-get install nodejs npm), "
+                    "then run `npm ci --prefix tests/node`")
     if not (NODE_DIR / "node_modules" / "ews-javascript-api").is_dir():
         pytest.fail("tests/node/node_modules is missing: run `npm ci --prefix tests/node` (the README's test "
                     "command does)")
