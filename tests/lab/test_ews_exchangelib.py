@@ -12,7 +12,7 @@ import pytest
 import requests
 import requests.adapters
 from exchangelib import BASIC, DELEGATE, NTLM, Account, Configuration, Credentials, FailFast, Q, Version
-from exchangelib.errors import ErrorItemNotFound, ErrorSubscriptionNotFound, TransportError
+from exchangelib.errors import ErrorInvalidIdMalformed, ErrorItemNotFound, ErrorSubscriptionNotFound, TransportError
 from exchangelib.extended_properties import ExtendedProperty
 from exchangelib.folders import FolderCollection
 from exchangelib.items import Message
@@ -79,25 +79,33 @@ def test_getitem_returns_headers_subject_message_id_and_receipt_time(ews: Standa
 
 
 def test_getitem_of_a_missing_item_is_error_item_not_found(ews: StandaloneEws) -> None:
-    """An id that is not (or no longer) in the store comes back as ErrorItemNotFound, per item."""
+    """An id no longer in the store is ErrorItemNotFound, one that Exchange could not have issued is malformed."""
+    gone = ews.store.deliver(MAILBOX, message("gone", message_id="<gone@probe>"))
+    gone_id = gone.item_id
+    ews.store.delete(gone_id, "HardDelete")
     stored = ews.store.deliver(MAILBOX, message("x", message_id="<x@probe>"))
     a = account(ews, version=GIVEN)
-    results = list(a.fetch(ids=[("bm90LWFuLWl0ZW0=", "ck"), (stored.item_id, stored.change_key)]))
+    results = list(a.fetch(ids=[(gone_id, "ck"), ("bm90LWFuLWl0ZW0=", "ck"), (stored.item_id, stored.change_key)]))
     assert isinstance(results[0], ErrorItemNotFound)
-    assert results[1].id == stored.item_id
+    assert isinstance(results[1], ErrorInvalidIdMalformed)
+    assert results[2].id == stored.item_id
 
 
-@pytest.mark.parametrize("how", ["delete", "soft_delete", "move_to_trash"])
-def test_each_delete_type_removes_the_message(ews: StandaloneEws, how: str) -> None:
-    """HardDelete and SoftDelete remove the item; MoveToDeletedItems puts it in Deleted Items."""
+@pytest.mark.parametrize(("how", "left_in"), [
+    ("delete", None), ("soft_delete", "recoverableitemsdeletions"), ("move_to_trash", "deleteditems"),
+])
+def test_each_delete_type_removes_the_message(ews: StandaloneEws, how: str, left_in: str | None) -> None:
+    """HardDelete removes the item, SoftDelete puts it in Recoverable Items, MoveToDeletedItems in Deleted Items."""
     stored = ews.store.deliver(MAILBOX, message("probe TAG-D", message_id="<d@probe>"))
+    old_id = stored.item_id
     a = account(ews, version=GIVEN)
     [item] = list(a.inbox.filter(subject__contains="TAG-D"))
     getattr(item, how)()
     assert ews.store.items(MAILBOX, ["inbox", "junkemail"]) == []
-    trash = ews.store.items(MAILBOX, ["deleteditems"])
-    assert [i.message_id for i in trash] == (["<d@probe>"] if how == "move_to_trash" else [])
-    assert ews.store.get(stored.item_id) is None or how == "move_to_trash"
+    assert ews.store.get(old_id) is None
+    for folder in ("deleteditems", "recoverableitemsdeletions"):
+        held = [i.message_id for i in ews.store.items(MAILBOX, [folder])]
+        assert held == (["<d@probe>"] if folder == left_in else [])
 
 
 def test_moveitem_moves_and_gives_a_new_id(ews: StandaloneEws) -> None:

@@ -24,6 +24,7 @@ class EwsRequest:
     milliseconds: bool
     default_mailbox: str
     subscriptions: SubscriptionRegistry
+    owa_url: str = "https://localhost/owa/"
 
     def serves(self, address: str) -> bool:
         """Say whether this endpoint serves the mailbox ``address``."""

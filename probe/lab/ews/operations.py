@@ -7,24 +7,15 @@ from typing import Final
 
 from lxml import etree
 
-from probe.lab.ews import folders, items, soap, subscriptions
+from probe.lab.ews import convert, folders, items, soap, subscriptions
 from probe.lab.ews.context import EwsRequest
-from probe.lab.ews.soap import m
 
 Handler = Callable[[EwsRequest], etree._Element]
 StreamHandler = Callable[[EwsRequest], Iterator[etree._Element]]
 
 
-def convert_id(request: EwsRequest) -> etree._Element:
-    """Answer ConvertId: the lab converts nothing, so every id is malformed (as DUMMY is on Exchange)."""
-    root, messages = soap.response("ConvertId")
-    for _ in request.operation.iterfind(f"{m('SourceIds')}/*"):
-        soap.error(messages, "ConvertId", "ErrorInvalidIdMalformed", "Id is malformed.")
-    return root
-
-
 OPERATIONS: Final[dict[str, Handler]] = {
-    "ConvertId": convert_id,
+    "ConvertId": convert.convert_id,
     "GetFolder": folders.get_folder,
     "FindFolder": folders.find_folder,
     "FindItem": items.find_item,

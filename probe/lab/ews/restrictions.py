@@ -39,11 +39,15 @@ FIELD_GETTERS: Final[dict[str, Getter]] = {
     "message:InternetMessageId": lambda i: i.message_id,
     "item:DateTimeReceived": lambda i: i.received,
     "item:DateTimeCreated": lambda i: i.received,
-    "item:ItemClass": lambda _i: "IPM.Note",
+    "item:ItemClass": lambda i: i.item_class,
     "item:Body": lambda i: i.body,
     "item:Size": lambda i: len(i.raw),
+    "message:IsRead": lambda i: i.is_read,
+    "item:HasAttachments": lambda _i: False,
 }
 _DATETIME_FIELDS: Final = frozenset({"item:DateTimeReceived", "item:DateTimeCreated"})
+_INT_FIELDS: Final = frozenset({"item:Size"})
+_BOOL_FIELDS: Final = frozenset({"message:IsRead", "item:HasAttachments"})
 _COMPARISONS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "IsEqualTo": operator.eq, "IsNotEqualTo": operator.ne,
     "IsGreaterThan": operator.gt, "IsGreaterThanOrEqualTo": operator.ge,
@@ -66,6 +70,15 @@ def field_getter(path: etree._Element) -> tuple[Getter, str]:
 
 
 def _constant(value: str, path_name: str) -> Any:
+    if path_name in _INT_FIELDS:
+        try:
+            return int(value)
+        except ValueError:
+            raise RestrictionError("ErrorInvalidValueForProperty", f"{value!r} is not an integer.") from None
+    if path_name in _BOOL_FIELDS:
+        if value not in ("true", "false"):
+            raise RestrictionError("ErrorInvalidValueForProperty", f"{value!r} is not a boolean.")
+        return value == "true"
     if path_name not in _DATETIME_FIELDS:
         return value
     try:
@@ -185,9 +198,14 @@ def _sort_key(getter: Getter) -> Callable[[StoredItem], tuple[int, Any]]:
 
 
 def sort_items(items: list[StoredItem], sort_order: etree._Element | None) -> list[StoredItem]:
-    """Sort items by the request's FieldOrders; newest received first when none is given."""
-    ordered = sorted(items, key=lambda i: (i.received, i.delivered_at), reverse=True)
+    """Sort items by the request's FieldOrders; newest received first when none is given.
+
+    Items equal under every FieldOrder (two received in the same millisecond) keep delivery order, in the
+    direction of the first FieldOrder.
+    """
     orders = [] if sort_order is None else list(sort_order.iter(t("FieldOrder")))
+    newest_first = not orders or orders[0].get("Order", "Ascending") == "Descending"
+    ordered = sorted(items, key=lambda i: (i.received, i.delivered_at), reverse=newest_first)
     for order in reversed(orders):
         path = next((c for c in order if isinstance(c.tag, str)), None)
         if path is None:

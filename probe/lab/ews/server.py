@@ -1,4 +1,10 @@
-"""The lab's EWS endpoint: HTTP/1.1 keep-alive over HTTPS and HTTP, auth, faults, stats and streaming."""
+"""The lab's EWS endpoint: HTTP/1.1 keep-alive over HTTPS and HTTP, auth, faults, stats and streaming.
+
+As IIS in front of Exchange 2013-2019 does, every request, whatever its method and path, is authenticated
+first: without credentials it gets 401 with the Negotiate, NTLM and Basic challenges (an NTLM client may
+start its handshake with a GET). Authenticated, a GET of /EWS/Exchange.asmx gets the service's help page;
+SOAP goes over POST. Streamed notifications are framed as Exchange frames them (``soap.streaming_envelope``).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from lxml import etree
 
 from probe.lab.ews import soap
 from probe.lab.ews.auth import Authenticator, AuthResult, ConnectionAuth, NtlmUserFile
+from probe.lab.ews.chunking import Chunking, EnvelopePerChunk
 from probe.lab.ews.context import EwsRequest
 from probe.lab.ews.operations import OPERATIONS, STREAMING_OPERATIONS, is_known, operation_name
 from probe.lab.ews.subscriptions import SubscriptionRegistry
@@ -26,6 +33,12 @@ from probe.lab.store import MailboxStore, StoredItem
 
 EWS_PATH: Final = "/EWS/Exchange.asmx"
 MAX_BODY: Final = 16 * 1024 * 1024
+SERVICE_PAGE: Final = (
+    b"<html><head><title>Service</title></head><body><h1>Service</h1><p>You have created a service.</p>"
+    b"<p>To test this service, you will need to create a client and use it to call the service. You can do "
+    b"this using the svcutil.exe tool from the command line with the following syntax:</p>"
+    b"<pre>svcutil.exe https://localhost/EWS/Services.wsdl</pre></body></html>"
+)
 log = logging.getLogger(__name__)
 
 ResponseObserver = Callable[[bytes, str], None]
@@ -106,8 +119,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Stamp the Date header on the forest's server clock."""
         return email.utils.formatdate(self.server.ews.server_time(), usegmt=True)
 
-    def do_GET(self) -> None:
-        self._plain(404 if self._path() != EWS_PATH.lower() else 405, b"")
+    def __getattr__(self, name: str) -> Any:
+        """Answer every HTTP method: POST carries EWS; any other is authenticated first, as IIS does."""
+        if name.startswith("do_") and name != "do_POST":
+            return self._other_method
+        raise AttributeError(name)
 
     def do_POST(self) -> None:
         try:
@@ -116,6 +132,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _other_method(self) -> None:
+        """Answer GET, HEAD and the rest: 401 with the challenges until authenticated, then what IIS serves."""
+        self._read_body()
+        ews = self.server.ews
+        if ews.fault("unreachable") is not None:
+            self.close_connection = True
+            return
+        if not self._authenticated(ews):
+            return
+        if self._path() != EWS_PATH.lower():
+            self._plain(404, b"")
+        elif self.command in ("GET", "HEAD"):
+            self._plain(200, SERVICE_PAGE, [("Content-Type", "text/html; charset=UTF-8")],
+                        body=self.command == "GET")
+        else:
+            self._plain(405, b"", [("Allow", "GET, HEAD, POST")])
 
     def _path(self) -> str:
         return self.path.split("?", 1)[0].lower()
@@ -133,9 +166,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self) -> None:
         body = self._read_body()
         ews = self.server.ews
-        if self._path() != EWS_PATH.lower():
-            self._plain(404, b"")
-            return
         if ews.fault("unreachable") is not None:
             raise _Dropped
         slow = ews.fault("slow")
@@ -144,6 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
         parsed = _parse(body)
         op_name = parsed[2] if isinstance(parsed, tuple) else "Invalid"
         if not self._authenticated(ews):
+            return
+        if self._path() != EWS_PATH.lower():
+            self._plain(404, b"")
             return
         ews.stats.count_ews(ews.forest, op_name)
         if isinstance(parsed, soap.SoapFault):
@@ -164,24 +197,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, ews: EwsServer, parsed: tuple[etree._Element | None, etree._Element, str],
                 op_name: str) -> None:
-        busy, broken = ews.fault("server_busy"), ews.fault("server_error")
-        if busy is not None:
-            self._fault(soap.SoapFault("ErrorServerBusy", "The server cannot service this request right now. "
-                                       "Try again later.", back_off_ms=busy.back_off_ms or 1000), op_name)
-            return
-        if broken is not None:
-            self._fault(soap.SoapFault("ErrorInternalServerError", "An internal server error occurred. "
-                                       "The operation failed."), op_name)
+        refusal = _refusal(ews, op_name)
+        if refusal is not None:
+            self._fault(refusal, op_name)
             return
         header, operation, _ = parsed
-        if not is_known(op_name):
-            self._fault(soap.SoapFault("ErrorInvalidRequest", f"The request is invalid: the lab does not "
-                                       f"implement {op_name}."), op_name)
-            return
-        request = ews.request(header, operation, anchor=self.headers.get("X-AnchorMailbox"), user=self.user)
+        request = ews.request(header, operation, anchor=self.headers.get("X-AnchorMailbox"), user=self.user,
+                              host=self.headers.get("Host", ""))
         if op_name in STREAMING_OPERATIONS:
-            self._stream(STREAMING_OPERATIONS[op_name](request), op_name)
+            self._answer_stream(request, op_name)
+        else:
+            self._answer_once(request, op_name)
+
+    def _answer_stream(self, request: EwsRequest, op_name: str) -> None:
+        try:
+            bodies = STREAMING_OPERATIONS[op_name](request)
+        except soap.SoapFault as fault:
+            self._fault(fault, op_name)
             return
+        self._stream(bodies, op_name)
+
+    def _answer_once(self, request: EwsRequest, op_name: str) -> None:
         try:
             payload = soap.envelope(OPERATIONS[op_name](request))
         except soap.SoapFault as fault:
@@ -204,13 +240,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _fault(self, fault: soap.SoapFault, op_name: str) -> None:
         self._soap(fault.http_status, soap.fault_envelope(fault), op_name)
 
-    def _plain(self, status: int, payload: bytes, headers: list[tuple[str, str]] | None = None) -> None:
+    def _plain(self, status: int, payload: bytes, headers: list[tuple[str, str]] | None = None, *,
+               body: bool = True) -> None:
         self.send_response(status)
         for name, value in headers or []:
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if body:
+            self.wfile.write(payload)
 
     def _unauthorized(self, challenge: str | None) -> None:
         if challenge is not None:
@@ -225,12 +263,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/xml; charset=utf-8")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        chunking = self.server.ews.stream_chunking()
         try:
             for body in bodies:
-                payload = soap.envelope(body)
+                payload = soap.streaming_envelope(body)
                 _notify(payload, op_name)
-                self.wfile.write(f"{len(payload):X}\r\n".encode() + payload + b"\r\n")
-                self.wfile.flush()
+                self._write_chunks(chunking.cut(payload), chunking.pause)
+            self._write_chunks(chunking.rest(), 0.0)
             self.wfile.write(b"0\r\n\r\n")
         except (OSError, ValueError):
             self.close_connection = True
@@ -238,6 +277,27 @@ class _Handler(BaseHTTPRequestHandler):
             close = getattr(bodies, "close", None)
             if close is not None:
                 close()
+
+
+    def _write_chunks(self, chunks: list[bytes], pause: float) -> None:
+        for n, chunk in enumerate(chunks):
+            if n and pause:
+                time.sleep(pause)
+            self.wfile.write(f"{len(chunk):X}\r\n".encode() + chunk + b"\r\n")
+            self.wfile.flush()
+
+
+def _refusal(ews: EwsServer, op_name: str) -> soap.SoapFault | None:
+    """Return the fault a busy or broken endpoint answers with, or the one for an operation the lab lacks."""
+    busy, broken = ews.fault("server_busy"), ews.fault("server_error")
+    if busy is not None:
+        return soap.SoapFault("ErrorServerBusy", "The server cannot service this request right now. Try again later.",
+                              back_off_ms=busy.back_off_ms or 1000)
+    if broken is not None:
+        return soap.SoapFault("ErrorInternalServerError", "An internal server error occurred. The operation failed.")
+    if not is_known(op_name):
+        return soap.SoapFault("ErrorInvalidRequest", f"The request is invalid: the lab does not implement {op_name}.")
+    return None
 
 
 def _parse(body: bytes) -> tuple[etree._Element | None, etree._Element, str] | soap.SoapFault:
@@ -262,6 +322,7 @@ class EwsServer:
         self.host = host
         self.authenticator = Authenticator(users)
         self.subscriptions = SubscriptionRegistry(forest)
+        self.stream_chunking: Callable[[], Chunking] = EnvelopePerChunk  # tests may cut streams otherwise
         self._ports = (https_port, http_port)
         self._ssl_context = ssl_context
         self._servers: list[_HttpServer] = []
@@ -341,11 +402,12 @@ class EwsServer:
         return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
 
     def request(self, header: etree._Element | None, operation: etree._Element, *, anchor: str | None,
-                user: str | None) -> EwsRequest:
+                user: str | None, host: str = "") -> EwsRequest:
         """Build the handler's view of one request."""
         return EwsRequest(store=self.store, forest=self.forest, operation=operation, header=header,
                           milliseconds=soap.wants_milliseconds(header),
-                          default_mailbox=self._default_mailbox(anchor, user), subscriptions=self.subscriptions)
+                          default_mailbox=self._default_mailbox(anchor, user), subscriptions=self.subscriptions,
+                          owa_url=f"https://{host or self.host}/owa/")
 
     def _default_mailbox(self, anchor: str | None, user: str | None) -> str:
         for candidate in (anchor, user):
@@ -356,4 +418,4 @@ class EwsServer:
 
     def _on_new_item(self, item: StoredItem) -> None:
         if not self._stopped.is_set() and self.store.forest_of(item.mailbox) == self.forest:
-            self.subscriptions.on_new_item(item)
+            self.subscriptions.on_new_item(item, unread=self.store.counts(item.mailbox, item.folder)[1])

@@ -12,6 +12,8 @@ S_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 M_NS: Final = "http://schemas.microsoft.com/exchange/services/2006/messages"
 T_NS: Final = "http://schemas.microsoft.com/exchange/services/2006/types"
 E_NS: Final = "http://schemas.microsoft.com/exchange/services/2006/errors"
+XSI_NS: Final = "http://www.w3.org/2001/XMLSchema-instance"
+XSD_NS: Final = "http://www.w3.org/2001/XMLSchema"
 NSMAP: Final = {"s": S_NS, "m": M_NS, "t": T_NS}
 SERVER_VERSION: Final = {
     "MajorVersion": "15", "MinorVersion": "2", "MajorBuildNumber": "1544", "MinorBuildNumber": "4",
@@ -98,6 +100,22 @@ def envelope(body_child: etree._Element) -> bytes:
     return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
 
 
+def streaming_envelope(body_child: etree._Element) -> bytes:
+    """Serialise one notification of a GetStreamingEvents stream the way Exchange 2013-2019 write it.
+
+    ``<Envelope xmlns="...soap/envelope/">`` with ``soap11:``-prefixed Header and Body, each declaring the
+    prefix itself, and no XML declaration: the notifications of one response follow each other directly.
+    """
+    version = etree.Element(t("ServerVersionInfo"), SERVER_VERSION, nsmap={None: T_NS, "xsd": XSD_NS, "xsi": XSI_NS})
+    return b"".join((
+        f'<Envelope xmlns="{S_NS}"><soap11:Header xmlns:soap11="{S_NS}">'.encode(),
+        etree.tostring(version, encoding="utf-8"),
+        f'</soap11:Header><soap11:Body xmlns:soap11="{S_NS}">'.encode(),
+        etree.tostring(body_child, encoding="utf-8"),
+        b"</soap11:Body></Envelope>",
+    ))
+
+
 def fault_envelope(fault: SoapFault) -> bytes:
     """Serialise a SOAP Fault the way Exchange shapes it, with ResponseCode and MessageXml in detail."""
     root = etree.Element(f"{{{S_NS}}}Envelope", nsmap=NSMAP)
@@ -119,7 +137,7 @@ def fault_envelope(fault: SoapFault) -> bytes:
 
 def response(operation: str) -> tuple[etree._Element, etree._Element]:
     """Return a ``m:<Op>Response`` element and its ``m:ResponseMessages`` container."""
-    root = etree.Element(m(f"{operation}Response"), nsmap={"m": M_NS, "t": T_NS})
+    root = etree.Element(m(f"{operation}Response"), nsmap={"xsd": XSD_NS, "xsi": XSI_NS, "m": M_NS, "t": T_NS})
     return root, sub(root, m("ResponseMessages"))
 
 

@@ -17,17 +17,17 @@ from lxml import etree
 
 from probe.lab.ews import soap
 from probe.lab.ews.context import EwsRequest
-from probe.lab.ews.folders import FolderError, FolderRef, folder_id, resolve_all
+from probe.lab.ews.folders import FOLDER_CHANGE_KEY, FolderError, FolderRef, folder_id, resolve_all
 from probe.lab.ews.soap import m, sub, t
-from probe.lab.store import StoredItem
+from probe.lab.store import FOLDERS, StoredItem
 
-ITEM_EVENTS: Final = ("NewMailEvent", "CreatedEvent")
+ITEM_EVENTS: Final = ("CreatedEvent", "NewMailEvent")  # in Exchange's order; then the folder's ModifiedEvent
 STREAMING_IDLE_EXPIRY: Final = 30 * 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
-    """One notification event waiting for its subscriber."""
+    """One notification event waiting for its subscriber: about an item, or (ModifiedEvent) its folder."""
 
     kind: str
     watermark: str
@@ -35,6 +35,7 @@ class Event:
     item_id: str
     change_key: str
     parent: FolderRef
+    unread: int | None = None  # set for a folder's ModifiedEvent: the folder's new UnreadCount
 
 
 @dataclass(kw_only=True)
@@ -81,8 +82,9 @@ class SubscriptionRegistry:
         """Return a fresh watermark."""
         return base64.b64encode(f"W\x00{next(self._seq)}".encode()).decode()
 
-    def on_new_item(self, item: StoredItem) -> None:
-        """Queue NewMail/Created events for every subscription watching the item's folder."""
+    def on_new_item(self, item: StoredItem, *, unread: int) -> None:
+        """Queue Created, NewMail and the folder's Modified events for every subscription watching the folder."""
+        parent = FolderRef(item.mailbox, item.folder)
         with self._cond:
             for subscription in self._subs.values():
                 if subscription.mailbox != item.mailbox or item.folder not in subscription.folders:
@@ -91,8 +93,11 @@ class SubscriptionRegistry:
                     if kind in subscription.event_types:
                         subscription.events.append(Event(
                             kind=kind, watermark=self.watermark(), timestamp=item.received,
-                            item_id=item.item_id, change_key=item.change_key,
-                            parent=FolderRef(item.mailbox, item.folder)))
+                            item_id=item.item_id, change_key=item.change_key, parent=parent))
+                if "ModifiedEvent" in subscription.event_types:
+                    subscription.events.append(Event(
+                        kind="ModifiedEvent", watermark=self.watermark(), timestamp=item.received,
+                        item_id="", change_key="", parent=parent, unread=unread))
             self._cond.notify_all()
 
     def add(self, subscription: Subscription) -> None:
@@ -152,6 +157,11 @@ class SubscriptionRegistry:
                 subscription.connections += 1
             return subs
 
+    def open_streams(self) -> int:
+        """Return how many streaming connections are open on this endpoint's subscriptions now."""
+        with self._cond:
+            return sum(s.connections for s in self._subs.values())
+
     def detach(self, subs: list[Subscription]) -> None:
         """Close a streaming connection."""
         with self._cond:
@@ -176,12 +186,21 @@ class SubscriptionRegistry:
                 self._cond.wait(remaining)
 
 
-def _event_element(parent: etree._Element, event: Event, request: EwsRequest) -> None:
+def _event_element(parent: etree._Element, event: Event, request: EwsRequest, *, watermark: bool) -> None:
+    """Append one event; streaming notifications carry no watermarks (Exchange 2013-2019 send none)."""
     node = sub(parent, t(event.kind))
-    sub(node, t("Watermark"), event.watermark)
+    if watermark:
+        sub(node, t("Watermark"), event.watermark)
     sub(node, t("TimeStamp"), soap.format_datetime(event.timestamp, milliseconds=request.milliseconds))
-    sub(node, t("ItemId"), Id=event.item_id, ChangeKey=event.change_key)
-    sub(node, t("ParentFolderId"), Id=folder_id(event.parent), ChangeKey="AQAAABYAAAA=")
+    if event.unread is None:
+        sub(node, t("ItemId"), Id=event.item_id, ChangeKey=event.change_key)
+        sub(node, t("ParentFolderId"), Id=folder_id(event.parent), ChangeKey=FOLDER_CHANGE_KEY)
+        return
+    grandparent = event.parent.spec.parent or event.parent.name
+    sub(node, t("FolderId"), Id=folder_id(event.parent), ChangeKey=FOLDER_CHANGE_KEY)
+    sub(node, t("ParentFolderId"), Id=folder_id(FolderRef(event.parent.address, grandparent)),
+        ChangeKey=FOLDER_CHANGE_KEY)
+    sub(node, t("UnreadCount"), str(event.unread))
 
 
 def _parse_subscribe(request: EwsRequest, registry: SubscriptionRegistry) -> Subscription:
@@ -196,7 +215,7 @@ def _parse_subscribe(request: EwsRequest, registry: SubscriptionRegistry) -> Sub
         raise SubscriptionError(errors[0].code, errors[0].text)
     folders = [r for r in refs if isinstance(r, FolderRef)]
     if spec.get("SubscribeToAllFolders") == "true" or not folders:
-        folders = [FolderRef(request.default_mailbox, name) for name in ("inbox", "junkemail", "deleteditems")]
+        folders = [FolderRef(request.default_mailbox, name) for name in FOLDERS]
     event_types = frozenset((e.text or "").strip() for e in spec.iterfind(f"{t('EventTypes')}/{t('EventType')}"))
     try:
         minutes = float(spec.findtext(t("Timeout")) or "30") if pull is not None else STREAMING_IDLE_EXPIRY / 60
@@ -250,7 +269,7 @@ def get_events(request: EwsRequest) -> etree._Element:
     sub(notification, t("PreviousWatermark"), (request.operation.findtext(m("Watermark")) or "").strip())
     sub(notification, t("MoreEvents"), "false")
     for event in events:
-        _event_element(notification, event, request)
+        _event_element(notification, event, request, watermark=True)
     if not events:
         sub(sub(notification, t("StatusEvent")), t("Watermark"), request.subscriptions.watermark())
     return root
@@ -262,10 +281,10 @@ def _stream_message(status: str, batches: dict[str, list[Event]], request: EwsRe
     if batches:
         notifications = sub(msg, m("Notifications"))
         for sub_id, events in batches.items():
-            notification = sub(notifications, t("Notification"))
+            notification = sub(notifications, m("Notification"))  # m:, as Exchange writes it (the schema says t:)
             sub(notification, t("SubscriptionId"), sub_id)
             for event in events:
-                _event_element(notification, event, request)
+                _event_element(notification, event, request, watermark=False)
     sub(msg, m("ConnectionStatus"), status)
     return root
 
@@ -281,11 +300,22 @@ def _connection_minutes(request: EwsRequest) -> float:
 
 
 def get_streaming_events(request: EwsRequest) -> Iterator[etree._Element]:
-    """Answer GetStreamingEvents: envelopes of events and keep-alives, then Closed at the timeout."""
-    registry = request.subscriptions
+    """Answer GetStreamingEvents: envelopes of events and keep-alives, then Closed at the timeout.
+
+    A request without a ``t:SubscriptionId`` or with a ConnectionTimeout out of 1-30 fails as a whole (a SOAP
+    Fault, as Exchange's schema validation answers it) before the stream starts.
+    """
     path = f"{m('SubscriptionIds')}/{t('SubscriptionId')}"
     sub_ids = [(e.text or "").strip() for e in request.operation.iterfind(path)]
-    end = time.monotonic() + _connection_minutes(request) * registry.minute_seconds
+    if not sub_ids:
+        raise soap.SoapFault("ErrorSchemaValidation", "The request failed schema validation: SubscriptionIds "
+                             "needs at least one t:SubscriptionId.")
+    end = time.monotonic() + _connection_minutes(request) * request.subscriptions.minute_seconds
+    return _attached_stream(request, sub_ids, end)
+
+
+def _attached_stream(request: EwsRequest, sub_ids: list[str], end: float) -> Iterator[etree._Element]:
+    registry = request.subscriptions
     try:
         subs = registry.attach(sub_ids)
     except SubscriptionError as exc:
@@ -294,6 +324,7 @@ def get_streaming_events(request: EwsRequest) -> Iterator[etree._Element]:
         ids = sub(msg, m("ErrorSubscriptionIds"))
         for sub_id in sub_ids:
             sub(ids, t("SubscriptionId"), sub_id)
+        sub(msg, m("ConnectionStatus"), "Closed")
         yield root
         return
     try:
