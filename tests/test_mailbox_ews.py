@@ -63,7 +63,7 @@ class World:
                 ca_file: Path | None = None) -> EwsMailbox:
         ews = EwsConfig(url=url or str(self.server.https_url), username=USERNAME, password=Secret(password),
                         auth=auth, ca_file=ca_file or self.ca_file, version="15.2.1544.4", timeout=timeout)
-        return EwsMailbox(MailboxConfig(name=FOREST, address=ADDRESS, ews=ews, cleanup=cleanup), key=KEY)
+        return EwsMailbox(MailboxConfig(name=FOREST, address=ADDRESS, backend=ews, cleanup=cleanup), key=KEY)
 
 
 @pytest.fixture

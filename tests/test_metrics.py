@@ -26,7 +26,7 @@ def make_config(routes: dict[str, list[str]] | None = None, *, tls_none: tuple[s
     """Return a config with the given routes (name -> smart host names), all into mailbox "fc"."""
     routes = {"c2f": ["edge-1", "edge-2"]} if routes is None else routes
     mailbox = MailboxConfig(name="fc", address="probe@fourthcoffee.com",
-                            ews=EwsConfig(url="https://127.0.0.1/EWS/Exchange.asmx", username="svc",
+                            backend=EwsConfig(url="https://127.0.0.1/EWS/Exchange.asmx", username="svc",
                                           password=Secret("ews-password-123")))
     built = tuple(
         RouteConfig(name=name, sender="probe@contoso.com", mailbox="fc", timeout=300.0, smart_hosts=tuple(

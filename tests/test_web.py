@@ -29,7 +29,7 @@ EWS_PASSWORD = "ews-Passw0rd-web"
 
 def make_config() -> Config:
     mailbox = MailboxConfig(name="fc", address="probe@fourthcoffee.com",
-                            ews=EwsConfig(url="https://127.0.0.1:8443/EWS/Exchange.asmx", username="FC\\svc",
+                            backend=EwsConfig(url="https://127.0.0.1:8443/EWS/Exchange.asmx", username="FC\\svc",
                                           password=Secret(EWS_PASSWORD)))
     hosts = tuple(SmartHostConfig(name=n, host="127.0.0.1", port=2525, username="c@contoso.com",
                                   password=Secret(SMTP_PASSWORD)) for n in ("fc-edge-1", "fc-edge-<2>"))

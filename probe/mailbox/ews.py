@@ -66,7 +66,7 @@ from exchangelib.util import SOAPNS, TNS, DummyResponse
 from lxml import etree
 
 from probe import message as probe_message
-from probe.config import MailboxConfig
+from probe.config import EwsConfig, MailboxConfig
 from probe.mailbox.base import CleanupResult, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
 from probe.mailbox.received import parse_received
@@ -350,9 +350,16 @@ def _build(cfg: Any) -> Version | None:
     return Version(build=Build(*parts))
 
 
+def ews_section(config: MailboxConfig) -> EwsConfig:
+    """Return the mailbox's ``ews:`` section; a mailbox of another backend is a caller's mistake."""
+    if not isinstance(config.backend, EwsConfig):
+        raise TypeError(f"mailbox {config.name} is not an EWS mailbox")
+    return config.backend
+
+
 def _account(config: MailboxConfig, clock: ClockOffset, pacer: _Pacer, *, max_connections: int) -> Account:
     """Make an exchangelib Account whose protocol is this mailbox's own."""
-    ews = config.ews
+    ews = ews_section(config)
     verify: bool | str = str(ews.ca_file) if ews.verify and ews.ca_file else ews.verify
     exconfig = Configuration(
         service_endpoint=ews.url, credentials=Credentials(ews.username, ews.password.reveal()),
@@ -378,6 +385,7 @@ class EwsMailbox:
 
     def __init__(self, config: MailboxConfig, *, key: bytes) -> None:
         self._config = config
+        self._ews = ews_section(config)
         self._key = key
         self.clock = ClockOffset()
         self._pacer = _Pacer()
@@ -412,7 +420,7 @@ class EwsMailbox:
         when the server gave no usable response). One calibration runs at a time; a caller that waited
         for another's finds the estimate narrow and sends nothing.
         """
-        wait = budget_seconds + self._config.ews.timeout
+        wait = budget_seconds + self._ews.timeout
         if not self._calibrating.acquire(timeout=max(0.0, wait)):
             return self.clock.estimate(now=time.time())
         try:
@@ -429,7 +437,7 @@ class EwsMailbox:
         """Send one GetFolder (Inbox, IdOnly) no earlier than ``send_at``; return its round trip, or None."""
         pacer = self._pacer
         pacer.last, pacer.send_at = None, send_at
-        pacer.timeout = min(self._config.ews.timeout, max(1.0, deadline - send_at))
+        pacer.timeout = min(self._ews.timeout, max(1.0, deadline - send_at))
         try:
             inbox = DistinguishedFolderId(id="inbox", mailbox=EwsAddress(email_address=self._config.address))
             list(_PingFolder(account=self._account).call(folders=[inbox], additional_fields=[], shape="IdOnly"))
@@ -445,7 +453,7 @@ class EwsMailbox:
                deadline: float | None = None) -> SearchResult:
         """Find the probes in flight in Inbox and Junk with one FindItem and one GetItem; never raise."""
         started = time.time()
-        deadline = deadline if deadline is not None else started + 2 * self._config.ews.timeout
+        deadline = deadline if deadline is not None else started + 2 * self._ews.timeout
         since = since if since is not None else started - DEFAULT_LOOKBACK
         try:
             found = self._retrying(lambda: self._find(since), deadline)
@@ -557,7 +565,7 @@ class EwsMailbox:
         """
         if not item_ids or self._config.cleanup == "keep":
             return CleanupResult(ok=True)
-        deadline = time.time() + 2 * self._config.ews.timeout
+        deadline = time.time() + 2 * self._ews.timeout
         try:
             ids = self._retrying(lambda: self._verified_ids(item_ids), deadline)
             deleted, missing = self._retrying(lambda: self._delete(ids), deadline) if ids else ([], [])

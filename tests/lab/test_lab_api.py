@@ -99,7 +99,7 @@ def test_probe_yaml_loads_with_the_probes_own_loader(lab: Lab) -> None:
     lab_host = lab.smart_host("fourthcoffee-edge-1")
     assert (first.host, first.port, first.username) == (lab_host.host, lab_host.port, lab_host.username)
     assert first.password == lab_host.password
-    assert config.mailboxes["fourthcoffee"].ews.password == lab.forests["fourthcoffee"].ews_password
+    assert config.mailboxes["fourthcoffee"].backend.password == lab.forests["fourthcoffee"].ews_password
 
 
 def test_more_mailboxes_give_more_routes(tmp_path: Path) -> None:
