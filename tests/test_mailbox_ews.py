@@ -17,7 +17,7 @@ import pytest
 from probe.config import Cleanup, EwsAuth, EwsConfig, MailboxConfig
 from probe.lab.ca import LabCA
 from probe.lab.ews.server import EwsServer
-from probe.lab.faults import FaultRegistry, parse_fault
+from probe.lab.faults import EwsFault, FaultRegistry, parse_fault
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
 from probe.mailbox.base import Mailbox
@@ -71,7 +71,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     faults, stats = FaultRegistry(), LabStats()
 
     def clock(forest: str) -> float:
-        offset = faults.find(f"ews/{forest}", "clock_offset")
+        offset = faults.find(f"ews/{forest}", EwsFault.CLOCK_OFFSET)
         return time.time() + (offset.seconds or 0.0 if offset is not None else 0.0)
 
     store = MailboxStore(clock=clock)

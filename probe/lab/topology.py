@@ -27,7 +27,7 @@ import yaml
 
 from probe.lab.admin import AdminServer
 from probe.lab.ca import LabCA
-from probe.lab.faults import Fault, FaultError, FaultRegistry, parse_fault
+from probe.lab.faults import EwsFault, Fault, FaultError, FaultRegistry, parse_fault
 from probe.lab.smarthost import MAX_FORESTS, LabSmartHost, SmartHostFleet, smart_host_address
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
@@ -284,7 +284,7 @@ class Lab:
         self.faults.clear(target)
 
     def _clock(self, forest: str) -> float:
-        offset = self.faults.find(f"ews/{forest}", "clock_offset")
+        offset = self.faults.find(f"ews/{forest}", EwsFault.CLOCK_OFFSET)
         return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
 
     # -- life cycle

@@ -20,7 +20,7 @@ from probe.lab.ews.auth import Authenticator, AuthResult, ConnectionAuth, NtlmUs
 from probe.lab.ews.context import EwsRequest
 from probe.lab.ews.operations import OPERATIONS, STREAMING_OPERATIONS, is_known, operation_name
 from probe.lab.ews.subscriptions import SubscriptionRegistry
-from probe.lab.faults import FaultRegistry
+from probe.lab.faults import EwsFault, Fault, FaultRegistry
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore, StoredItem
 
@@ -70,7 +70,7 @@ class _HttpServer(ThreadingHTTPServer):
         """Handshake TLS in the connection's own thread, then serve it."""
         conn = request
         try:
-            if self.ews.fault("unreachable") is not None:
+            if self.ews.fault(EwsFault.UNREACHABLE) is not None:
                 return
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
@@ -136,9 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self._path() != EWS_PATH.lower():
             self._plain(404, b"")
             return
-        if ews.fault("unreachable") is not None:
+        if ews.fault(EwsFault.UNREACHABLE) is not None:
             raise _Dropped
-        slow = ews.fault("slow")
+        slow = ews.fault(EwsFault.SLOW)
         if slow is not None and ews.sleep(slow.seconds or 0.0):
             raise _Dropped
         parsed = _parse(body)
@@ -152,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(ews, parsed, op_name)
 
     def _authenticated(self, ews: EwsServer) -> bool:
-        if ews.fault("unauthorized") is not None:
+        if ews.fault(EwsFault.UNAUTHORIZED) is not None:
             self._unauthorized(None)
             return False
         result: AuthResult = ews.authenticator.check(self.headers.get("Authorization"), self.auth_state)
@@ -164,10 +164,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, ews: EwsServer, parsed: tuple[etree._Element | None, etree._Element, str],
                 op_name: str) -> None:
-        busy, broken = ews.fault("server_busy"), ews.fault("server_error")
+        busy, broken = ews.fault(EwsFault.SERVER_BUSY), ews.fault(EwsFault.SERVER_ERROR)
         if busy is not None:
             self._fault(soap.SoapFault("ErrorServerBusy", "The server cannot service this request right now. "
-                                       "Try again later.", back_off_ms=busy.back_off_ms or 1000), op_name)
+                                       "Try again later.", back_off_ms=busy.back_off_ms), op_name)
             return
         if broken is not None:
             self._fault(soap.SoapFault("ErrorInternalServerError", "An internal server error occurred. "
@@ -327,7 +327,7 @@ class EwsServer:
             else:
                 self._connections.discard(conn)
 
-    def fault(self, kind: str) -> Any:
+    def fault(self, kind: EwsFault) -> Fault | None:
         """Return the fault of this kind in force on this endpoint, if any."""
         return self.faults.find(self.target, kind)
 
@@ -337,7 +337,7 @@ class EwsServer:
 
     def server_time(self) -> float:
         """Return the forest's server clock: true time plus any clock_offset fault."""
-        offset = self.fault("clock_offset")
+        offset = self.fault(EwsFault.CLOCK_OFFSET)
         return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
 
     def request(self, header: etree._Element | None, operation: etree._Element, *, anchor: str | None,
