@@ -7,8 +7,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import TextIO
 
 from probe.config import Config, ConfigError, load_config
 from probe.duration import parse_duration
@@ -40,7 +40,6 @@ class CheckOutcome:
 
     decisions: list[Decision]
     ledger: Ledger
-    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run_check(config: Config, options: CheckOptions,

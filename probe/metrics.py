@@ -133,7 +133,7 @@ _PAIR_HEADS: Final = (
     FamilyHead(f"{PREFIX}_lost", "Probes accepted but not found by the timeout while observable.", "counter"),
     FamilyHead(f"{PREFIX}_late", "Probes found after they had been declared lost.", "counter"),
     FamilyHead(f"{PREFIX}_unknown", "Probes whose mailbox could not be observed long enough to tell (never counted "
-               "as lost). An addition to the DESIGN.md list.", "counter"),
+               "as lost).", "counter"),
     FamilyHead(f"{PREFIX}_delivery_seconds", "Delivery latency of delivered probes: the smart host's final 250 to "
                "the mailbox's receipt.", "histogram"),
     FamilyHead(f"{PREFIX}_smtp_stage_seconds", "Time spent in each SMTP submission stage.", "histogram"),
