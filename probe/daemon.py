@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,8 +29,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from probe.config import Config, ConfigError, MailboxConfig, load_config
 from probe.ledger import Decision, Ledger, LedgerError
 from probe.logs import configure_logging, log_decision
+from probe.mailbox.backends import MailboxFactory, open_mailbox
 from probe.mailbox.base import Mailbox, SearchResult, Watch
-from probe.mailbox.ews import EwsMailbox
 from probe.metrics import ProbeMetrics
 from probe.pipeline import Target, confirm, expire, send_probe, targets
 from probe.runtime import limit_malloc_arenas
@@ -47,7 +46,6 @@ RETENTION_SECONDS = 7 * 86400
 SHUTDOWN_GRACE = 5.0
 CALIBRATE_ABOVE = 0.1  # seconds of clock offset uncertainty that call for a calibration
 CALIBRATE_EVERY = 300.0  # at most this often per mailbox
-MailboxFactory = Callable[[MailboxConfig, bytes], Mailbox]
 
 
 class _Observer:
@@ -120,7 +118,7 @@ class Daemon:
         self.metrics = ProbeMetrics(config)
         self.ledger = Ledger(config.state_file)
         self.key = load_or_create_key(config.signing_key_file)
-        self._mailbox_factory = mailbox_factory or (lambda cfg, key: EwsMailbox(cfg, key=key))
+        self._mailbox_factory = mailbox_factory or (lambda cfg, key: open_mailbox(cfg, key=key))
         self._observer = _Observer(self)
         self._lock = threading.RLock()
         self._pairs: dict[tuple[str, str], Target] = {}

@@ -54,3 +54,15 @@ class MailboxReason(StrEnum):
     THROTTLED = "throttled"
     SERVER_ERROR = "server_error"
     PROTOCOL = "protocol"
+
+
+class MailboxFolder(StrEnum):
+    """A mailbox folder by its backend-neutral name; each backend maps it to its own (EWS: distinguished ids)."""
+
+    INBOX = "inbox"
+    JUNKEMAIL = "junkemail"
+    DELETEDITEMS = "deleteditems"
+
+
+SEARCHED_FOLDERS: tuple[MailboxFolder, ...] = (MailboxFolder.INBOX, MailboxFolder.JUNKEMAIL)
+"""The folders a mailbox's ``folders`` may name: where a probe can arrive."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from probe.ledger import Arrival, Ledger, LedgerError
+from probe.mailbox.base import ItemRef
 from probe.vocabulary import Verdict
 
 
@@ -37,7 +38,7 @@ def _open(ledger: Ledger, probe_id: str = "p1", *, deadline: float = 1_300.0, ma
 
 
 def _arrival(probe_id: str = "p1", *, item: str = "item-1", at: float = 1_002.5) -> Arrival:
-    return Arrival(probe_id=probe_id, item_id=item, change_key="ck", folder="inbox", received_at=at, seen_at=at)
+    return Arrival(probe_id=probe_id, item=ItemRef(item, "ck"), folder="inbox", received_at=at, seen_at=at)
 
 
 def test_an_accepted_probe_found_in_time_is_delivered_with_latency_from_the_final_250(ledger: Ledger) -> None:
@@ -58,8 +59,8 @@ def test_a_duplicate_delivery_counts_once_but_both_copies_are_cleaned_up(ledger:
     assert ledger.record_arrival(_arrival(item="a")) is not None
     assert ledger.record_arrival(_arrival(item="b")) is None
     assert ledger.record_arrival(_arrival(item="a")) is None
-    assert sorted(i for i, _ in ledger.pending_cleanup("fc")) == ["a", "b"]
-    ledger.mark_cleaned(["a", "b"])
+    assert sorted(ledger.pending_cleanup("fc"), key=lambda i: i.key) == [ItemRef("a", "ck"), ItemRef("b", "ck")]
+    ledger.mark_cleaned("fc", [ItemRef("a", "ck"), ItemRef("b", "ck")])
     assert ledger.pending_cleanup("fc") == []
 
 
@@ -77,7 +78,7 @@ def test_one_searchs_sightings_are_recorded_together_each_decided_as_alone(ledge
     held = ledger.record_accepted("p3", accepted_at=1_002.0)  # seen before its 250: decided with it
     assert held is not None
     assert held.verdict is Verdict.DELIVERED
-    assert sorted(i for i, _ in ledger.pending_cleanup("fc")) == ["a", "a2", "b", "c"]
+    assert sorted(i.key for i in ledger.pending_cleanup("fc")) == ["a", "a2", "b", "c"]
 
 
 def test_a_send_failure_is_decided_once_with_stage_reason_and_code(ledger: Ledger) -> None:

@@ -15,6 +15,7 @@ from probe.config.nodes import Context, Section, did_you_mean, show, warn_unveri
 from probe.config.reader import read_section
 from probe.config.table import IMPLICIT_TLS_PORT
 from probe.duration import format_duration
+from probe.vocabulary import MailboxFolder
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,10 @@ def _build_backend(ctx: Context, section: Section) -> BackendConfig:
 
 
 def _build_mailbox(ctx: Context, name: str, section: Section) -> MailboxConfig:
-    return MailboxConfig(name=name, backend=_build_backend(ctx, section), **section.scalars())
+    values = section.scalars()
+    if "folders" in values:
+        values["folders"] = tuple(MailboxFolder(folder) for folder in values["folders"])
+    return MailboxConfig(name=name, backend=_build_backend(ctx, section), **values)
 
 
 def _build_smart_host(ctx: Context, section: Section) -> SmartHostConfig:

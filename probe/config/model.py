@@ -13,6 +13,7 @@ from pathlib import Path
 from probe.config.backends import BackendConfig
 from probe.config.table import DEFAULTS, Cleanup, TlsMode, WatchMode
 from probe.secret import Secret
+from probe.vocabulary import MailboxFolder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,7 +32,7 @@ class MailboxConfig:
     name: str  # its key under ``mailboxes``
     address: str
     backend: BackendConfig  # exactly one backend section: ``ews:`` (EwsConfig)
-    folders: tuple[str, ...] = DEFAULTS["mailbox"]["folders"]
+    folders: tuple[MailboxFolder, ...] = DEFAULTS["mailbox"]["folders"]
     cleanup: Cleanup = DEFAULTS["mailbox"]["cleanup"]
     watch: WatchMode = DEFAULTS["mailbox"]["watch"]
     poll_interval: float = DEFAULTS["mailbox"]["poll_interval"]

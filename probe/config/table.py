@@ -10,6 +10,7 @@ from typing import Any, Final, Literal, get_args
 
 from probe.config.backends import BACKENDS
 from probe.config.fields import FieldSpec, default_of
+from probe.vocabulary import SEARCHED_FOLDERS
 
 TlsMode = Literal["starttls", "implicit", "none"]
 Cleanup = Literal["move_to_deleted_items", "soft_delete", "hard_delete", "keep"]
@@ -53,7 +54,7 @@ _MAILBOX: Final = (
     _F(key="address", kind="address", required=True, doc="The mailbox's email address."),
     *(_F(key=backend.name, kind="section", section=backend.name, required=True, one_of="backend",
          doc=backend.doc) for backend in BACKENDS),
-    _F(key="folders", kind="choice_list", choices=("inbox", "junkemail"), default=("inbox", "junkemail"),
+    _F(key="folders", kind="choice_list", choices=tuple(SEARCHED_FOLDERS), default=SEARCHED_FOLDERS,
        doc="The folders searched for probes."),
     _F(key="cleanup", kind="choice", choices=get_args(Cleanup), default="move_to_deleted_items",
        doc="What is done with a probe once found (only probes whose tag verifies are ever touched)."),

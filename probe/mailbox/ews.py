@@ -58,7 +58,7 @@ from exchangelib.util import TNS
 
 from probe import message as probe_message
 from probe.config import EwsConfig, MailboxConfig
-from probe.mailbox.base import CleanupResult, SearchResult, Sighting
+from probe.mailbox.base import CleanupResult, ItemRef, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
 from probe.mailbox.ews_internals import (
     FOLDER_ATTR,
@@ -72,7 +72,7 @@ from probe.mailbox.ews_internals import (
 )
 from probe.mailbox.received import parse_received
 from probe.secret import redact
-from probe.vocabulary import MailboxReason
+from probe.vocabulary import MailboxFolder, MailboxReason
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,10 @@ DEFAULT_LOOKBACK: Final = 86400.0  # how far back a search looks when the caller
 PAGE_SIZE: Final = 500
 GET_CHUNK: Final = 500
 WATCH_MINUTES: Final = 1  # GetStreamingEvents ConnectionTimeout; the stream is reopened after it
+_EWS_FOLDERS: Final = {  # the neutral folder names as EWS distinguished folder ids
+    MailboxFolder.INBOX: "inbox", MailboxFolder.JUNKEMAIL: "junkemail", MailboxFolder.DELETEDITEMS: "deleteditems",
+}
+_NEUTRAL_FOLDERS: Final = {ews_id: folder for folder, ews_id in _EWS_FOLDERS.items()}
 _DELETE_TYPES: Final = {
     "move_to_deleted_items": "MoveToDeletedItems", "soft_delete": "SoftDelete", "hard_delete": "HardDelete",
 }
@@ -179,6 +183,11 @@ class _RawItem:
     message_id: str
     headers: tuple[tuple[str, str], ...]
 
+    @property
+    def ref(self) -> ItemRef:
+        """Return the item's reference outside this backend: its id, with its change key."""
+        return ItemRef(self.item_id, self.change_key)
+
 
 def _raw_item(elem: Any, folder: str = "") -> _RawItem:
     ident = elem.find(f"{{{TNS}}}ItemId")
@@ -241,6 +250,11 @@ def _build(cfg: Any) -> Version | None:
     return Version(build=Build(*parts))
 
 
+def _folder_id(config: MailboxConfig, folder: MailboxFolder) -> DistinguishedFolderId:
+    """Return the EWS distinguished folder of the mailbox that a neutral folder name stands for."""
+    return DistinguishedFolderId(id=_EWS_FOLDERS[folder], mailbox=EwsAddress(email_address=config.address))
+
+
 def ews_section(config: MailboxConfig) -> EwsConfig:
     """Return the mailbox's ``ews:`` section; a mailbox of another backend is a caller's mistake."""
     if not isinstance(config.backend, EwsConfig):
@@ -278,8 +292,7 @@ class EwsMailbox:
         self._pacer = _Pacer()
         self._calibrating = threading.Lock()
         self._account = _account(config, self.clock, self._pacer, max_connections=2)
-        self._folders = [DistinguishedFolderId(id=f, mailbox=EwsAddress(email_address=config.address))
-                         for f in config.folders]
+        self._folders = [_folder_id(config, folder) for folder in config.folders]
         self._first_seen: dict[str, float] = {}
         self._verified: set[str] = set()
         self._lock = threading.Lock()
@@ -326,7 +339,7 @@ class EwsMailbox:
         pacer.last, pacer.send_at = None, send_at
         pacer.timeout = min(self._ews.timeout, max(1.0, deadline - send_at))
         try:
-            inbox = DistinguishedFolderId(id="inbox", mailbox=EwsAddress(email_address=self._config.address))
+            inbox = _folder_id(self._config, MailboxFolder.INBOX)
             list(PingFolder(account=self._account).call(folders=[inbox], additional_fields=[], shape="IdOnly"))
         except Exception as exc:  # an error response still carries its Date; no response ends calibration
             log.debug("mailbox %s: clock calibration request failed: %s", self._config.name, describe(exc))
@@ -426,7 +439,7 @@ class EwsMailbox:
                                     first_seen_local=first_seen, offset=estimate)
             sightings.append(Sighting(
                 probe_id=candidate.probe_id, tag=candidate.tag, mailbox=self._config.name,
-                folder=candidate.item.folder, item_id=detail.item_id, change_key=detail.change_key,
+                folder=_NEUTRAL_FOLDERS.get(candidate.item.folder, MailboxFolder.INBOX), item=detail.ref,
                 message_id=detail.message_id, subject=detail.subject, received_server=stamp[0],
                 received_precise=stamp[1], received_local=arrival.at,
                 received_uncertainty=(arrival.latest - arrival.earliest) / 2, first_seen_local=first_seen,
@@ -451,55 +464,55 @@ class EwsMailbox:
 
     # -- cleanup --------------------------------------------------------------------------------------
 
-    def cleanup(self, item_ids: Sequence[tuple[str, str]]) -> CleanupResult:
+    def cleanup(self, items: Sequence[ItemRef]) -> CleanupResult:
         """Delete verified probe messages the configured way, in batches; never raise.
 
-        Ids this mailbox has not itself seen verified are read first and deleted only if their tag verifies.
+        Items this mailbox has not itself seen verified are read first and deleted only if their tag verifies.
         """
-        if not item_ids or self._config.cleanup == "keep":
+        if not items or self._config.cleanup == "keep":
             return CleanupResult(ok=True)
         deadline = time.time() + 2 * self._ews.timeout
         try:
-            ids = self._retrying(lambda: self._verified_ids(item_ids), deadline)
-            deleted, missing = self._retrying(lambda: self._delete(ids), deadline) if ids else ([], [])
+            verified = self._retrying(lambda: self._verified_refs(items), deadline)
+            deleted, missing = self._retrying(lambda: self._delete(verified), deadline) if verified else ([], [])
         except Exception as exc:  # a failed cleanup is tried again on the next poll
             reason, text = classify(exc), describe(exc)
             log.warning("mailbox %s: cleanup failed (%s): %s", self._config.name, reason, text)
             return CleanupResult(ok=False, error_reason=reason, error=text)
         return CleanupResult(ok=True, deleted=len(deleted), missing=len(missing),
-                             refused=len(item_ids) - len(ids), gone=(*deleted, *missing))
+                             refused=len(items) - len(verified), gone=(*deleted, *missing))
 
-    def _verified_ids(self, item_ids: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    def _verified_refs(self, items: Sequence[ItemRef]) -> list[ItemRef]:
         with self._lock:
-            known = [i for i in item_ids if i[0] in self._verified]
-            unknown = [i for i in item_ids if i[0] not in self._verified]
+            known = [ref for ref in items if ref.key in self._verified]
+            unknown = [ref for ref in items if ref.key not in self._verified]
         if unknown:
-            probes = [_RawItem(item_id=i, change_key=c, folder="", subject="", received=None, message_id="",
-                               headers=()) for i, c in unknown]
+            probes = [_RawItem(item_id=ref.key, change_key=ref.extra, folder="", subject="", received=None,
+                               message_id="", headers=()) for ref in unknown]
             for item in self._get(probes):
                 genuine = probe_message.probe_id_if_genuine(self._key, item.subject, item.headers)
                 if genuine is not None:
-                    known.append((item.item_id, item.change_key))
+                    known.append(item.ref)
         return known
 
-    def _delete(self, ids: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
-        """Delete items; return the ids deleted and those already gone."""
+    def _delete(self, refs: Sequence[ItemRef]) -> tuple[list[ItemRef], list[ItemRef]]:
+        """Delete items; return those deleted and those already gone."""
         service = DeleteItem(account=self._account, chunk_size=GET_CHUNK)
         results = list(service.call(
-            items=list(ids), delete_type=_DELETE_TYPES[self._config.cleanup],
+            items=[(ref.key, ref.extra) for ref in refs], delete_type=_DELETE_TYPES[self._config.cleanup],
             send_meeting_cancellations="SendToNone", affected_task_occurrences="AllOccurrences",
             suppress_read_receipts=True,
         ))
         deleted, missing = [], []
-        for (item_id, _ck), result in zip(ids, results, strict=False):
+        for ref, result in zip(refs, results, strict=False):
             if result is True:
-                deleted.append(item_id)
+                deleted.append(ref)
             elif isinstance(result, ErrorItemNotFound):
-                missing.append(item_id)
+                missing.append(ref)
             elif isinstance(result, Exception):
                 raise result
         with self._lock:
-            self._verified.difference_update(deleted + missing)
+            self._verified.difference_update(ref.key for ref in (*deleted, *missing))
         return deleted, missing
 
     # -- watch ----------------------------------------------------------------------------------------
