@@ -24,6 +24,7 @@ SCRIPTS = {
     "metrics_render": (["bench/metrics_render.py", "--quick"], "| 500 |"),
     "lab_ews": (["bench/lab_ews.py", "--items", "300", "--clients", "2", "--requests", "5"], "| 2 |"),
     "threads": (["bench/threads.py", "--quick"], "| the whole process |"),
+    "ews_internals": (["bench/ews_internals.py", "--quick", "--no-report"], "| without responses read whole |"),
     "soak": (["bench/soak.py", "--minutes", "0.5", "--pairs", "8", "--interval", "3", "--timeout", "8",
               "--sample-seconds", "5", "--fault-seconds", "10"], "PASS"),
 }
