@@ -41,7 +41,7 @@ def renamed_copy(into: Path, name: str) -> Path:
     ("_get_elems_from_page", "exchangelib.services.common:EWSPagingService._get_elems_from_page"),
     ("DummyResponse", "exchangelib.util:DummyResponse"),
     ("_streaming_response", "exchangelib.services.common:EWSService._streaming_response"),
-    ("_protocol_cache", "exchangelib.protocol:CachingProtocol._protocol_cache"),
+    ("_elems_to_objs", "exchangelib.services.common:EWSService._elems_to_objs"),
 ])
 def test_a_renamed_internal_fails_exactly_its_own_check(tmp_path: Path, name: str, check: str) -> None:
     """Against an exchangelib with one private name renamed, one fence check fails, naming it; the rest pass."""

@@ -291,8 +291,6 @@ INTERNALS: Final[tuple[Internal, ...]] = (
              why="own_protocol drops the protocol Account() put in the cache"),
     Internal(path="exchangelib.protocol:CachingProtocol.__call__", parameters=("cls", "args", "kwargs"),
              why="own_protocol bypasses it with type.__call__ (a protocol outside the cache)"),
-    Internal(path="exchangelib.protocol:CachingProtocol._protocol_cache",
-             why="the cache __delitem__ removes from; Account() fills it"),
     Internal(path="exchangelib.protocol:BaseProtocol.create_session", parameters=("self",),
              why="ProbeProtocol mounts the mailbox's own adapter (CA, timeout, clock) on each session"),
     Internal(path="exchangelib.protocol:BaseProtocol.TIMEOUT",
