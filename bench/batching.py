@@ -19,22 +19,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Collection
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import lab_process, table, update_report
-from exchangelib import EWSDateTime, Q
-from exchangelib.fields import FieldPath
-from exchangelib.folders import Folder
-from exchangelib.items import Message
-from exchangelib.restriction import Restriction
 from scale import PROBE_RUN, ROUTES_PER_LAB, Result, measure
 
 from probe.config import MailboxConfig
 from probe.mailbox.base import SearchResult
-from probe.mailbox.ews import PAGE_SIZE, SEARCH_MARGIN, EwsMailbox, _FindTagged, _raise_first, _RawItem
+from probe.mailbox.ews import EwsMailbox
 
 NAIVE_RUN = (str(Path(__file__).resolve()), "serve", "--mode", "naive")
 
@@ -61,20 +55,9 @@ class PerProbeMailbox(EwsMailbox):
                             clock_offset=last.clock_offset if last else None,
                             clock_uncertainty=last.clock_uncertainty if last else None)
 
-    def _find(self, since: float) -> list[_RawItem]:
-        estimate = self.clock.estimate()
-        skew = 0.0 if estimate is None else estimate.offset
-        floor = datetime.fromtimestamp(since + skew - SEARCH_MARGIN, tz=UTC).replace(microsecond=0)
-        query = Q(subject__contains=self._term) & Q(datetime_received__gte=EWSDateTime.from_datetime(floor))
-        service = _FindTagged(account=self._account, page_size=PAGE_SIZE)
-        fields = [FieldPath(field=Message.get_field_by_fieldname(n)) for n in ("subject", "datetime_received")]
-        found: list[_RawItem] = _raise_first(service.call(
-            folders=self._folders, additional_fields=fields,
-            restriction=Restriction(query, folders=[Folder()], applies_to=Restriction.ITEMS),
-            order_fields=None, shape="IdOnly", query_string=None, depth="Shallow", calendar_view=None,
-            max_items=None, offset=0,
-        ))
-        return found
+    def _subject_term(self) -> str:
+        """Search for the one probe of this round (the tag prefix would find them all)."""
+        return self._term
 
 
 def serve(argv: list[str]) -> int:

@@ -44,7 +44,7 @@ TLS = TlsFacts(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", not_after=dat
 def lab_like_config(pairs: int) -> Config:
     """Return a config of 4 routes with ``pairs`` (route, smart host) pairs in all."""
     mailboxes = {
-        f"{forest}-{i}": MailboxConfig(name=f"{forest}-{i}", address=f"probe{i}@{domain}", ews=EwsConfig(
+        f"{forest}-{i}": MailboxConfig(name=f"{forest}-{i}", address=f"probe{i}@{domain}", backend=EwsConfig(
             url="https://127.0.0.1/EWS/Exchange.asmx", username="svc", password=Secret("ews-password")))
         for forest, domain in FORESTS for i in (1, 2)}
     hosts = {forest: tuple(

@@ -172,7 +172,7 @@ def mailbox_panels() -> list[Panel]:
     """Return the mailbox health panels."""
     return [
         Panel("state-timeline", "Mailbox observable",
-              "mailflow_probe_mailbox_up: 1 when the probe mailbox answered its last EWS request.",
+              "mailflow_probe_mailbox_up: 1 when the last search of the probe mailbox worked.",
               [Query(sel("mailbox_up", MAILBOX_SELECTOR), "{{mailbox}}")], 8, 7,
               options={"showValue": "never", "mergeValues": True},
               field_config={"mappings": UP_DOWN, "thresholds": RED_GREEN, "color": {"mode": "thresholds"}}),

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -16,8 +16,8 @@ from probe.duration import parse_duration
 from probe.ledger import Decision, Ledger
 from probe.local_faults import explain, local_fault
 from probe.logs import configure_logging
+from probe.mailbox.backends import MailboxFactory, open_mailbox
 from probe.mailbox.base import Mailbox
-from probe.mailbox.ews import EwsMailbox
 from probe.pipeline import NullObserver, Target, confirm, expire, send_probe, targets
 from probe.report import EXIT_UNKNOWN, EXIT_USAGE, FORMATS, Format, Report
 from probe.secret import redact
@@ -45,14 +45,13 @@ class CheckOutcome:
     ledger: Ledger
 
 
-def run_check(config: Config, options: CheckOptions,
-              mailbox_factory: Callable[[Config, str, bytes], Mailbox] | None = None) -> CheckOutcome:
+def run_check(config: Config, options: CheckOptions, mailbox_factory: MailboxFactory | None = None) -> CheckOutcome:
     """Send one probe through each chosen smart host, then search until each has a verdict."""
     key = load_or_create_key(config.signing_key_file)
     chosen = targets(config, options.routes)
     ledger = Ledger(":memory:")
-    factory = mailbox_factory or _ews_mailbox
-    mailboxes = {name: factory(config, name, key) for name in sorted({t.mailbox.name for t in chosen})}
+    factory = mailbox_factory or (lambda mailbox, key: open_mailbox(mailbox, key=key))
+    mailboxes = {name: factory(config.mailboxes[name], key) for name in sorted({t.mailbox.name for t in chosen})}
     try:
         decisions = _send_all(chosen, mailboxes, key=key, ledger=ledger, timeout=options.timeout)
         decisions += _wait(mailboxes, ledger=ledger, options=options)
@@ -60,10 +59,6 @@ def run_check(config: Config, options: CheckOptions,
         for mailbox in mailboxes.values():
             mailbox.close()
     return CheckOutcome(decisions=decisions, ledger=ledger)
-
-
-def _ews_mailbox(config: Config, name: str, key: bytes) -> Mailbox:
-    return EwsMailbox(config.mailboxes[name], key=key)
 
 
 def _send_all(chosen: Sequence[Target], mailboxes: dict[str, Mailbox], *, key: bytes, ledger: Ledger,

@@ -33,8 +33,8 @@ from probe.http_server import MAX_CONNECTIONS
 from probe.ledger import Decision, Ledger, LedgerError
 from probe.local_faults import explain, local_fault
 from probe.logs import Throttle, configure_logging, log_decision
+from probe.mailbox.backends import MailboxFactory, open_mailbox
 from probe.mailbox.base import Mailbox, SearchResult, Watch
-from probe.mailbox.ews import EwsMailbox
 from probe.metrics import ProbeMetrics
 from probe.pipeline import Target, confirm, expire, send_probe, targets
 from probe.runtime import limit_malloc_arenas, raise_open_files_limit
@@ -52,7 +52,6 @@ SHUTDOWN_GRACE = 5.0
 CALIBRATE_ABOVE = 0.1  # seconds of clock offset uncertainty that call for a calibration
 CALIBRATE_EVERY = 300.0  # at most this often per mailbox
 LOG_EVERY = 60.0  # seconds between two lines of the same repeating news (a local fault, forged tags)
-MailboxFactory = Callable[[MailboxConfig, bytes], Mailbox]
 
 
 class _Observer:
@@ -159,7 +158,7 @@ class Daemon:
         self.metrics = ProbeMetrics(config)
         self.ledger = Ledger(config.state_file)
         self.key = load_or_create_key(config.signing_key_file)
-        self._mailbox_factory = mailbox_factory or (lambda cfg, key: EwsMailbox(cfg, key=key))
+        self._mailbox_factory = mailbox_factory or (lambda cfg, key: open_mailbox(cfg, key=key))
         self._observer = _Observer(self)
         self._lock = threading.RLock()
         self._pairs: dict[tuple[str, str], Target] = {}

@@ -160,12 +160,6 @@ class FamilyHead:
         return Metric(self.name, self.doc, self.kind)
 
 
-def render_cached(heads: Sequence[FamilyHead], items: Iterable[Sequence[bytes]], *,
-                  openmetrics: bool = False, names: frozenset[str] | None = None, tail: bytes = b"") -> bytes:
-    """Join the kept text of ``items``: the text of :func:`cached_parts`."""
-    return b"".join(cached_parts(heads, items, openmetrics=openmetrics, names=names, tail=tail))
-
-
 def cached_parts(heads: Sequence[FamilyHead], items: Iterable[Sequence[bytes]], *,
                  openmetrics: bool = False, names: frozenset[str] | None = None, tail: bytes = b"") -> list[bytes]:
     """Return the kept text of ``items`` (per item: its lines of each family of ``heads``) in order, in pieces.

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from probe.local_faults import local_fault
+from probe.mailbox.base import ItemRef
 from probe.vocabulary import LocalResource, UnknownReason, Verdict
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: a sighting's item is an opaque reference (was EWS's item id and change key)
 # PRAGMA application_id of every state file (the bytes "MFLP" at offset 68 of the file; see sqlite.org/fileformat2):
 # a file that carries another id is another application's and is never opened for writing. `file state.db` shows
 # it as "SQLite 3.x database, application id 1296452688".
@@ -32,7 +33,7 @@ SUBMITTING: Final = "submitting"  # the row exists, the smart host has not answe
 IN_FLIGHT: Final = "in_flight"  # accepted by the smart host, not yet found
 _OPEN_STATES: Final = (SUBMITTING, IN_FLIGHT)
 
-_SCHEMA: Final = """
+_PROBES: Final = """
 CREATE TABLE IF NOT EXISTS probes (
     probe_id     TEXT PRIMARY KEY,
     route        TEXT NOT NULL,
@@ -55,15 +56,20 @@ CREATE TABLE IF NOT EXISTS probes (
 );
 CREATE INDEX IF NOT EXISTS probes_open ON probes (state, mailbox);
 CREATE INDEX IF NOT EXISTS probes_pair ON probes (route, smart_host, decided_at);
+"""
+_SIGHTINGS: Final = """
 CREATE TABLE IF NOT EXISTS sightings (
-    item_id      TEXT PRIMARY KEY,
-    probe_id     TEXT NOT NULL,
     mailbox      TEXT NOT NULL,
-    change_key   TEXT NOT NULL,
+    item_key     TEXT NOT NULL,
+    probe_id     TEXT NOT NULL,
+    item_ref     TEXT NOT NULL,
     seen_at      REAL NOT NULL,
-    cleaned      INTEGER NOT NULL DEFAULT 0
+    cleaned      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (mailbox, item_key)
 );
 CREATE INDEX IF NOT EXISTS sightings_pending ON sightings (mailbox, cleaned);
+"""
+_OBSERVATIONS: Final = """
 CREATE TABLE IF NOT EXISTS observations (
     mailbox      TEXT PRIMARY KEY,
     ok_started   REAL,
@@ -72,6 +78,7 @@ CREATE TABLE IF NOT EXISTS observations (
     error_reason TEXT
 );
 """
+_SCHEMA: Final = _PROBES + _SIGHTINGS + _OBSERVATIONS
 
 
 class LedgerError(Exception):
@@ -129,8 +136,7 @@ class Arrival:
     """What the confirm step saw of one probe in the mailbox."""
 
     probe_id: str
-    item_id: str
-    change_key: str
+    item: ItemRef
     folder: str
     received_at: float  # arrival on the probe's clock (offset-corrected)
     seen_at: float  # when the probe first saw it (local clock)
@@ -241,7 +247,7 @@ class Ledger:
         row = db.execute("SELECT * FROM probes WHERE probe_id = ?", (probe_id,)).fetchone()
         if row["received_at"] is None:
             return None
-        held = Arrival(probe_id=probe_id, item_id="", change_key="", folder=row["folder"],
+        held = Arrival(probe_id=probe_id, item=ItemRef(""), folder=row["folder"],
                        received_at=row["received_at"], seen_at=row["received_at"])
         verdict = _verdict_on_arrival(row, held)
         return None if verdict is None else self._decide_arrival(db, row, held, verdict)
@@ -286,9 +292,9 @@ class Ledger:
 
     def _record_arrival(self, db: sqlite3.Connection, arrival: Arrival) -> Decision | None:
         db.execute(
-            "INSERT OR IGNORE INTO sightings (item_id, probe_id, mailbox, change_key, seen_at)"
-            " SELECT ?, probe_id, mailbox, ?, ? FROM probes WHERE probe_id = ?",
-            (arrival.item_id, arrival.change_key, arrival.seen_at, arrival.probe_id),
+            "INSERT OR IGNORE INTO sightings (mailbox, item_key, probe_id, item_ref, seen_at)"
+            " SELECT mailbox, ?, probe_id, ?, ? FROM probes WHERE probe_id = ?",
+            (arrival.item.key, arrival.item.dumps(), arrival.seen_at, arrival.probe_id),
         )
         row = db.execute("SELECT * FROM probes WHERE probe_id = ?", (arrival.probe_id,)).fetchone()
         if row is None:
@@ -398,17 +404,18 @@ class Ledger:
                                     " GROUP BY route, smart_host", _OPEN_STATES).fetchall()
         return {(r[0], r[1]): r[2] for r in rows}
 
-    def pending_cleanup(self, mailbox: str, *, limit: int = 100) -> list[tuple[str, str]]:
-        """Return (item_id, change_key) of verified sightings not yet cleaned up."""
+    def pending_cleanup(self, mailbox: str, *, limit: int = 100) -> list[ItemRef]:
+        """Return the items of verified sightings in ``mailbox`` not yet cleaned up."""
         with self._lock:
-            rows = self._db.execute("SELECT item_id, change_key FROM sightings WHERE mailbox = ? AND cleaned = 0"
+            rows = self._db.execute("SELECT item_ref FROM sightings WHERE mailbox = ? AND cleaned = 0"
                                     " ORDER BY seen_at LIMIT ?", (mailbox, limit)).fetchall()
-        return [(r["item_id"], r["change_key"]) for r in rows]
+        return [ItemRef.loads(r["item_ref"]) for r in rows]
 
-    def mark_cleaned(self, item_ids: Sequence[str]) -> None:
-        """Note that these items were cleaned up (or are gone)."""
+    def mark_cleaned(self, mailbox: str, items: Sequence[ItemRef]) -> None:
+        """Note that these items of ``mailbox`` were cleaned up (or are gone)."""
         with self._tx() as db:
-            db.executemany("UPDATE sightings SET cleaned = 1 WHERE item_id = ?", [(i,) for i in item_ids])
+            db.executemany("UPDATE sightings SET cleaned = 1 WHERE mailbox = ? AND item_key = ?",
+                           [(mailbox, item.key) for item in items])
 
     def probe(self, probe_id: str) -> dict[str, Any] | None:
         """Return everything the ledger holds about one probe, with its detail decoded."""
@@ -509,12 +516,46 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
                           f" knows {SCHEMA_VERSION}); it was left untouched")
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
-    if version < SCHEMA_VERSION:
+    if version == 0:
         db.executescript(_SCHEMA)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    elif version < SCHEMA_VERSION:
+        _upgrade(db, version)
     if mark:
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     db.execute("SELECT COUNT(*) FROM probes").fetchone()  # a corrupt file fails here, not later
+
+
+def _sightings_to_item_refs(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: a sighting's EWS (item_id, change_key) becomes the reference the EWS backend makes of them."""
+    rows = db.execute("SELECT item_id, probe_id, mailbox, change_key, seen_at, cleaned FROM sightings").fetchall()
+    db.execute("DROP INDEX IF EXISTS sightings_pending")
+    db.execute("ALTER TABLE sightings RENAME TO sightings_v1")
+    for statement in _SIGHTINGS.split(";")[:-1]:
+        db.execute(statement)
+    db.executemany(
+        "INSERT OR IGNORE INTO sightings (mailbox, item_key, probe_id, item_ref, seen_at, cleaned)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(r["mailbox"], r["item_id"], r["probe_id"], ItemRef(r["item_id"], r["change_key"]).dumps(), r["seen_at"],
+          r["cleaned"]) for r in rows])
+    db.execute("DROP TABLE sightings_v1")
+
+
+_UPGRADES: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {1: _sightings_to_item_refs}
+"""From each schema version, the step to the next; a step runs in the same transaction as the version bump."""
+
+
+def _upgrade(db: sqlite3.Connection, version: int) -> None:
+    """Bring a state file of an older schema up to this one, one step at a time, each all or nothing."""
+    for step in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            _UPGRADES[step](db)
+            db.execute(f"PRAGMA user_version = {step + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 def _explain(exc: sqlite3.Error | MemoryError) -> str:

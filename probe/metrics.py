@@ -104,6 +104,7 @@ class _Layout:
     tls_pairs: frozenset[tuple[str, str]]
     failures: dict[tuple[str, str], list[tuple[str, str]]]
     mailboxes: frozenset[str]
+    backends: dict[str, str]  # each mailbox's backend (ews, ...): mailbox_up's backend label
 
     @classmethod
     def of(cls, config: Config) -> _Layout:
@@ -117,7 +118,8 @@ class _Layout:
                 failures[pair] = possible_failures(host)
                 if host.tls != "none":
                     tls_pairs.add(pair)
-        return cls(tuple(pairs), frozenset(tls_pairs), failures, frozenset(config.mailboxes))
+        backends = {name: mailbox.backend.name for name, mailbox in config.mailboxes.items()}
+        return cls(tuple(pairs), frozenset(tls_pairs), failures, frozenset(config.mailboxes), backends)
 
 
 # -- the families of the (route, smart host) pairs ------------------------------------------------------
@@ -133,7 +135,7 @@ _PAIR_HEADS: Final = (
     FamilyHead(f"{PREFIX}_lost", "Probes accepted but not found by the timeout while observable.", "counter"),
     FamilyHead(f"{PREFIX}_late", "Probes found after they had been declared lost.", "counter"),
     FamilyHead(f"{PREFIX}_unknown", "Probes whose mailbox could not be observed long enough to tell (never counted "
-               "as lost). An addition to the DESIGN.md list.", "counter"),
+               "as lost).", "counter"),
     FamilyHead(f"{PREFIX}_delivery_seconds", "Delivery latency of delivered probes: the smart host's final 250 to "
                "the mailbox's receipt.", "histogram"),
     FamilyHead(f"{PREFIX}_smtp_stage_seconds", "Time spent in each SMTP submission stage.", "histogram"),
@@ -341,7 +343,7 @@ class ProbeMetrics:
         self.registry.register(_PairCollector(self._numbers, self._le))
         self.registry.register(_Forward(self._health))
         self.build_info.labels(version=version, python=platform.python_version()).set(1)
-        self._layout = _Layout((), frozenset(), {}, frozenset())
+        self._layout = _Layout((), frozenset(), {}, frozenset(), {})
         self.apply_config(config)
 
     # -- families --------------------------------------------------------------------------------
@@ -353,7 +355,8 @@ class ProbeMetrics:
         return Gauge(f"{PREFIX}_{name}", doc, list(labels), registry=self._health)
 
     def _build_families(self) -> None:
-        self.mailbox_up = self._gauge("mailbox_up", "1 when the last search of the mailbox worked.", ["mailbox"])
+        self.mailbox_up = self._gauge("mailbox_up", "1 when the last search of the mailbox worked.",
+                                      ["mailbox", "backend"])
         self.mailbox_errors = self._counter("mailbox_errors_total", "Failed searches of a mailbox, by reason.",
                                             ["mailbox", "reason"])
         self.build_info = self._gauge("build_info", "Always 1; the labels give the version.", ["version", "python"])
@@ -396,14 +399,15 @@ class ProbeMetrics:
                 pairs[pair] = series
             self._pairs = pairs
             for mailbox in layout.mailboxes:
-                self._create_mailbox(mailbox)
+                self._create_mailbox(mailbox, layout.backends[mailbox])
+            self._drop(self.mailbox_up, frozenset(layout.backends.items()), 2)  # a mailbox that changed backend too
             mailboxes = frozenset((m,) for m in layout.mailboxes)
-            for family in (self.mailbox_up, self.mailbox_errors, self.watcher_up, self.forged_tags):
+            for family in (self.mailbox_errors, self.watcher_up, self.forged_tags):
                 self._drop(family, mailboxes, 1)
             self._layout = layout
 
-    def _create_mailbox(self, mailbox: str) -> None:
-        self._child(self.mailbox_up, mailbox)
+    def _create_mailbox(self, mailbox: str, backend: str) -> None:
+        self._child(self.mailbox_up, mailbox, backend)
         for reason in MailboxReason:
             self._child(self.mailbox_errors, mailbox, str(reason))
         for mode in WATCH_MODES:
@@ -471,7 +475,7 @@ class ProbeMetrics:
                 self._child(self.forged_tags, mailbox).inc(result.forged)
             if result.local is not None:
                 return
-            self._child(self.mailbox_up, mailbox).set(1 if result.ok else 0)
+            self._child(self.mailbox_up, mailbox, self._layout.backends[mailbox]).set(1 if result.ok else 0)
             if not result.ok:
                 reason = str(result.error_reason) if result.error_reason is not None else "unknown"
                 self._child(self.mailbox_errors, mailbox, reason).inc()

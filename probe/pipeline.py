@@ -152,9 +152,9 @@ def _observation_reason(result: SearchResult) -> str | None:
 def _record_sightings(ledger: Ledger, sightings: Sequence[Sighting], observer: Observer) -> list[Decision]:
     """Record a search's sightings in one transaction, then report each verdict it decided."""
     decisions = ledger.record_arrivals(Arrival(
-        probe_id=s.probe_id, item_id=s.item_id, change_key=s.change_key, folder=s.folder,
+        probe_id=s.probe_id, item=s.item, folder=str(s.folder),
         received_at=s.received_local, seen_at=s.first_seen_local,
-        detail={"hops": [hop.to_json() for hop in s.hops], "folder": s.folder,
+        detail={"hops": [hop.to_json() for hop in s.hops], "folder": str(s.folder),
                 "received_server": s.received_server.isoformat()},
     ) for s in sightings)
     for decision in decisions:
@@ -170,7 +170,7 @@ def clean_up(mailbox_name: str, mailbox: Mailbox, *, ledger: Ledger) -> int:
     result = mailbox.cleanup(pending)
     if not result.ok:
         return 0  # kept for the next round; the mailbox error is reported by the searches
-    ledger.mark_cleaned([item_id for item_id, _ in pending])
+    ledger.mark_cleaned(mailbox_name, pending)
     return result.deleted
 
 

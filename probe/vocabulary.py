@@ -69,3 +69,15 @@ class LocalResource(StrEnum):
     MEMORY = "memory"  # MemoryError, ENOMEM, ENOBUFS
     DISK = "disk"  # ENOSPC, EDQUOT (the state file)
     THREADS = "threads"  # RuntimeError("can't start new thread")
+
+
+class MailboxFolder(StrEnum):
+    """A mailbox folder by its backend-neutral name; each backend maps it to its own (EWS: distinguished ids)."""
+
+    INBOX = "inbox"
+    JUNKEMAIL = "junkemail"
+    DELETEDITEMS = "deleteditems"
+
+
+SEARCHED_FOLDERS: tuple[MailboxFolder, ...] = (MailboxFolder.INBOX, MailboxFolder.JUNKEMAIL)
+"""The folders a mailbox's ``folders`` may name: where a probe can arrive."""

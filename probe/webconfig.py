@@ -14,7 +14,8 @@ basic_auth_users:
 ```
 Mistakes are ``ConfigError``s naming the file, line and field. Keys the toolkit knows but this
 listener does not implement (cipher_suites, curve_preferences, client_allowed_sans, ...) are refused
-rather than silently ignored.
+rather than silently ignored. The listener speaks HTTP/1.1 only: ``http2: false`` says so and is accepted,
+``http2: true`` is refused.
 """
 
 from __future__ import annotations
@@ -243,10 +244,22 @@ def _users(reader: _Reader, node: yaml.Node) -> dict[str, bytes]:
 
 def _headers(reader: _Reader, node: yaml.Node) -> dict[str, str]:
     keys = reader.mapping(node, "http_server_config", _HTTP_KEYS)
+    if "http2" in keys:
+        _http2_off(reader, keys["http2"])
     if "headers" not in keys:
         return {}
     headers = reader.mapping(keys["headers"], "http_server_config.headers", ())
     return {name: reader.text(value, f"http_server_config.headers.{name}") for name, value in headers.items()}
+
+
+def _http2_off(reader: _Reader, node: yaml.Node) -> None:
+    path = "http_server_config.http2"
+    value = node.value if isinstance(node, yaml.ScalarNode) else None
+    if value in ("true", "True", "TRUE"):
+        raise reader.error(node, path, "HTTP/2 is not supported by mailflow-probe's listener (HTTP/1.1 only); "
+                           "remove the key or set it to false")
+    if value not in ("false", "False", "FALSE"):
+        raise reader.error(node, path, "expected true or false")
 
 
 def load_web_config(file: Path) -> WebConfig:

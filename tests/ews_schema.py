@@ -13,7 +13,7 @@ from lxml import etree
 
 from probe.lab.ca import LabCA
 from probe.lab.ews import EwsServer, add_response_observer, remove_response_observer
-from probe.lab.faults import FaultRegistry
+from probe.lab.faults import EwsFault, FaultRegistry
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
 
@@ -127,7 +127,7 @@ def standalone_ews(directory: Path) -> Iterator[StandaloneEws]:
     faults = FaultRegistry()
 
     def clock(_forest: str) -> float:
-        offset = faults.find(f"ews/{FOREST}", "clock_offset")
+        offset = faults.find(f"ews/{FOREST}", EwsFault.CLOCK_OFFSET)
         return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
 
     store = MailboxStore(clock)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import os
 import re
@@ -16,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probe.config import (
+    BACKENDS,
     SECTIONS,
     Config,
     ConfigError,
@@ -152,7 +155,7 @@ def test_without_a_defaults_section_the_built_in_defaults_apply() -> None:
     assert (route.interval, route.timeout, route.jitter) == (60.0, 300.0, 10.0)
     assert (host.port, host.tls, host.verify, host.allow_insecure) == (25, "starttls", True, False)
     assert config.mailboxes["fourthcoffee"].folders == ("inbox", "junkemail")
-    assert config.mailboxes["fourthcoffee"].ews.auth == "ntlm"
+    assert config.mailboxes["fourthcoffee"].backend.auth == "ntlm"
     assert config.recipient_of(route) == "probe@fourthcoffee.com"
 
 
@@ -199,7 +202,7 @@ def test_ews_version_and_timeouts_are_read(tmp_path: Path) -> None:
     text = minimal_with("      password_env: FC_EWS_PASSWORD\n", "      password_env: FC_EWS_PASSWORD\n"
                         '      version: "15.2.1544.4"\n      timeout: 1500ms\n      verify: false\n')
     loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
-    ews = loaded.config.mailboxes["fourthcoffee"].ews
+    ews = loaded.config.mailboxes["fourthcoffee"].backend
     assert (ews.version, ews.timeout, ews.verify) == ("15.2.1544.4", 1.5, False)
     assert any("mailboxes.fourthcoffee.ews.verify: certificate verification is off" in w for w in loaded.warnings)
 
@@ -242,7 +245,7 @@ def test_a_password_file_is_read_without_its_trailing_newline(tmp_path: Path) ->
     secret_file.chmod(0o600)
     text = minimal_with("      password_env: FC_EWS_PASSWORD\n", "      password_file: fc-ews.pass\n")
     loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
-    assert loaded.config.mailboxes["fourthcoffee"].ews.password == Secret("file-pass-31c7")
+    assert loaded.config.mailboxes["fourthcoffee"].backend.password == Secret("file-pass-31c7")
     assert loaded.warnings == ()
 
 
@@ -431,6 +434,56 @@ def test_schema_defaults_are_the_dataclass_defaults() -> None:
     assert defs["defaults"]["properties"]["timeout"]["default"] == "5m"
     assert defs["mailbox"]["properties"]["folders"]["default"] == ["inbox", "junkemail"]
     assert "default" not in defs["route"]["properties"]["interval"]
+
+
+def test_each_backend_is_one_branch_of_the_mailbox_schema() -> None:
+    """A mailbox gives exactly one backend section: the schema has a oneOf branch per backend, and refuses none."""
+    schema = config_json_schema()
+    mailbox = schema["$defs"]["mailbox"]
+    (group,) = [rule["oneOf"] for rule in mailbox["allOf"] if "oneOf" in rule]
+    assert group == [{"required": [backend.name]} for backend in BACKENDS]
+    for backend in BACKENDS:
+        assert mailbox["properties"][backend.name] == {"description": backend.doc, "$ref": f"#/$defs/{backend.name}"}
+    validator = jsonschema.Draft202012Validator(schema)
+    assert list(validator.iter_errors(yaml.safe_load((INVALID / "mailbox-backend-missing.yaml").read_text()))) != []
+
+
+_MODEL_FILES = ("model.py", "ews.py")
+
+
+def _dataclass_defaults(path: Path) -> list[tuple[str, ast.expr]]:
+    """Return (field, default expression) of every dataclass field with a default in a module of probe.config."""
+    tree = ast.parse(path.read_text())
+    return [(f"{node.name}.{item.target.id}", item.value) for node in tree.body if isinstance(node, ast.ClassDef)
+            for item in node.body if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            and item.value is not None and "ClassVar" not in ast.unparse(item.annotation)]
+
+
+def test_the_field_table_is_the_only_place_a_default_is_declared() -> None:
+    """Every default of the model's dataclasses is read from the field table (or is an empty container)."""
+    source = REPO / "probe" / "config"
+    literal = [name for file in _MODEL_FILES for name, value in _dataclass_defaults(source / file)
+               if not isinstance(value, ast.Subscript) and "default_factory" not in ast.unparse(value)
+               and ast.unparse(value) != "()" and ast.unparse(value) != "None"]
+    assert literal == []
+    assert len([1 for file in _MODEL_FILES for _ in _dataclass_defaults(source / file)]) >= 20
+
+
+@pytest.mark.parametrize(("section", "model"), [
+    ("defaults", "Defaults"), ("mailbox", "MailboxConfig"), ("route", "RouteConfig"),
+    ("smart_host", "SmartHostConfig"), ("ews", "EwsConfig"),
+])
+def test_the_models_defaults_are_the_field_tables(section: str, model: str) -> None:
+    """Each dataclass field of a section defaults to its row's default (an inherited one to defaults')."""
+    import probe.config as package
+
+    fields = {item.name: item for item in dataclasses.fields(getattr(package, model))}
+    schedule = {spec.key: spec.default for spec in SECTIONS["defaults"]}
+    for spec in SECTIONS[section]:
+        if spec.required or spec.kind in {"section", "section_list", "section_map"}:
+            continue
+        expected = schedule[spec.key] if spec.inherited else spec.default
+        assert fields[spec.key].default == expected, spec.key
 
 
 def test_config_type_is_the_contract() -> None:

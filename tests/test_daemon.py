@@ -46,7 +46,7 @@ def test_three_cycles_fill_every_pairs_counters_and_the_output_passes_promtool(r
         assert value(samples, "mailflow_probe_sent_total", route=route, smart_host=host) >= 3
         assert value(samples, "mailflow_probe_tls_cert_expiry_timestamp_seconds", route=route,
                      smart_host=host) > time.time()
-    assert value(samples, "mailflow_probe_mailbox_up", mailbox="fourthcoffee") == 1
+    assert value(samples, "mailflow_probe_mailbox_up", mailbox="fourthcoffee", backend="ews") == 1
     text = fetch(f"http://127.0.0.1:{server.port}/metrics").encode()
     proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -36,7 +36,7 @@ def _chunking(seed: int | None) -> Callable[[], Chunking]:
 def _mailbox(env: StandaloneEws) -> EwsMailbox:
     ews = EwsConfig(url=str(env.server.https_url), username="FOURTHCOFFEE\\svc-mailflow",
                     password=Secret(PASSWORD), auth="ntlm", ca_file=env.ca_file, version="15.2.1544.4", timeout=5.0)
-    return EwsMailbox(MailboxConfig(name=FOREST, address=MAILBOX, ews=ews), key=KEY)
+    return EwsMailbox(MailboxConfig(name=FOREST, address=MAILBOX, backend=ews), key=KEY)
 
 
 def _wait_for_streams(env: StandaloneEws, count: int) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from probe.ledger import APPLICATION_ID, Arrival, Ledger, LedgerError
+from probe.ledger import APPLICATION_ID, SCHEMA_VERSION, Arrival, Ledger, LedgerError
+from probe.mailbox.base import ItemRef
 from probe.vocabulary import Verdict
+from tests.test_state_migration import probe_row, write_schema_1
 
 
 class Clock:
@@ -37,7 +39,7 @@ def _open(ledger: Ledger, probe_id: str = "p1", *, deadline: float = 1_300.0, ma
 
 
 def _arrival(probe_id: str = "p1", *, item: str = "item-1", at: float = 1_002.5) -> Arrival:
-    return Arrival(probe_id=probe_id, item_id=item, change_key="ck", folder="inbox", received_at=at, seen_at=at)
+    return Arrival(probe_id=probe_id, item=ItemRef(item, "ck"), folder="inbox", received_at=at, seen_at=at)
 
 
 def test_an_accepted_probe_found_in_time_is_delivered_with_latency_from_the_final_250(ledger: Ledger) -> None:
@@ -58,8 +60,8 @@ def test_a_duplicate_delivery_counts_once_but_both_copies_are_cleaned_up(ledger:
     assert ledger.record_arrival(_arrival(item="a")) is not None
     assert ledger.record_arrival(_arrival(item="b")) is None
     assert ledger.record_arrival(_arrival(item="a")) is None
-    assert sorted(i for i, _ in ledger.pending_cleanup("fc")) == ["a", "b"]
-    ledger.mark_cleaned(["a", "b"])
+    assert sorted(ledger.pending_cleanup("fc"), key=lambda i: i.key) == [ItemRef("a", "ck"), ItemRef("b", "ck")]
+    ledger.mark_cleaned("fc", [ItemRef("a", "ck"), ItemRef("b", "ck")])
     assert ledger.pending_cleanup("fc") == []
 
 
@@ -77,7 +79,7 @@ def test_one_searchs_sightings_are_recorded_together_each_decided_as_alone(ledge
     held = ledger.record_accepted("p3", accepted_at=1_002.0)  # seen before its 250: decided with it
     assert held is not None
     assert held.verdict is Verdict.DELIVERED
-    assert sorted(i for i, _ in ledger.pending_cleanup("fc")) == ["a", "a2", "b", "c"]
+    assert sorted(i.key for i in ledger.pending_cleanup("fc")) == ["a", "a2", "b", "c"]
 
 
 def test_a_send_failure_is_decided_once_with_stage_reason_and_code(ledger: Ledger) -> None:
@@ -298,16 +300,11 @@ def test_a_new_state_file_carries_the_probes_application_id(tmp_path: Path) -> N
 def test_a_state_file_from_before_the_mark_is_adopted_with_its_probes(tmp_path: Path) -> None:
     """A schema 1 state file written before the application_id existed opens, keeps its probes, and is marked."""
     path = tmp_path / "state.db"
-    ledger = Ledger(path)
-    ledger.open_probe(probe_id="p-1", route="r", smart_host="h", mailbox="m", message_id="<p-1@x>", deadline=9e9)
-    ledger.close()
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA application_id = 0")  # as the first release left its files
-    db.commit()
-    db.close()
+    write_schema_1(path, probes=[probe_row("p-1", state="in_flight", accepted_at=999.0)], sightings=[])
     adopted = Ledger(path)
     assert [p.probe_id for p in adopted.open_probes()] == ["p-1"]
     adopted.close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()

@@ -17,10 +17,10 @@ import pytest
 from probe.config import Cleanup, EwsAuth, EwsConfig, MailboxConfig
 from probe.lab.ca import LabCA
 from probe.lab.ews.server import EwsServer
-from probe.lab.faults import FaultRegistry, parse_fault
+from probe.lab.faults import EwsFault, FaultRegistry, parse_fault
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
-from probe.mailbox.base import Mailbox
+from probe.mailbox.base import ItemRef, Mailbox
 from probe.mailbox.ews import EwsMailbox, parse_ews_datetime
 from probe.message import build_probe_message
 from probe.secret import Secret
@@ -63,7 +63,7 @@ class World:
                 ca_file: Path | None = None) -> EwsMailbox:
         ews = EwsConfig(url=url or str(self.server.https_url), username=USERNAME, password=Secret(password),
                         auth=auth, ca_file=ca_file or self.ca_file, version="15.2.1544.4", timeout=timeout)
-        return EwsMailbox(MailboxConfig(name=FOREST, address=ADDRESS, ews=ews, cleanup=cleanup), key=KEY)
+        return EwsMailbox(MailboxConfig(name=FOREST, address=ADDRESS, backend=ews, cleanup=cleanup), key=KEY)
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     faults, stats = FaultRegistry(), LabStats()
 
     def clock(forest: str) -> float:
-        offset = faults.find(f"ews/{forest}", "clock_offset")
+        offset = faults.find(f"ews/{forest}", EwsFault.CLOCK_OFFSET)
         return time.time() + (offset.seconds or 0.0 if offset is not None else 0.0)
 
     store = MailboxStore(clock=clock)
@@ -152,10 +152,10 @@ def test_forged_and_foreign_messages_are_neither_returned_nor_deleted(world: Wor
     result = _search(mailbox, [good, forged])
     assert [s.probe_id for s in result.sightings] == [good]
     assert (result.forged, result.foreign_skipped) == (1, 1)
-    ids = [(i, "") for i in (good_item, forged_item, foreign_item)]
-    done = mailbox.cleanup(ids)
+    refs = [ItemRef(i) for i in (good_item, forged_item, foreign_item)]
+    done = mailbox.cleanup(refs)
     assert done.ok
-    assert done.gone == (good_item,)
+    assert [ref.key for ref in done.gone] == [good_item]
     assert (done.deleted, done.refused) == (1, 2)
     assert world.store.get(forged_item) is not None
     assert world.store.get(foreign_item) is not None
@@ -166,8 +166,8 @@ def test_cleanup_reads_and_verifies_ids_it_has_not_seen(world: World, mailbox: E
     """Ids handed over without a search (say, after a restart) are deleted only when their tag verifies."""
     _, good_item = world.deliver()
     _, forged_item = world.deliver(key=OTHER_KEY)
-    done = mailbox.cleanup([(good_item, ""), (forged_item, "")])
-    assert done.gone == (good_item,)
+    done = mailbox.cleanup([ItemRef(good_item), ItemRef(forged_item)])
+    assert [ref.key for ref in done.gone] == [good_item]
     assert done.refused == 1
     assert world.store.get(forged_item) is not None
 
@@ -181,9 +181,10 @@ def test_each_cleanup_type(world: World, cleanup: Cleanup, left: str | None):
     try:
         probe_id, item_id = world.deliver()
         (sighting,) = _search(box, [probe_id]).sightings
-        done = box.cleanup([(sighting.item_id, sighting.change_key)])
+        done = box.cleanup([sighting.item])
         assert done.ok
-        assert done.gone == (() if cleanup == "keep" else (item_id,))
+        assert done.gone == (() if cleanup == "keep" else (sighting.item,))
+        assert sighting.item.key == item_id
         folders = [i.folder for i in world.store.items(ADDRESS, ["inbox", "junkemail", "deleteditems"])]
         assert folders == ([] if left is None else [left])
     finally:

@@ -26,7 +26,7 @@ def make_config(routes: dict[str, list[str]] | None = None, *, tls_none: tuple[s
     """Return a config with the given routes (name -> smart host names), all into mailbox "fc"."""
     routes = {"c2f": ["edge-1", "edge-2"]} if routes is None else routes
     mailbox = MailboxConfig(name="fc", address="probe@fourthcoffee.com",
-                            ews=EwsConfig(url="https://127.0.0.1/EWS/Exchange.asmx", username="svc",
+                            backend=EwsConfig(url="https://127.0.0.1/EWS/Exchange.asmx", username="svc",
                                           password=Secret("ews-password-123")))
     built = tuple(
         RouteConfig(name=name, sender="probe@contoso.com", mailbox="fc", timeout=300.0, smart_hosts=tuple(
@@ -97,7 +97,7 @@ def test_every_configured_series_exists_at_zero_from_start_up():
         assert v("send_failures_total", **pair, stage="connect", reason="refused") == 0.0
         assert v("send_failures_total", **pair, stage="starttls", reason="tls_certificate") == 0.0
         assert v("send_failures_total", **pair, stage="auth", reason="auth_failed") == 0.0
-    assert v("mailbox_up", mailbox="fc") == 0.0
+    assert v("mailbox_up", mailbox="fc", backend="ews") == 0.0
     for reason in MailboxReason:
         assert v("mailbox_errors_total", mailbox="fc", reason=str(reason)) == 0.0
     for mode in ("streaming", "polling"):
@@ -185,10 +185,10 @@ def test_searches_set_mailbox_up_and_count_errors_by_reason():
     m = ProbeMetrics(make_config())
     m.observe_search("fc", searched(ok=True))
     v = Snapshot(m)
-    assert v("mailbox_up", mailbox="fc") == 1.0
+    assert v("mailbox_up", mailbox="fc", backend="ews") == 1.0
     m.observe_search("fc", searched(ok=False, error_reason=MailboxReason.THROTTLED))
     v = Snapshot(m)
-    assert v("mailbox_up", mailbox="fc") == 0.0
+    assert v("mailbox_up", mailbox="fc", backend="ews") == 0.0
     assert v("mailbox_errors_total", mailbox="fc", reason="throttled") == 1.0
 
 

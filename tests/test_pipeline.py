@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from probe.ledger import Decision, Ledger, LedgerError
-from probe.mailbox.base import CleanupResult, SearchResult, Sighting
+from probe.mailbox.base import CleanupResult, ItemRef, SearchResult, Sighting
+from probe.mailbox.clock import OffsetEstimate
 from probe.pipeline import NullObserver, confirm
-from probe.vocabulary import Verdict
+from probe.vocabulary import MailboxFolder, Verdict
 
 
 class _OneSightingMailbox:
@@ -21,19 +22,20 @@ class _OneSightingMailbox:
 
     def search(self, probe_ids: Collection[str], *, since: float | None = None,
                deadline: float | None = None) -> SearchResult:
-        sighting = Sighting(probe_id="p1", tag="MFP-p1", mailbox="fc", folder="inbox", item_id="i1",
-                            change_key="ck", message_id="<p1@x>", subject="s",
+        sighting = Sighting(probe_id="p1", tag="MFP-p1", mailbox="fc", folder=MailboxFolder.INBOX,
+                            item=ItemRef("i1", "ck"), message_id="<p1@x>", subject="s",
                             received_server=datetime.fromtimestamp(1_001.0, tz=UTC), received_precise=True,
                             received_local=1_001.0, received_uncertainty=0.0, first_seen_local=1_001.1)
         return SearchResult(ok=True, started_at=1_001.2, finished_at=1_001.3, sightings=[sighting])
 
-    def cleanup(self, item_ids: Sequence[tuple[str, str]]) -> CleanupResult:
-        return CleanupResult(ok=True, deleted=len(item_ids))
+    def cleanup(self, items: Sequence[ItemRef]) -> CleanupResult:
+        return CleanupResult(ok=True, deleted=len(items))
 
     def watch(self, on_new_mail: Callable[[float], None]) -> Any:
         raise NotImplementedError
 
-    def calibrate_clock(self, *, target_uncertainty: float = 0.05, budget_seconds: float = 5.0) -> object:
+    def calibrate_clock(self, *, target_uncertainty: float = 0.05,
+                        budget_seconds: float = 5.0) -> OffsetEstimate | None:
         return None
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ EWS_PASSWORD = "ews-Passw0rd-web"
 
 def make_config() -> Config:
     mailbox = MailboxConfig(name="fc", address="probe@fourthcoffee.com",
-                            ews=EwsConfig(url="https://127.0.0.1:8443/EWS/Exchange.asmx", username="FC\\svc",
+                            backend=EwsConfig(url="https://127.0.0.1:8443/EWS/Exchange.asmx", username="FC\\svc",
                                           password=Secret(EWS_PASSWORD)))
     hosts = tuple(SmartHostConfig(name=n, host="127.0.0.1", port=2525, username="c@contoso.com",
                                   password=Secret(SMTP_PASSWORD)) for n in ("fc-edge-1", "fc-edge-<2>"))
@@ -276,11 +276,20 @@ def test_tls_listener_serves_https_with_the_configured_certificate(tmp_path, sou
     ("tls_server_config:\n  cipher_suites: [x]\n", r"web\.yml:2: tls_server_config\.cipher_suites: is not supported"),
     ("tls_config:\n  cert_file: c\n", r"web\.yml:1: tls_config: unknown key"),
     ("basic_auth_users: [a\n", r"web\.yml:\d+: not valid YAML"),
+    ("http_server_config:\n  http2: true\n", r"web\.yml:2: http_server_config\.http2: HTTP/2 is not supported"),
+    ("http_server_config:\n  http2: maybe\n", r"web\.yml:2: http_server_config\.http2: expected true or false"),
 ])
 def test_web_config_mistakes_name_file_line_and_field(tmp_path, text, expected):
     """A wrong web config is a ConfigError with the file, line and field."""
     with pytest.raises(ConfigError, match=expected):
         load_web_config(write_web_config(tmp_path, text))
+
+
+def test_http2_false_is_accepted_as_what_the_listener_does(tmp_path):
+    """http2: false (HTTP/1.1 only, which is all the listener speaks) loads; the headers beside it apply."""
+    web = load_web_config(write_web_config(tmp_path, "http_server_config:\n  http2: false\n"
+                                           "  headers: {X-Frame-Options: deny}\n"))
+    assert web.headers == {"X-Frame-Options": "deny"}
 
 
 def test_an_empty_web_config_means_plain_http_without_auth(tmp_path):

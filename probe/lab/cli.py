@@ -50,7 +50,7 @@ def summary(lab: Lab) -> str:
     ]
     for forest in lab.forests.values():
         lines.append(f"forest {forest.name} ({forest.domain}):")
-        lines.append(f"  EWS:        {forest.ews_url or '(not available in this build)'}")
+        lines.append(f"  EWS:        {forest.ews_url}")
         lines.append(f"  mailboxes:  {', '.join(forest.mailboxes)}")
         hosts = forest.smart_hosts
         shown = ", ".join(f"{h.name} {h.host}:{h.port}" for h in hosts[:4])

@@ -1,22 +1,91 @@
-"""Faults on demand: what the lab's smart hosts and EWS endpoints should get wrong, and where."""
+"""Faults on demand: what the lab's smart hosts and EWS endpoints should get wrong, and where.
+
+The kinds of each target type are an enum; each member is one row: its name in the admin API and its
+parameters (required or with a default). A fault is checked against its row when it is posted, so a
+misspelt kind or parameter is refused with the valid ones, and every place that acts on a fault names
+its kind by enum member, never by string.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from enum import StrEnum
+from typing import Any, Final, Self
 
-SMARTHOST_KINDS: Final = frozenset({
-    "refuse_connections", "no_starttls", "untrusted_cert", "expired_cert", "auth_reject",
-    "tempfail", "reject", "slow", "delay_delivery", "drop", "duplicate", "to_junk",
-})
-EWS_KINDS: Final = frozenset({
-    "unauthorized", "server_error", "server_busy", "slow", "unreachable", "clock_offset",
-})
 SMTP_STAGES: Final = ("connect", "banner", "ehlo", "starttls", "auth", "mail", "rcpt", "data")
-_NEEDS_SECONDS: Final = frozenset({"slow", "delay_delivery", "clock_offset"})
-_NEEDS_STAGE: Final = frozenset({"tempfail", "reject", "slow"})
-_DEFAULT_CODE: Final = {"tempfail": 451, "reject": 554}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter of a fault kind: required, or with a default (None: optional, no default)."""
+
+    name: str
+    required: bool = False
+    default: float | None = None
+
+    def describe(self) -> str:
+        """Return the parameter as the list of valid ones shows it: ``stage (required)``, ``code (default 451)``."""
+        if self.required:
+            return f"{self.name} (required)"
+        return self.name if self.default is None else f"{self.name} (default {self.default:g})"
+
+
+STAGE: Final = Param("stage", required=True)
+SECONDS: Final = Param("seconds", required=True)
+
+
+class FaultKind(StrEnum):
+    """The kinds of faults of one target type; a member's value is its name in the admin API."""
+
+    params: tuple[Param, ...]
+
+    def __new__(cls, value: str, *params: Param) -> Self:
+        """Make a member that carries its parameters."""
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.params = params
+        return member
+
+    def param(self, name: str) -> Param | None:
+        """Return this kind's parameter ``name``, or None when it takes no such parameter."""
+        return next((p for p in self.params if p.name == name), None)
+
+    def describe_params(self) -> str:
+        """Return this kind's parameters as an error lists them."""
+        return ", ".join(p.describe() for p in self.params) if self.params else "none"
+
+
+class SmartHostFault(FaultKind):
+    """What a smart host (target ``smarthost/NAME``) can get wrong."""
+
+    REFUSE_CONNECTIONS = "refuse_connections"
+    NO_STARTTLS = "no_starttls"
+    UNTRUSTED_CERT = "untrusted_cert"
+    EXPIRED_CERT = "expired_cert"
+    AUTH_REJECT = "auth_reject"
+    TEMPFAIL = "tempfail", STAGE, Param("code", default=451)
+    REJECT = "reject", STAGE, Param("code", default=554)
+    SLOW = "slow", SECONDS, STAGE
+    DELAY_DELIVERY = "delay_delivery", SECONDS
+    DROP = "drop"
+    DUPLICATE = "duplicate"
+    TO_JUNK = "to_junk"
+
+
+class EwsFault(FaultKind):
+    """What a forest's EWS endpoint (target ``ews/FOREST``) can get wrong."""
+
+    UNAUTHORIZED = "unauthorized"
+    SERVER_ERROR = "server_error"
+    SERVER_BUSY = "server_busy", Param("back_off_ms", default=1000)
+    SLOW = "slow", Param("seconds", default=5.0)
+    UNREACHABLE = "unreachable"
+    CLOCK_OFFSET = "clock_offset", SECONDS
+
+
+TARGET_TYPES: Final[dict[str, type[FaultKind]]] = {"smarthost": SmartHostFault, "ews": EwsFault}
 
 
 class FaultError(ValueError):
@@ -28,7 +97,7 @@ class Fault:
     """One fault: a target (``smarthost/NAME`` or ``ews/FOREST``), a kind, and its parameters."""
 
     target: str
-    kind: str
+    kind: FaultKind
     stage: str | None = None
     code: int | None = None
     seconds: float | None = None
@@ -46,54 +115,68 @@ class Fault:
 
     def to_json(self) -> dict[str, Any]:
         """Return the fault as the admin API shows it."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: str(v) if k == "kind" else v for k, v in asdict(self).items() if v is not None}
 
 
 def parse_fault(data: object) -> Fault:
-    """Build a fault from the admin API's JSON, with defaults, or raise FaultError."""
+    """Build a fault from the admin API's JSON, checked against its kind's row, with defaults; or raise FaultError."""
     if not isinstance(data, dict):
         raise FaultError("a fault is a JSON object with target and kind")
-    unknown = set(data) - {"target", "kind", "stage", "code", "seconds", "back_off_ms"}
+    target = _target(data.get("target"))
+    member = _kind(target.split("/", 1)[0], data.get("kind"))
+    given = {key: value for key, value in data.items() if key not in ("target", "kind")}
+    unknown = sorted(key for key in given if member.param(key) is None)
     if unknown:
-        raise FaultError(f"unknown fault parameters: {', '.join(sorted(unknown))}")
-    target, kind = data.get("target"), data.get("kind")
+        raise FaultError(f"unknown parameters for {member}: {', '.join(unknown)}; "
+                         f"its parameters: {member.describe_params()}")
+    values: dict[str, Any] = {p.name: given.get(p.name, p.default) for p in member.params}
+    for param in member.params:
+        _check(member, param, values[param.name])
+    return Fault(target=target, kind=member, **values)
+
+
+def _target(target: object) -> str:
     if not isinstance(target, str) or "/" not in target:
         raise FaultError('target must be "smarthost/NAME" or "ews/FOREST"')
+    if target.split("/", 1)[0] not in TARGET_TYPES:
+        raise FaultError(f"unknown target type {target.split('/', 1)[0]!r}: use smarthost/NAME or ews/FOREST")
+    return target
+
+
+def _kind(target_type: str, kind: object) -> FaultKind:
+    kinds = TARGET_TYPES[target_type]
+    known = ", ".join(sorted(member.value for member in kinds))
     if not isinstance(kind, str):
-        raise FaultError("kind must be a string")
-    fault = Fault(
-        target=target, kind=kind, stage=data.get("stage"), code=data.get("code"),
-        seconds=data.get("seconds"), back_off_ms=data.get("back_off_ms"),
-    )
-    return _with_defaults(_checked(fault))
+        raise FaultError(f"kind must be a string; the {target_type} fault kinds: {known}")
+    if kind not in {member.value for member in kinds}:
+        raise FaultError(f"unknown {target_type} fault kind {kind!r}; known: {known}")
+    return kinds(kind)
 
 
-def _checked(fault: Fault) -> Fault:
-    kinds = {"smarthost": SMARTHOST_KINDS, "ews": EWS_KINDS}.get(fault.target_type)
-    if kinds is None:
-        raise FaultError(f"unknown target type {fault.target_type!r}: use smarthost/NAME or ews/FOREST")
-    if fault.kind not in kinds:
-        raise FaultError(f"unknown {fault.target_type} fault kind {fault.kind!r}; known: {', '.join(sorted(kinds))}")
-    needs_seconds = fault.kind in _NEEDS_SECONDS and not (fault.target_type == "ews" and fault.kind == "slow")
-    if needs_seconds and not isinstance(fault.seconds, int | float):
-        raise FaultError(f"{fault.kind} needs seconds (a number)")
-    if fault.target_type == "smarthost" and fault.kind in _NEEDS_STAGE and fault.stage not in SMTP_STAGES:
-        raise FaultError(f"{fault.kind} needs stage, one of {', '.join(SMTP_STAGES)}")
-    if fault.code is not None and not (isinstance(fault.code, int) and 200 <= fault.code <= 599):
-        raise FaultError("code must be an SMTP reply code (200-599)")
-    return fault
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _with_defaults(fault: Fault) -> Fault:
-    code = fault.code if fault.code is not None else _DEFAULT_CODE.get(fault.kind)
-    seconds = fault.seconds
-    back_off = fault.back_off_ms
-    if fault.target_type == "ews" and fault.kind == "slow" and seconds is None:
-        seconds = 5.0
-    if fault.kind == "server_busy" and back_off is None:
-        back_off = 1000
-    return Fault(target=fault.target, kind=fault.kind, stage=fault.stage, code=code,
-                 seconds=seconds, back_off_ms=back_off)
+def _check(kind: FaultKind, param: Param, value: object) -> None:
+    """Raise unless ``value`` is a valid value of ``param`` (None only when it is not required)."""
+    if value is None:
+        if param.required:
+            raise FaultError(f"{kind} needs {_NEEDS[param.name]}")
+        return
+    valid = {"stage": value in SMTP_STAGES, "code": isinstance(value, int) and not isinstance(value, bool)
+             and 200 <= value <= 599, "seconds": _is_number(value),
+             "back_off_ms": isinstance(value, int) and not isinstance(value, bool) and value >= 0}
+    if not valid[param.name]:
+        raise FaultError(f"{kind}: {param.name} must be {_MUST[param.name]}")
+
+
+_MUST: Final = {
+    "stage": f"one of {', '.join(SMTP_STAGES)}",
+    "code": "an SMTP reply code (200-599)",
+    "seconds": "a number",
+    "back_off_ms": "a whole number of milliseconds (0 or more)",
+}
+_NEEDS: Final = {"stage": f"stage, {_MUST['stage']}", "seconds": "seconds (a number)"}
 
 
 class FaultRegistry:
@@ -119,10 +202,11 @@ class FaultRegistry:
         with self._lock:
             return [f for f in self._faults if target is None or f.target == target]
 
-    def find(self, target: str, kind: str, *, stage: str | None = None) -> Fault | None:
+    def find(self, target: str, kind: FaultKind, *, stage: str | None = None) -> Fault | None:
         """Return the fault of this kind on this target (and stage, when given), if one is in force."""
         with self._lock:
             for fault in self._faults:
-                if fault.target == target and fault.kind == kind and (stage is None or fault.stage == stage):
+                if fault.target == target and fault.kind is kind and (stage is None or fault.stage == stage):
                     return fault
         return None
+

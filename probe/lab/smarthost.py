@@ -29,7 +29,7 @@ from typing import Any, Final
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException
 
 from probe.lab.ca import LabCA
-from probe.lab.faults import Fault, FaultRegistry
+from probe.lab.faults import Fault, FaultRegistry, SmartHostFault
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
 from probe.secret import Secret
@@ -92,9 +92,9 @@ class _Certificates:
         """Return the context the faults in force call for: good, expired or untrusted."""
         target = self._host.target
         kind = "good"
-        if faults.find(target, "untrusted_cert"):
+        if faults.find(target, SmartHostFault.UNTRUSTED_CERT):
             kind = "untrusted"
-        elif faults.find(target, "expired_cert"):
+        elif faults.find(target, SmartHostFault.EXPIRED_CERT):
             kind = "expired"
         if kind not in self._contexts:
             self._contexts[kind] = self._issue(kind)
@@ -141,9 +141,9 @@ def _tls_comment(session: Any) -> str | None:
 
 
 def _stage_reply(fault: Fault, stage: str) -> str:
-    code = fault.code or (451 if fault.kind == "tempfail" else 554)
+    code = fault.code or 554  # parse_fault gives tempfail and reject their default code
     klass = str(code)[0]
-    what = "temporary failure" if fault.kind == "tempfail" else "rejected"
+    what = "temporary failure" if fault.kind is SmartHostFault.TEMPFAIL else "rejected"
     detail = "4.3.0" if klass == "4" else f"{klass}.7.1" if klass == "5" else f"{klass}.0.0"
     return f"{code} {detail} lab fault: {what} at {stage}"
 
@@ -164,16 +164,16 @@ class SmartHost:
         """Count an event at this smart host."""
         self.stats.count_smarthost(self.spec.name, event)
 
-    def fault(self, kind: str, stage: str | None = None) -> Fault | None:
+    def fault(self, kind: SmartHostFault, stage: str | None = None) -> Fault | None:
         """Return the fault of this kind in force on this smart host (at this stage), if any."""
         return self.faults.find(self.spec.target, kind, stage=stage)
 
     async def stage_fault(self, stage: str) -> str | None:
         """Sleep if the host is slow at ``stage``; return the failure reply a fault calls for, if any."""
-        slow = self.fault("slow", stage)
+        slow = self.fault(SmartHostFault.SLOW, stage)
         if slow is not None and slow.seconds:
             await asyncio.sleep(slow.seconds)
-        failing = self.fault("tempfail", stage) or self.fault("reject", stage)
+        failing = self.fault(SmartHostFault.TEMPFAIL, stage) or self.fault(SmartHostFault.REJECT, stage)
         if failing is None:
             return None
         self.count("rejected")
@@ -185,7 +185,7 @@ class SmartHost:
                           responses: list[str]) -> list[str]:
         """Drop STARTTLS from the EHLO reply while ``no_starttls`` is in force."""
         session.host_name = hostname
-        if self.fault("no_starttls"):
+        if self.fault(SmartHostFault.NO_STARTTLS):
             return [r for r in responses if r != "250-STARTTLS"]
         return responses
 
@@ -214,11 +214,11 @@ class SmartHost:
             protocol=_protocol_name(session), queue_id=queue_id, recipients=recipients,
             tls=_tls_comment(session), when=datetime.now(UTC),
         )
-        delay = self.fault("delay_delivery")
+        delay = self.fault(SmartHostFault.DELAY_DELIVERY)
         server.pending = _Pending(
             raw=header + bytes(envelope.original_content or b""), recipients=recipients,
-            folder="junkemail" if self.fault("to_junk") else "inbox",
-            copies=0 if self.fault("drop") else 2 if self.fault("duplicate") else 1,
+            folder="junkemail" if self.fault(SmartHostFault.TO_JUNK) else "inbox",
+            copies=0 if self.fault(SmartHostFault.DROP) else 2 if self.fault(SmartHostFault.DUPLICATE) else 1,
             delay=delay.seconds if delay is not None else None,
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
@@ -234,7 +234,7 @@ class SmartHost:
     def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str,
                      auth_data: Any) -> AuthResult:
         """Accept only this forest's account, unless ``auth_reject`` is in force."""
-        ok = (isinstance(auth_data, LoginPassword) and self.fault("auth_reject") is None
+        ok = (isinstance(auth_data, LoginPassword) and self.fault(SmartHostFault.AUTH_REJECT) is None
               and auth_data.login.decode(errors="replace") == self.spec.username
               and secrets.compare_digest(auth_data.password, self.spec.password.reveal().encode()))
         self.count("auth_success" if ok else "auth_failures")
@@ -287,7 +287,7 @@ class LabSMTP(SMTP):
         """Count the connection, or reset it at once while ``refuse_connections`` is in force."""
         if self._original_transport is None:  # a new TCP connection, not the end of a TLS handshake
             self.host.count("connections")
-            if self.host.fault("refuse_connections"):
+            if self.host.fault(SmartHostFault.REFUSE_CONNECTIONS):
                 self._refused = True
                 self.host.count("refused")
                 _reset(transport)
@@ -349,7 +349,7 @@ class LabSMTP(SMTP):
         if self._tls_protocol is not None:
             await self.push("554 5.5.1 Error: TLS already active")
             return
-        if self.host.fault("no_starttls"):
+        if self.host.fault(SmartHostFault.NO_STARTTLS):
             await self.push(TLS_UNAVAILABLE)
             return
         self.host.count("starttls")

@@ -10,7 +10,6 @@ state directory, with each password in a 0600 file under ``secrets/``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -27,7 +26,8 @@ import yaml
 
 from probe.lab.admin import AdminServer
 from probe.lab.ca import LabCA
-from probe.lab.faults import Fault, FaultError, FaultRegistry, parse_fault
+from probe.lab.ews.server import EwsServer
+from probe.lab.faults import EwsFault, Fault, FaultError, FaultRegistry, parse_fault
 from probe.lab.smarthost import MAX_FORESTS, LabSmartHost, SmartHostFleet, smart_host_address
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
@@ -60,7 +60,7 @@ class LabForest:
     ews_password: Secret
     smtp_username: str
     smtp_password: Secret
-    ews_url: str = ""  # https; empty while the lab has no EWS endpoint
+    ews_url: str = ""  # https; set when the lab has started its EWS endpoint
     ews_http_url: str = ""
 
     @property
@@ -139,23 +139,12 @@ def _write_private(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
-def _ews_server_class() -> Any | None:
-    """Return probe.lab.ews.server.EwsServer, or None while the EWS endpoint is not built."""
-    try:
-        module = importlib.import_module("probe.lab.ews.server")
-    except ModuleNotFoundError as exc:
-        if exc.name in {"probe.lab.ews", "probe.lab.ews.server"}:
-            return None
-        raise
-    return module.EwsServer
-
-
 @dataclass
 class _Parts:
     """What a running lab has started, so that stop() can end exactly those."""
 
     fleet: SmartHostFleet | None = None
-    ews: list[Any] = field(default_factory=list)
+    ews: list[EwsServer] = field(default_factory=list)
     admin: AdminServer | None = None
 
 
@@ -291,7 +280,7 @@ class Lab:
         self.faults.clear(target)
 
     def _clock(self, forest: str) -> float:
-        offset = self.faults.find(f"ews/{forest}", "clock_offset")
+        offset = self.faults.find(f"ews/{forest}", EwsFault.CLOCK_OFFSET)
         return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
 
     # -- life cycle
@@ -320,14 +309,11 @@ class Lab:
             forest.smart_hosts = [bound[h.name] for h in forest.smart_hosts]
 
     def _start_ews(self, ca: LabCA) -> None:
-        server_class = _ews_server_class()
-        if server_class is None:
-            return
         for i, forest in enumerate(self.forests.values()):
             context = ca.issue(f"mail-{forest.name}", [EWS_HOST, "localhost", f"mail.{forest.domain}"])
             users = {forest.ews_username: forest.ews_password.reveal(),
                      forest.ews_upn: forest.ews_password.reveal()}
-            server = server_class(
+            server = EwsServer(
                 forest.name, store=self.store, faults=self.faults, stats=self.stats, users=users,
                 host=EWS_HOST, https_port=FIXED_EWS_HTTPS_PORT + i if self.fixed_ports else 0,
                 http_port=FIXED_EWS_HTTP_PORT + i if self.fixed_ports else 0,

@@ -1,17 +1,45 @@
 """The mailbox interface of the confirm step: search for probes in flight, clean up, watch for new mail.
 
-One implementation per protocol (EWS now; IMAP and Microsoft Graph later), each in its own module.
+A backend is one module (or package) under probe/mailbox/ implementing ``Mailbox``, opened from the table
+in probe.mailbox.backends. Everything here is backend-neutral: a message is an opaque ``ItemRef``, a folder
+a ``MailboxFolder``, a clock calibration an ``OffsetEstimate``; verdicts, metrics and reports never see
+which backend found a probe.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from probe.mailbox.clock import OffsetEstimate
 from probe.mailbox.received import Hop
-from probe.vocabulary import LocalResource, MailboxReason
+from probe.vocabulary import LocalResource, MailboxFolder, MailboxReason
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """One message in a mailbox as its backend refers to it; opaque to everything but that backend.
+
+    ``key`` is unique in its mailbox and stable while the message stays where it is: the ledger and a
+    cleanup know the message by it. ``extra`` is whatever else the backend needs to act on it (EWS: the
+    ChangeKey). The ledger stores the reference as ``dumps()`` gives it.
+    """
+
+    key: str
+    extra: str = ""
+
+    def dumps(self) -> str:
+        """Return the reference as text, for the ledger."""
+        return json.dumps([self.key, self.extra], ensure_ascii=False)
+
+    @classmethod
+    def loads(cls, text: str) -> ItemRef:
+        """Return the reference ``dumps`` wrote."""
+        key, extra = json.loads(text)
+        return cls(str(key), str(extra))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,12 +49,11 @@ class Sighting:
     probe_id: str
     tag: str
     mailbox: str
-    folder: str  # "inbox" or "junkemail"
-    item_id: str
-    change_key: str
+    folder: MailboxFolder
+    item: ItemRef
     message_id: str
     subject: str
-    received_server: datetime  # the server's receipt stamp (DateTimeReceived), UTC, on the server's clock
+    received_server: datetime  # the server's receipt stamp, UTC, on the server's clock
     received_precise: bool  # True when the stamp has milliseconds, False when whole seconds
     received_local: float  # the arrival on the probe's clock (a time.time() value), offset-corrected
     received_uncertainty: float  # half-width, in seconds, of the interval received_local lies in
@@ -58,8 +85,8 @@ class CleanupResult:
     ok: bool
     deleted: int = 0
     missing: int = 0  # already gone
-    refused: int = 0  # ids whose tag does not verify (or that could not be read): not touched
-    gone: tuple[str, ...] = ()  # the item ids deleted or already gone
+    refused: int = 0  # items whose tag does not verify (or that could not be read): not touched
+    gone: tuple[ItemRef, ...] = ()  # the items deleted or already gone
     error_reason: MailboxReason | None = None
     error: str | None = None
 
@@ -84,14 +111,14 @@ class Mailbox(Protocol):
 
     def search(self, probe_ids: Collection[str], *, since: float | None = None,
                deadline: float | None = None) -> SearchResult:
-        """Find the probes in flight in Inbox and Junk with one search; never raise.
+        """Find the probes in flight in the configured folders with one search; never raise.
 
         ``since`` is the local time the oldest of them was sent (default: a day ago); ``deadline`` a local
         time to give up retrying by.
         """
 
-    def cleanup(self, item_ids: Sequence[tuple[str, str]]) -> CleanupResult:
-        """Delete verified sightings, given as (item_id, change_key), in batches; never raise.
+    def cleanup(self, items: Sequence[ItemRef]) -> CleanupResult:
+        """Delete verified sightings in batches, the configured way; never raise.
 
         An item whose tag does not verify is never deleted, whoever asks.
         """
@@ -103,8 +130,12 @@ class Mailbox(Protocol):
     def clock_uncertainty(self) -> float | None:
         """Return how far, in seconds, the server clock offset may be off now; None when unknown."""
 
-    def calibrate_clock(self, *, target_uncertainty: float = 0.05, budget_seconds: float = 5.0) -> object:
-        """Narrow the server clock offset estimate; never raise (a no-op where the offset is not needed)."""
+    def calibrate_clock(self, *, target_uncertainty: float = 0.05,
+                        budget_seconds: float = 5.0) -> OffsetEstimate | None:
+        """Narrow the server clock offset estimate and return it (None when unknown); never raise.
+
+        A backend whose stamps need no offset returns None at once.
+        """
 
     def close(self) -> None:
         """Release connections and stop any watch."""

@@ -10,7 +10,8 @@ the protocol cache keyed by endpoint and credentials). This module sets none of 
 own protocol object, made outside the cache, whose sessions mount an adapter that verifies against the
 mailbox's own CA, applies the mailbox's timeout, and times every exchange for the clock offset. The
 retry policy is FailFast; throttling is retried here, a bounded number of times, honouring the server's
-back-off.
+back-off. Whatever needs a private part of exchangelib or requests is in probe.mailbox.ews_internals;
+this module uses their public API only (tests/test_ews_internals.py holds both to that).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final, TypeVar
@@ -50,30 +51,29 @@ from exchangelib.folders import Folder
 from exchangelib.items import Message
 from exchangelib.properties import DistinguishedFolderId
 from exchangelib.properties import Mailbox as EwsAddress
-from exchangelib.protocol import Protocol
 from exchangelib.restriction import Restriction
-from exchangelib.services import (
-    DeleteItem,
-    FindItem,
-    GetFolder,
-    GetItem,
-    GetStreamingEvents,
-    SubscribeToStreaming,
-    Unsubscribe,
-)
+from exchangelib.services import DeleteItem, SubscribeToStreaming, Unsubscribe
 from exchangelib.transport import BASIC, NTLM
-from exchangelib.util import SOAPNS, TNS, DummyResponse
-from lxml import etree
+from exchangelib.util import TNS
 
 from probe import message as probe_message
-from probe.config import MailboxConfig
+from probe.config import EwsConfig, MailboxConfig
 from probe.local_faults import local_fault
-from probe.mailbox.base import CleanupResult, SearchResult, Sighting
+from probe.mailbox.base import CleanupResult, ItemRef, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
+from probe.mailbox.ews_internals import (
+    FOLDER_ATTR,
+    FindTagged,
+    GetRaw,
+    NewMailEvents,
+    PingFolder,
+    own_protocol,
+    read_whole,
+    streaming_response,
+)
 from probe.mailbox.received import parse_received
-from probe.mailbox.soap_stream import soap_envelopes
 from probe.secret import redact
-from probe.vocabulary import MailboxReason
+from probe.vocabulary import MailboxFolder, MailboxReason
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,10 @@ DEFAULT_LOOKBACK: Final = 86400.0  # how far back a search looks when the caller
 PAGE_SIZE: Final = 500
 GET_CHUNK: Final = 500
 WATCH_MINUTES: Final = 1  # GetStreamingEvents ConnectionTimeout; the stream is reopened after it
-_FOLDER_ATTR: Final = "probe-folder"
+_EWS_FOLDERS: Final = {  # the neutral folder names as EWS distinguished folder ids
+    MailboxFolder.INBOX: "inbox", MailboxFolder.JUNKEMAIL: "junkemail", MailboxFolder.DELETEDITEMS: "deleteditems",
+}
+_NEUTRAL_FOLDERS: Final = {ews_id: folder for folder, ews_id in _EWS_FOLDERS.items()}
 _DELETE_TYPES: Final = {
     "move_to_deleted_items": "MoveToDeletedItems", "soft_delete": "SoftDelete", "hard_delete": "HardDelete",
 }
@@ -108,18 +111,6 @@ def parse_ews_datetime(text: str | None) -> tuple[datetime, bool] | None:
         sign = -1 if zone[0] == "-" else 1
         tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
     return base.replace(microsecond=micro, tzinfo=tz).astimezone(UTC), fraction is not None
-
-
-def _with_precision(envelope: bytes) -> bytes:
-    """Add ``<t:DateTimePrecision>Milliseconds</t:DateTimePrecision>`` to a SOAP envelope's header."""
-    root = etree.fromstring(envelope)  # our own request
-    header = root.find(f"{{{SOAPNS}}}Header")
-    if header is None:
-        header = etree.Element(f"{{{SOAPNS}}}Header")
-        root.insert(0, header)
-    etree.SubElement(header, f"{{{TNS}}}DateTimePrecision").text = "Milliseconds"
-    result: bytes = etree.tostring(root, xml_declaration=True, encoding="utf-8")
-    return result
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -193,6 +184,11 @@ class _RawItem:
     message_id: str
     headers: tuple[tuple[str, str], ...]
 
+    @property
+    def ref(self) -> ItemRef:
+        """Return the item's reference outside this backend: its id, with its change key."""
+        return ItemRef(self.item_id, self.change_key)
+
 
 def _raw_item(elem: Any, folder: str = "") -> _RawItem:
     ident = elem.find(f"{{{TNS}}}ItemId")
@@ -203,78 +199,12 @@ def _raw_item(elem: Any, folder: str = "") -> _RawItem:
     return _RawItem(
         item_id="" if ident is None else ident.get("Id", ""),
         change_key="" if ident is None else ident.get("ChangeKey", ""),
-        folder=folder or elem.get(_FOLDER_ATTR, ""),
+        folder=folder or elem.get(FOLDER_ATTR, ""),
         subject=elem.findtext(f"{{{TNS}}}Subject") or "",
         received=elem.findtext(f"{{{TNS}}}DateTimeReceived"),
         message_id=(elem.findtext(f"{{{TNS}}}InternetMessageId") or "").strip(),
         headers=headers,
     )
-
-
-class _FindTagged(FindItem):  # type: ignore[misc]
-    """FindItem asking for millisecond stamps, returning raw items labelled with their folder."""
-
-    def wrap(self, content: Any, api_version: Any = None) -> bytes:
-        return _with_precision(super().wrap(content, api_version=api_version))
-
-    def _get_pages(self, payload_func: Any, kwargs: dict[str, Any], expected_message_count: int) -> Any:
-        pages = super()._get_pages(payload_func, kwargs, expected_message_count)
-        for (page, _next), folder in zip(pages, list(kwargs["folders"]), strict=False):
-            if page is not None and not isinstance(page, Exception):
-                page.set(_FOLDER_ATTR, str(folder.id))
-        return pages
-
-    def _get_elems_from_page(self, elem: Any, max_items: Any, total_item_count: int) -> Iterator[Any]:
-        folder = elem.get(_FOLDER_ATTR, "")
-        for item in super()._get_elems_from_page(elem, max_items, total_item_count):
-            item.set(_FOLDER_ATTR, folder)
-            yield item
-
-    def _elem_to_obj(self, elem: Any) -> _RawItem:
-        return _raw_item(elem)
-
-
-class _GetRaw(GetItem):  # type: ignore[misc]
-    """GetItem asking for millisecond stamps, returning raw items."""
-
-    def wrap(self, content: Any, api_version: Any = None) -> bytes:
-        return _with_precision(super().wrap(content, api_version=api_version))
-
-    def _elem_to_obj(self, elem: Any) -> _RawItem:
-        return _raw_item(elem)
-
-
-class _NewMailEvents(GetStreamingEvents):  # type: ignore[misc]
-    """GetStreamingEvents yielding the number of NewMail events in each notification.
-
-    The envelopes are cut out of the stream a chunk at a time (soap_stream); each is then parsed and
-    checked by exchangelib as its own GetStreamingEvents does.
-    """
-
-    def _elem_to_obj(self, elem: Any) -> int:
-        return sum(1 for e in elem.iter() if isinstance(e.tag, str) and e.tag.endswith("}NewMailEvent"))
-
-    def _get_soap_messages(self, body: Any) -> Iterator[Any]:
-        response = body  # the raw streaming response, as GetStreamingEvents._get_soap_parts passes it on
-        # without chunked transfer coding only a byte at a time is sure not to wait past a notification
-        chunks = response.iter_content(chunk_size=None if getattr(response.raw, "chunked", False) else 1)
-        for document in soap_envelopes(chunks):
-            try:
-                _, soap_body = super(GetStreamingEvents, self)._get_soap_parts(
-                    response=DummyResponse(content=document))
-            except Exception:
-                response.close()
-                raise
-            yield from super(GetStreamingEvents, self)._get_soap_messages(body=soap_body)
-            if self.connection_status == self.CLOSED:
-                break
-
-
-class _PingFolder(GetFolder):  # type: ignore[misc]
-    """GetFolder returning the raw response elements: a cheap request whose only use is its HTTP Date."""
-
-    def _elems_to_objs(self, elems: Iterable[Any]) -> Iterator[Any]:
-        yield from elems
 
 
 class _Pacer(threading.local):
@@ -284,22 +214,6 @@ class _Pacer(threading.local):
         self.send_at: float | None = None
         self.timeout: float | None = None
         self.last: tuple[float, float] | None = None  # (sent, response headers arrived), local time
-
-
-class _WholeResponse(requests.Response):
-    """A response that hands a body it has already read to ``iter_content`` in one piece.
-
-    exchangelib parses every response from ``iter_content()``, whose default is one byte per chunk:
-    a Python generator step for each byte of every FindItem and GetItem reply. A body that is read
-    already goes over whole; a streamed one (GetStreamingEvents) is iterated as asked.
-    """
-
-    def iter_content(self, chunk_size: int | None = 1, decode_unicode: bool = False) -> Iterator[Any]:
-        """Yield the body: whole when it has been read, else as requests would."""
-        body = getattr(self, "_content", None)
-        if getattr(self, "_content_consumed", False) and isinstance(body, bytes) and not decode_unicode:
-            return iter((body,) if body else ())
-        return super().iter_content(chunk_size=chunk_size, decode_unicode=decode_unicode)
 
 
 class _ProbeAdapter(requests.adapters.HTTPAdapter):
@@ -324,24 +238,10 @@ class _ProbeAdapter(requests.adapters.HTTPAdapter):
         response = super().send(request, stream=stream, timeout=pacer.timeout or timeout or self._probe_timeout,
                                 verify=self._probe_verify, cert=cert, proxies=proxies)
         received_at = time.time()
-        response.__class__ = _WholeResponse  # the same object, with a faster iter_content (see there)
+        read_whole(response)  # the same object, with a faster iter_content (see ews_internals)
         pacer.last = (sent_at, received_at)
         self._clock.observe(sent_at=sent_at, received_at=received_at, date_header=response.headers.get("Date"))
         return response
-
-
-class _ProbeProtocol(Protocol):  # type: ignore[misc]
-    """A protocol of one mailbox: its own sessions, adapter and timeout, outside exchangelib's cache."""
-
-    def __init__(self, *, config: Configuration, adapter: Callable[[], _ProbeAdapter], timeout: float) -> None:
-        super().__init__(config=config)
-        self._make_adapter = adapter
-        self.TIMEOUT = timeout  # read by exchangelib as self.protocol.TIMEOUT; the class default stays
-
-    def create_session(self) -> Any:
-        session = super().create_session()
-        session.mount(self.service_endpoint, self._make_adapter())
-        return session
 
 
 def _build(cfg: Any) -> Version | None:
@@ -351,9 +251,21 @@ def _build(cfg: Any) -> Version | None:
     return Version(build=Build(*parts))
 
 
+def _folder_id(config: MailboxConfig, folder: MailboxFolder) -> DistinguishedFolderId:
+    """Return the EWS distinguished folder of the mailbox that a neutral folder name stands for."""
+    return DistinguishedFolderId(id=_EWS_FOLDERS[folder], mailbox=EwsAddress(email_address=config.address))
+
+
+def ews_section(config: MailboxConfig) -> EwsConfig:
+    """Return the mailbox's ``ews:`` section; a mailbox of another backend is a caller's mistake."""
+    if not isinstance(config.backend, EwsConfig):
+        raise TypeError(f"mailbox {config.name} is not an EWS mailbox")
+    return config.backend
+
+
 def _account(config: MailboxConfig, clock: ClockOffset, pacer: _Pacer, *, max_connections: int) -> Account:
     """Make an exchangelib Account whose protocol is this mailbox's own."""
-    ews = config.ews
+    ews = ews_section(config)
     verify: bool | str = str(ews.ca_file) if ews.verify and ews.ca_file else ews.verify
     exconfig = Configuration(
         service_endpoint=ews.url, credentials=Credentials(ews.username, ews.password.reveal()),
@@ -362,15 +274,11 @@ def _account(config: MailboxConfig, clock: ClockOffset, pacer: _Pacer, *, max_co
     )
     account = Account(primary_smtp_address=config.address, config=exconfig, autodiscover=False,
                       access_type=DELEGATE, default_timezone=EWS_UTC)
-    cached = account.protocol  # Account() put a default protocol in exchangelib's cache: not ours, drop it
-    with contextlib.suppress(KeyError):
-        del Protocol[exconfig]
-    cached.close()
 
     def adapter() -> _ProbeAdapter:
         return _ProbeAdapter(verify=verify, timeout=ews.timeout, clock=clock, pacer=pacer)
 
-    account.protocol = type.__call__(_ProbeProtocol, config=exconfig, adapter=adapter, timeout=ews.timeout)
+    own_protocol(account, config=exconfig, adapter=adapter, timeout=ews.timeout)
     return account
 
 
@@ -379,13 +287,13 @@ class EwsMailbox:
 
     def __init__(self, config: MailboxConfig, *, key: bytes) -> None:
         self._config = config
+        self._ews = ews_section(config)
         self._key = key
         self.clock = ClockOffset()
         self._pacer = _Pacer()
         self._calibrating = threading.Lock()
         self._account = _account(config, self.clock, self._pacer, max_connections=2)
-        self._folders = [DistinguishedFolderId(id=f, mailbox=EwsAddress(email_address=config.address))
-                         for f in config.folders]
+        self._folders = [_folder_id(config, folder) for folder in config.folders]
         self._first_seen: dict[str, float] = {}
         self._verified: set[str] = set()
         self._lock = threading.Lock()
@@ -413,7 +321,7 @@ class EwsMailbox:
         when the server gave no usable response). One calibration runs at a time; a caller that waited
         for another's finds the estimate narrow and sends nothing.
         """
-        wait = budget_seconds + self._config.ews.timeout
+        wait = budget_seconds + self._ews.timeout
         if not self._calibrating.acquire(timeout=max(0.0, wait)):
             return self.clock.estimate(now=time.time())
         try:
@@ -430,10 +338,10 @@ class EwsMailbox:
         """Send one GetFolder (Inbox, IdOnly) no earlier than ``send_at``; return its round trip, or None."""
         pacer = self._pacer
         pacer.last, pacer.send_at = None, send_at
-        pacer.timeout = min(self._config.ews.timeout, max(1.0, deadline - send_at))
+        pacer.timeout = min(self._ews.timeout, max(1.0, deadline - send_at))
         try:
-            inbox = DistinguishedFolderId(id="inbox", mailbox=EwsAddress(email_address=self._config.address))
-            list(_PingFolder(account=self._account).call(folders=[inbox], additional_fields=[], shape="IdOnly"))
+            inbox = _folder_id(self._config, MailboxFolder.INBOX)
+            list(PingFolder(account=self._account).call(folders=[inbox], additional_fields=[], shape="IdOnly"))
         except Exception as exc:  # an error response still carries its Date; no response ends calibration
             log.debug("mailbox %s: clock calibration request failed: %s", self._config.name, describe(exc))
         finally:
@@ -446,7 +354,7 @@ class EwsMailbox:
                deadline: float | None = None) -> SearchResult:
         """Find the probes in flight in Inbox and Junk with one FindItem and one GetItem; never raise."""
         started = time.time()
-        deadline = deadline if deadline is not None else started + 2 * self._config.ews.timeout
+        deadline = deadline if deadline is not None else started + 2 * self._ews.timeout
         since = since if since is not None else started - DEFAULT_LOOKBACK
         try:
             found = self._retrying(lambda: self._find(since), deadline)
@@ -476,24 +384,30 @@ class EwsMailbox:
         estimate = self.clock.estimate()
         skew = 0.0 if estimate is None else estimate.offset
         floor = datetime.fromtimestamp(since + skew - SEARCH_MARGIN, tz=UTC).replace(microsecond=0)
-        query = Q(subject__contains=probe_message.tag_search_prefix()) & Q(
+        query = Q(subject__contains=self._subject_term()) & Q(
             datetime_received__gte=EWSDateTime.from_datetime(floor))
-        service = _FindTagged(account=self._account, page_size=PAGE_SIZE)
+        service = FindTagged(account=self._account, page_size=PAGE_SIZE)
         fields = [FieldPath(field=Message.get_field_by_fieldname(n)) for n in ("subject", "datetime_received")]
-        return _raise_first(service.call(
+        found = _raise_first(service.call(
             folders=self._folders, additional_fields=fields,
             restriction=Restriction(query, folders=[Folder()], applies_to=Restriction.ITEMS),
             order_fields=None, shape="IdOnly", query_string=None, depth="Shallow", calendar_view=None,
             max_items=None, offset=0,
         ))
+        return [_raw_item(elem) for elem in found if elem is not None]
+
+    def _subject_term(self) -> str:
+        """Return what the subject of every probe in flight contains: one search finds them all."""
+        return probe_message.tag_search_prefix()
 
     def _get(self, items: Sequence[_RawItem]) -> list[_RawItem]:
-        service = _GetRaw(account=self._account, chunk_size=GET_CHUNK)
+        service = GetRaw(account=self._account, chunk_size=GET_CHUNK)
         names = ("subject", "datetime_received", "message_id", "headers")
         fields = [FieldPath(field=Message.get_field_by_fieldname(n)) for n in names]
         results = service.call(items=[(i.item_id, i.change_key) for i in items], additional_fields=fields,
                                shape="IdOnly")
-        return [r for r in results if isinstance(r, _RawItem)]  # an item gone since FindItem is skipped
+        # an item gone since FindItem is an exception among the results, and skipped
+        return [_raw_item(r) for r in results if r is not None and not isinstance(r, Exception)]
 
     def _screen(self, found: Iterable[_RawItem], wanted: set[str]) -> tuple[list[_Candidate], int, int]:
         """Keep items whose tag verifies and that are wanted; count foreign and forged ones."""
@@ -529,7 +443,7 @@ class EwsMailbox:
                                     first_seen_local=first_seen, offset=estimate)
             sightings.append(Sighting(
                 probe_id=candidate.probe_id, tag=candidate.tag, mailbox=self._config.name,
-                folder=candidate.item.folder, item_id=detail.item_id, change_key=detail.change_key,
+                folder=_NEUTRAL_FOLDERS.get(candidate.item.folder, MailboxFolder.INBOX), item=detail.ref,
                 message_id=detail.message_id, subject=detail.subject, received_server=stamp[0],
                 received_precise=stamp[1], received_local=arrival.at,
                 received_uncertainty=(arrival.latest - arrival.earliest) / 2, first_seen_local=first_seen,
@@ -554,55 +468,55 @@ class EwsMailbox:
 
     # -- cleanup --------------------------------------------------------------------------------------
 
-    def cleanup(self, item_ids: Sequence[tuple[str, str]]) -> CleanupResult:
+    def cleanup(self, items: Sequence[ItemRef]) -> CleanupResult:
         """Delete verified probe messages the configured way, in batches; never raise.
 
-        Ids this mailbox has not itself seen verified are read first and deleted only if their tag verifies.
+        Items this mailbox has not itself seen verified are read first and deleted only if their tag verifies.
         """
-        if not item_ids or self._config.cleanup == "keep":
+        if not items or self._config.cleanup == "keep":
             return CleanupResult(ok=True)
-        deadline = time.time() + 2 * self._config.ews.timeout
+        deadline = time.time() + 2 * self._ews.timeout
         try:
-            ids = self._retrying(lambda: self._verified_ids(item_ids), deadline)
-            deleted, missing = self._retrying(lambda: self._delete(ids), deadline) if ids else ([], [])
+            verified = self._retrying(lambda: self._verified_refs(items), deadline)
+            deleted, missing = self._retrying(lambda: self._delete(verified), deadline) if verified else ([], [])
         except Exception as exc:  # a failed cleanup is tried again on the next poll
             reason, text = classify(exc), describe(exc)
             log.warning("mailbox %s: cleanup failed (%s): %s", self._config.name, reason, text)
             return CleanupResult(ok=False, error_reason=reason, error=text)
         return CleanupResult(ok=True, deleted=len(deleted), missing=len(missing),
-                             refused=len(item_ids) - len(ids), gone=(*deleted, *missing))
+                             refused=len(items) - len(verified), gone=(*deleted, *missing))
 
-    def _verified_ids(self, item_ids: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    def _verified_refs(self, items: Sequence[ItemRef]) -> list[ItemRef]:
         with self._lock:
-            known = [i for i in item_ids if i[0] in self._verified]
-            unknown = [i for i in item_ids if i[0] not in self._verified]
+            known = [ref for ref in items if ref.key in self._verified]
+            unknown = [ref for ref in items if ref.key not in self._verified]
         if unknown:
-            probes = [_RawItem(item_id=i, change_key=c, folder="", subject="", received=None, message_id="",
-                               headers=()) for i, c in unknown]
+            probes = [_RawItem(item_id=ref.key, change_key=ref.extra, folder="", subject="", received=None,
+                               message_id="", headers=()) for ref in unknown]
             for item in self._get(probes):
                 genuine = probe_message.probe_id_if_genuine(self._key, item.subject, item.headers)
                 if genuine is not None:
-                    known.append((item.item_id, item.change_key))
+                    known.append(item.ref)
         return known
 
-    def _delete(self, ids: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
-        """Delete items; return the ids deleted and those already gone."""
+    def _delete(self, refs: Sequence[ItemRef]) -> tuple[list[ItemRef], list[ItemRef]]:
+        """Delete items; return those deleted and those already gone."""
         service = DeleteItem(account=self._account, chunk_size=GET_CHUNK)
         results = list(service.call(
-            items=list(ids), delete_type=_DELETE_TYPES[self._config.cleanup],
+            items=[(ref.key, ref.extra) for ref in refs], delete_type=_DELETE_TYPES[self._config.cleanup],
             send_meeting_cancellations="SendToNone", affected_task_occurrences="AllOccurrences",
             suppress_read_receipts=True,
         ))
         deleted, missing = [], []
-        for (item_id, _ck), result in zip(ids, results, strict=False):
+        for ref, result in zip(refs, results, strict=False):
             if result is True:
-                deleted.append(item_id)
+                deleted.append(ref)
             elif isinstance(result, ErrorItemNotFound):
-                missing.append(item_id)
+                missing.append(ref)
             elif isinstance(result, Exception):
                 raise result
         with self._lock:
-            self._verified.difference_update(deleted + missing)
+            self._verified.difference_update(ref.key for ref in (*deleted, *missing))
         return deleted, missing
 
     # -- watch ----------------------------------------------------------------------------------------
@@ -661,7 +575,7 @@ class EwsWatch:
         self._on_new_mail = on_new_mail
         self._name = name
         self._stopping = threading.Event()
-        self._service: _NewMailEvents | None = None
+        self._service: NewMailEvents | None = None
         self._connected = False
         self._last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"ews-watch-{name}", daemon=True)
@@ -670,7 +584,7 @@ class EwsWatch:
     def connected(self) -> bool:
         """Say whether the notification stream is open now (its response headers have arrived)."""
         service = self._service
-        return self._connected and service is not None and service._streaming_response is not None
+        return self._connected and service is not None and streaming_response(service) is not None
 
     @property
     def last_error(self) -> str | None:
@@ -686,7 +600,7 @@ class EwsWatch:
         self._stopping.set()
         service = self._service
         if service is not None:
-            _shut_down(service._streaming_response)  # wakes the reading thread; close() alone would not
+            _shut_down(streaming_response(service))  # wakes the reading thread; close() alone would not
         self._thread.join(timeout)
         self._account.protocol.close()
 
@@ -716,7 +630,7 @@ class EwsWatch:
                 log.debug("mailbox %s: unsubscribe failed", self._name)
 
     def _stream(self, subscription: str) -> None:
-        self._service = service = _NewMailEvents(account=self._account)
+        self._service = service = NewMailEvents(account=self._account)
         self._connected = True
         for count in service.call(subscription_ids=[subscription], connection_timeout=WATCH_MINUTES):
             if isinstance(count, Exception):

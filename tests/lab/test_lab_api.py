@@ -20,7 +20,7 @@ import yaml
 
 import probe
 from probe.lab import Lab, LabError
-from probe.lab.faults import FaultError
+from probe.lab.faults import FaultError, SmartHostFault
 from tests.lab.test_smarthost import RECIPIENT, message, secure_session
 
 
@@ -100,7 +100,7 @@ def test_probe_yaml_loads_with_the_probes_own_loader(lab: Lab) -> None:
     lab_host = lab.smart_host("fourthcoffee-edge-1")
     assert (first.host, first.port, first.username) == (lab_host.host, lab_host.port, lab_host.username)
     assert first.password == lab_host.password
-    assert config.mailboxes["fourthcoffee"].ews.password == lab.forests["fourthcoffee"].ews_password
+    assert config.mailboxes["fourthcoffee"].backend.password == lab.forests["fourthcoffee"].ews_password
 
 
 def test_more_mailboxes_give_more_routes(tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_admin_api_adds_lists_and_clears_faults(lab: Lab) -> None:
     assert body == {"target": "smarthost/contoso-edge-1", "kind": "tempfail", "stage": "rcpt", "code": 451}
     admin(lab, "POST", "/faults", {"target": "ews/contoso", "kind": "server_busy"})
     admin(lab, "POST", "/faults", {"target": "smarthost/contoso-edge-2", "kind": "drop"})
-    assert lab.faults.find("smarthost/contoso-edge-1", "tempfail", stage="rcpt") is not None
+    assert lab.faults.find("smarthost/contoso-edge-1", SmartHostFault.TEMPFAIL, stage="rcpt") is not None
     status, listed = admin(lab, "GET", "/faults")
     assert status == 200
     assert len(listed) == 3
@@ -189,6 +189,15 @@ def test_admin_api_adds_lists_and_clears_faults(lab: Lab) -> None:
     ({"target": "smarthost/contoso-edge-1", "kind": "meltdown"}, "unknown smarthost fault kind"),
     ({"target": "smarthost/nowhere", "kind": "drop"}, "no smart host named"),
     ({"target": "smarthost/contoso-edge-1", "kind": "slow"}, "needs seconds"),
+    ({"target": "smarthost/contoso-edge-1", "kind": "drop", "seconds": 3},
+     "unknown parameters for drop: seconds; its parameters: none"),
+    ({"target": "smarthost/contoso-edge-1", "kind": "tempfail", "stage": "rcpt", "cod": 451},
+     "unknown parameters for tempfail: cod; its parameters: stage (required), code (default 451)"),
+    ({"target": "ews/contoso", "kind": "server_busy", "back_off_ms": "soon"},
+     "server_busy: back_off_ms must be a whole number of milliseconds"),
+    ({"target": "ews/contoso", "kind": "clock_ofset", "seconds": 30},
+     "unknown ews fault kind 'clock_ofset'; known: clock_offset, server_busy, server_error, slow, unauthorized,"
+     " unreachable"),
     ([1, 2], "a fault is a JSON object"),
     (b"{not json", "not JSON"),
 ])

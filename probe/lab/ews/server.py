@@ -27,7 +27,7 @@ from probe.lab.ews.chunking import Chunking, EnvelopePerChunk
 from probe.lab.ews.context import EwsRequest
 from probe.lab.ews.operations import OPERATIONS, STREAMING_OPERATIONS, is_known, operation_name
 from probe.lab.ews.subscriptions import SubscriptionRegistry
-from probe.lab.faults import FaultRegistry
+from probe.lab.faults import EwsFault, Fault, FaultRegistry
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore, StoredItem
 
@@ -83,7 +83,7 @@ class _HttpServer(ThreadingHTTPServer):
         """Handshake TLS in the connection's own thread, then serve it."""
         conn = request
         try:
-            if self.ews.fault("unreachable") is not None:
+            if self.ews.fault(EwsFault.UNREACHABLE) is not None:
                 return
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
@@ -137,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer GET, HEAD and the rest: 401 with the challenges until authenticated, then what IIS serves."""
         self._read_body()
         ews = self.server.ews
-        if ews.fault("unreachable") is not None:
+        if ews.fault(EwsFault.UNREACHABLE) is not None:
             self.close_connection = True
             return
         if not self._authenticated(ews):
@@ -166,9 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self) -> None:
         body = self._read_body()
         ews = self.server.ews
-        if ews.fault("unreachable") is not None:
+        if ews.fault(EwsFault.UNREACHABLE) is not None:
             raise _Dropped
-        slow = ews.fault("slow")
+        slow = ews.fault(EwsFault.SLOW)
         if slow is not None and ews.sleep(slow.seconds or 0.0):
             raise _Dropped
         parsed = _parse(body)
@@ -185,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(ews, parsed, op_name)
 
     def _authenticated(self, ews: EwsServer) -> bool:
-        if ews.fault("unauthorized") is not None:
+        if ews.fault(EwsFault.UNAUTHORIZED) is not None:
             self._unauthorized(None)
             return False
         result: AuthResult = ews.authenticator.check(self.headers.get("Authorization"), self.auth_state)
@@ -289,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _refusal(ews: EwsServer, op_name: str) -> soap.SoapFault | None:
     """Return the fault a busy or broken endpoint answers with, or the one for an operation the lab lacks."""
-    busy, broken = ews.fault("server_busy"), ews.fault("server_error")
+    busy, broken = ews.fault(EwsFault.SERVER_BUSY), ews.fault(EwsFault.SERVER_ERROR)
     if busy is not None:
         return soap.SoapFault("ErrorServerBusy", "The server cannot service this request right now. Try again later.",
                               back_off_ms=busy.back_off_ms or 1000)
@@ -388,7 +388,7 @@ class EwsServer:
             else:
                 self._connections.discard(conn)
 
-    def fault(self, kind: str) -> Any:
+    def fault(self, kind: EwsFault) -> Fault | None:
         """Return the fault of this kind in force on this endpoint, if any."""
         return self.faults.find(self.target, kind)
 
@@ -398,7 +398,7 @@ class EwsServer:
 
     def server_time(self) -> float:
         """Return the forest's server clock: true time plus any clock_offset fault."""
-        offset = self.fault("clock_offset")
+        offset = self.fault(EwsFault.CLOCK_OFFSET)
         return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
 
     def request(self, header: etree._Element | None, operation: etree._Element, *, anchor: str | None,

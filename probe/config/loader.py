@@ -1,0 +1,135 @@
+"""Load a config file: read it against the field table, build the model, check the rules that span fields."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from probe.config.backends import BackendConfig, backend_named
+from probe.config.document import compose, prepare, read_text
+from probe.config.errors import ConfigError
+from probe.config.model import Config, Defaults, MailboxConfig, RouteConfig, SmartHostConfig
+from probe.config.nodes import Context, Section, did_you_mean, show, warn_unverified
+from probe.config.reader import read_section
+from probe.config.table import IMPLICIT_TLS_PORT
+from probe.duration import format_duration
+from probe.vocabulary import MailboxFolder
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A configuration and the warnings its loading raised (each ``FILE:LINE: FIELD: message``)."""
+
+    config: Config
+    warnings: tuple[str, ...]
+
+
+def _check_jitter(ctx: Context, section: Section, interval: float, jitter: float) -> None:
+    if jitter < interval:
+        return
+    key = "jitter" if "jitter" in section.items else "interval"
+    raise ctx.error(section.node_of(key), section.at(key),
+                    f"jitter ({format_duration(jitter)}) must be less than interval ({format_duration(interval)})")
+
+
+def _build_defaults(ctx: Context, section: Section | None) -> Defaults:
+    if section is None:
+        return Defaults()
+    defaults = Defaults(**section.scalars())
+    _check_jitter(ctx, section, defaults.interval, defaults.jitter)
+    return defaults
+
+
+def _build_backend(ctx: Context, section: Section) -> BackendConfig:
+    """Build the one backend section of a mailbox (the reader made sure there is exactly one)."""
+    name = next(spec.key for spec in section.specs if spec.one_of == "backend" and spec.key in section.items)
+    return backend_named(name).build(ctx, section.items[name].value)
+
+
+def _build_mailbox(ctx: Context, name: str, section: Section) -> MailboxConfig:
+    values = section.scalars()
+    if "folders" in values:
+        values["folders"] = tuple(MailboxFolder(folder) for folder in values["folders"])
+    return MailboxConfig(name=name, backend=_build_backend(ctx, section), **values)
+
+
+def _build_smart_host(ctx: Context, section: Section) -> SmartHostConfig:
+    values = section.scalars()
+    if values.get("tls") == "implicit":
+        values.setdefault("port", IMPLICIT_TLS_PORT)
+    if values.get("tls") == "none" and not values.get("allow_insecure", False):
+        raise ctx.error(section.node_of("tls"), section.at("tls"),
+                        '"none" sends mail and credentials unencrypted; set allow_insecure: true to allow it')
+    warn_unverified(ctx, section)
+    return SmartHostConfig(**values)
+
+
+def _check_unique(ctx: Context, sections: list[Section], what: str) -> None:
+    first: dict[str, int] = {}
+    for section in sections:
+        item = section.items["name"]
+        if item.value in first:
+            raise ctx.error(item.node, section.at("name"),
+                            f"duplicate {what} name {show(item.value)}; the first is at line {first[item.value]}")
+        first[item.value] = item.node.start_mark.line + 1
+
+
+def _check_mailbox_known(ctx: Context, section: Section, mailboxes: Mapping[str, MailboxConfig]) -> None:
+    name = section.items["mailbox"].value
+    if name not in mailboxes:
+        hint = did_you_mean(name, list(mailboxes)) or f"; the mailboxes are: {', '.join(mailboxes)}"
+        raise ctx.error(section.node_of("mailbox"), section.at("mailbox"), f"no mailbox named {show(name)}{hint}")
+
+
+def _build_route(ctx: Context, section: Section, defaults: Defaults,
+                 mailboxes: Mapping[str, MailboxConfig]) -> RouteConfig:
+    values = section.scalars()
+    for key in ("interval", "timeout", "jitter"):
+        values.setdefault(key, getattr(defaults, key))
+    _check_jitter(ctx, section, values["interval"], values["jitter"])
+    _check_mailbox_known(ctx, section, mailboxes)
+    host_sections: list[Section] = section.items["smart_hosts"].value
+    _check_unique(ctx, host_sections, "smart host")
+    hosts = tuple(_build_smart_host(ctx, host) for host in host_sections)
+    return RouteConfig(smart_hosts=hosts, **values)
+
+
+def _warn_unused(ctx: Context, top: Section, routes: tuple[RouteConfig, ...]) -> None:
+    used = {route.mailbox for route in routes}
+    mailbox_sections: dict[str, Section] = top.items["mailboxes"].value
+    for name, section in mailbox_sections.items():
+        if name not in used:
+            ctx.warn(section.node, section.path, "no route sends to this mailbox")
+
+
+def _build_config(ctx: Context, top: Section) -> Config:
+    defaults_item = top.items.get("defaults")
+    defaults = _build_defaults(ctx, defaults_item.value if defaults_item else None)
+    mailbox_sections: dict[str, Section] = top.items["mailboxes"].value
+    mailboxes = {name: _build_mailbox(ctx, name, section) for name, section in mailbox_sections.items()}
+    route_sections: list[Section] = top.items["routes"].value
+    _check_unique(ctx, route_sections, "route")
+    routes = tuple(_build_route(ctx, section, defaults, mailboxes) for section in route_sections)
+    _warn_unused(ctx, top, routes)
+    return Config(defaults=defaults, mailboxes=mailboxes, routes=routes, source=ctx.file, **top.scalars())
+
+
+def load_config_with_warnings(path: Path, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Load and check a config file; return it with its warnings, or raise ConfigError."""
+    ctx = Context(file=Path(path), environ=os.environ if environ is None else environ)
+    text = read_text(ctx.file)
+    try:
+        root = compose(ctx, text)
+        prepare(ctx, root, "", set())
+        top = read_section(ctx, root, "config", "")
+        config = _build_config(ctx, top)
+    except RecursionError:
+        raise ConfigError("nested too deeply", file=ctx.file) from None
+    return LoadedConfig(config=config, warnings=tuple(ctx.warnings))
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and check a config file, or raise ConfigError naming the file, line and field."""
+    return load_config_with_warnings(path, environ=environ).config
