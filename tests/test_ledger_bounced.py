@@ -83,7 +83,7 @@ def test_an_ndr_after_lost_turns_it_bounced_once(ledger: Ledger, clock: Clock) -
     ledger.record_observation("fc", ok=True, started_at=1_350.0, finished_at=1_351.0)
     ledger.record_observation("co", ok=True, started_at=1_350.0, finished_at=1_351.0)
     assert [d.verdict for d in ledger.expire()] == [Verdict.LOST]
-    assert ledger.report_watch_list("co", late_window=600.0) == (["p1"], pytest.approx(1_000.0))
+    assert ledger.report_watch_list("co", late_window=600.0) == (["p1"], 1_000.0)
     clock.now = 1_500.0
     [decision] = ledger.record_reports([_report(at=1_450.0)]).decisions
     assert decision.verdict is Verdict.BOUNCED
