@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from probe.hops import slowest_hop
 from probe.local_faults import local_fault
 from probe.mailbox.base import ItemRef
 from probe.vocabulary import LocalResource, UnknownReason, Verdict
@@ -113,6 +114,7 @@ class Decision:
     status_code: str | None = None  # bounced: the NDR's enhanced status code, e.g. 5.1.1
     reporting_mta: str | None = None  # bounced: the server that wrote the NDR
     diagnostic: str | None = None  # bounced: the refusing server's words
+    slowest_hop: tuple[str, float] | None = None  # delivered or late: the Received chain's slowest hop (host, s)
 
     def to_json(self) -> dict[str, Any]:
         """Return the decision in the JSON shape of ``check --format json``."""
@@ -173,20 +175,22 @@ class ReportsRecorded:
     delayed: list[str]
 
 
+_DETAILED: Final = frozenset({Verdict.BOUNCED, Verdict.DELIVERED, Verdict.LATE})  # decisions that carry detail
 _DECISION_COLUMNS: Final = ("probe_id, route, smart_host, mailbox, message_id, state, stage, reason, smtp_code,"
                             " latency, detail")
 
 
 def _decision(row: sqlite3.Row, decided_at: float) -> Decision:
-    bounce: dict[str, Any] = {}
-    if row["state"] == Verdict.BOUNCED:
-        bounce = json.loads(row["detail"] or "{}").get("bounce") or {}
+    state = row["state"]
+    detail = json.loads(row["detail"] or "{}") if state in _DETAILED else {}
+    bounce = detail.get("bounce") or {} if state == Verdict.BOUNCED else {}
+    hops = detail.get("hops") if state in (Verdict.DELIVERED, Verdict.LATE) else None
     return Decision(
         probe_id=row["probe_id"], route=row["route"], smart_host=row["smart_host"], mailbox=row["mailbox"],
         message_id=row["message_id"], verdict=Verdict(row["state"]), stage=row["stage"], reason=row["reason"],
         smtp_code=row["smtp_code"], latency=row["latency"], decided_at=decided_at,
         status_code=bounce.get("status"), reporting_mta=bounce.get("reporting_mta"),
-        diagnostic=bounce.get("diagnostic"),
+        diagnostic=bounce.get("diagnostic"), slowest_hop=slowest_hop(hops) if isinstance(hops, list) else None,
     )
 
 
@@ -566,6 +570,14 @@ class Ledger:
             rows = self._db.execute(
                 "SELECT * FROM probes WHERE route = ? AND smart_host = ? AND decided_at IS NOT NULL"
                 " ORDER BY decided_at DESC LIMIT ?", (route, smart_host, limit)).fetchall()
+        return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
+    def waiting(self, route: str, smart_host: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """Return the probes of one (route, smart host) still awaiting a verdict, newest first, detail decoded."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM probes WHERE route = ? AND smart_host = ? AND state IN (?, ?)"
+                " ORDER BY created_at DESC LIMIT ?", (route, smart_host, *_OPEN_STATES, limit)).fetchall()
         return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
     def counts(self) -> dict[str, int]:

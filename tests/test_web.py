@@ -68,6 +68,9 @@ class FakeSource:
     def history(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
         return self.rows.get((route, smart_host), [])[:limit]
 
+    def waiting(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
+        return []
+
     def ready(self) -> bool:
         return self.is_ready
 

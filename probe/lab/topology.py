@@ -398,9 +398,12 @@ class Lab:
     def write_probe_config(self, path: Path, *, interval: float, timeout: float, jitter: float,
                            watch: str = "streaming", poll_interval: float = 2.0,
                            routes: list[str] | None = None) -> Path:
-        """Write a probe configuration for this lab (DESIGN.md "Config") and return its path."""
+        """Write a probe configuration for this lab (DESIGN.md "Config") and return its path.
+
+        Its mailboxes are the chosen routes' targets and their senders' (where their NDRs come back).
+        """
         chosen = self.routes if routes is None else self._chosen_routes(routes)
-        keys = {r.mailbox for r in chosen}
+        keys = {r.mailbox for r in chosen} | {r.source for r in chosen}  # a sender's mailbox key is its forest's
         mailboxes = {
             key: self._mailbox_yaml(forest, address, watch=watch, poll_interval=poll_interval)
             for forest in self.forests.values()
