@@ -162,6 +162,10 @@ class MailboxStore:
             self._mailboxes.setdefault(address.lower(), _Mailbox(address.lower(), forest))
             self._by_guid[ids.mailbox_guid(address)] = address.lower()
 
+    def server_time(self, forest: str) -> float:
+        """Return the forest's server clock now (time.time() plus any clock offset in force)."""
+        return self._clock(forest)
+
     def has_mailbox(self, address: str) -> bool:
         """Say whether ``address`` is a mailbox of the lab."""
         return address.lower() in self._mailboxes
