@@ -304,9 +304,10 @@ class Daemon:
             self._ledger_failed(exc, "probe not sent: the state file cannot be written")
         except Exception as exc:  # a local fault outside the submission (building, recording), or a bug
             self._job_failed(exc, f"sending through {target.smart_host.name}")
-        watcher = self._watchers.get(target.mailbox.name)
-        if watcher is not None and time.time() + target.route.timeout < watcher.wake_at:
-            watcher.wake.set()  # its next deadline is sooner now
+        for name in (target.mailbox.name, target.bounces):  # the probe waits on both: to arrive, or its NDR
+            watcher = self._watchers.get(name) if name is not None else None
+            if watcher is not None and time.time() + target.route.timeout < watcher.wake_at:
+                watcher.wake.set()  # its next deadline is sooner now
 
     def _expire(self) -> None:
         try:
