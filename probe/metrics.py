@@ -149,8 +149,8 @@ _PAIR_HEADS: Final = (
     FamilyHead(f"{PREFIX}_bounced", "Probes accepted, then refused further on: an NDR carrying the probe's verified "
                "tag came back, by reason (the class of its enhanced status code).", "counter"),
     FamilyHead(f"{PREFIX}_slowest_hop_seconds", "Delay of the slowest hop of the last delivered probe's Received "
-               "chain, labelled by the hop's receiving host (one series per pair; appears with the first such "
-               "probe).", "gauge"),
+               "chain, labelled by the hop's receiving host (one series per pair; hop=\"\" and 0 until a delivered "
+               "probe's chain has a timed hop).", "gauge"),
 )
 _COUNTER_FAMILIES: Final = (_SENT, _DELIVERED, _LOST, _LATE, _UNKNOWN)
 _GAUGE_FAMILIES: Final = (_SUCCESS, _LAST_SUCCESS, _IN_FLIGHT)
@@ -206,7 +206,7 @@ class _PairSeries:
         self.scalars: dict[int, float] = dict.fromkeys((*_COUNTER_FAMILIES, *_GAUGE_FAMILIES), 0.0)
         self.failures: dict[tuple[str, str], float] = {}
         self.bounces: dict[str, float] = dict.fromkeys((str(reason) for reason in BounceReason), 0.0)
-        self.slowest_hop: tuple[str, float] | None = None
+        self.slowest_hop: tuple[str, float] | None = ("", 0.0)  # hop="" at 0 until a delivery tells
         self.delivery = _Histogram(delivery)
         self.stages = {str(each): _Histogram(stage) for each in Stage}
         self.rendered: list[bytes] = []

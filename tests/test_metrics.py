@@ -286,12 +286,13 @@ def test_name_filter_renders_only_the_named_samples():
 
 
 def test_every_pair_has_its_bounced_series_by_reason_from_start_up():
-    """bounced_total{reason} exists at 0 for each reason class of each pair; the slowest hop waits for a delivery."""
+    """bounced_total{reason} exists at 0 for each reason class of each pair, and slowest_hop_seconds at 0 with an
+    empty hop until a delivery names one."""
     v = Snapshot(ProbeMetrics(make_config()))
     for host in ("edge-1", "edge-2"):
         for reason in BounceReason:
             assert v("bounced_total", route="c2f", smart_host=host, reason=str(reason)) == 0.0
-    assert not names_with(ProbeMetrics(make_config()), hop="MBX-1")
+        assert v("slowest_hop_seconds", route="c2f", smart_host=host, hop="") == 0.0
 
 
 def test_bounced_counts_its_reason_and_sets_success_to_zero():
@@ -325,5 +326,6 @@ def test_the_slowest_hop_is_one_series_labelled_by_its_receiving_host():
     m.observe_decision(replace(decision(Verdict.DELIVERED, latency=1.0), slowest_hop=("MBX-1.fourthcoffee.com", 0.8)))
     assert Snapshot(m)("slowest_hop_seconds", **pair, hop="MBX-1.fourthcoffee.com") == 0.8
     m.observe_decision(replace(decision(Verdict.LATE), slowest_hop=("edge-2.fourthcoffee.com", 42.0)))
-    hops = [dict(lbls) for name, lbls in samples(m) if name == P + "slowest_hop_seconds"]
+    hops = [dict(lbls) for name, lbls in samples(m) if name == P + "slowest_hop_seconds"
+            and dict(lbls)["smart_host"] == "edge-1"]
     assert hops == [{**pair, "hop": "edge-2.fourthcoffee.com"}]
