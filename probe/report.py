@@ -102,9 +102,13 @@ def _why(decision: Decision) -> str:
 def _reply(report: Report, decision: Decision) -> str:
     if decision.verdict is Verdict.BOUNCED and decision.diagnostic:  # the refusing server's words, from the NDR
         return terminal_safe(redact(decision.diagnostic))[:_REPLY_WIDTH]
-    reply = report.detail(decision).get("smtp_reply")
+    detail = report.detail(decision)
+    reply, queue_id = detail.get("smtp_reply"), detail.get("queue_id")
     if reply and decision.smtp_code:
-        return terminal_safe(redact(f"{decision.smtp_code} {reply}"))[:_REPLY_WIDTH]
+        text = f"{decision.smtp_code} {reply}"
+        if len(text) > _REPLY_WIDTH and queue_id:  # Exchange's 250 names the Message-ID first: show what matters
+            text = f"{decision.smtp_code} {detail.get('enhanced_code') or ''} queued, id {queue_id}".replace("  ", " ")
+        return terminal_safe(redact(text))[:_REPLY_WIDTH]
     return str(decision.smtp_code) if decision.smtp_code else "-"
 
 
