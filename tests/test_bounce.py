@@ -25,7 +25,7 @@ from probe.lab.ndr import Notice, non_delivery_report
 from probe.ledger import Ledger
 from probe.message import build_probe_message, make_tag
 from probe.signing import load_or_create_key
-from tests.daemon_harness import running_daemon, scrape, value, wait_for
+from tests.daemon_harness import fetch, running_daemon, scrape, value, wait_for
 from tests.test_metrics import samples as metric_samples
 
 ROUTE: Final = "contoso-to-fourthcoffee"
@@ -232,3 +232,42 @@ def now() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+def test_a_delay_notification_is_a_warning_in_check_debug_and_on_the_status_page(lab: Lab, tmp_path: Path) -> None:
+    """An Exchange queue's "Delivery delayed:" notification: the probe is still delivered (exit 0), check --debug
+    and the daemon's status page warn of the delay, with its status and the server that reported it."""
+    path = config_at(lab, tmp_path / "probe.yaml", interval=2, timeout=15)
+    lab.add_fault(target=f"smarthost/{BOUNCING}", kind="delay_delivery", seconds=3, notify_after=0.5)
+    proc = subprocess.run([sys.executable, "-m", "probe", "check", "--config.file", str(path), "--debug"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warning = next(line for line in proc.stdout.splitlines() if "warning: delivery delayed" in line)
+    assert f"(4.4.7, 1 notice(s)) reported by {BOUNCING}.fourthcoffee.test: 400 4.4.7 Message delayed" in warning
+    with running_daemon(path) as (_daemon, server):
+        wait_for(lambda: "delivery delayed: 4.4.7 reported by" in fetch(f"http://127.0.0.1:{server.port}/"),
+                 timeout=30, what="the delay warning on the status page")
+        wait_for(lambda: value(scrape(server.port), "mailflow_probe_delivered_total", route=ROUTE,
+                               smart_host=BOUNCING) >= 1, timeout=30, what="the delayed probe delivered")
+        samples = scrape(server.port)
+    assert sum(value(samples, "mailflow_probe_bounced_total", route=ROUTE, smart_host=BOUNCING, reason=r)
+               for _, r in CASES) == 0
+
+
+def test_the_slowest_hop_is_exported_with_the_server_that_held_the_message(lab: Lab, tmp_path: Path) -> None:
+    """A message held 2 s between the edge and the mailbox server: slowest_hop_seconds names the mailbox server
+    (the hop's receiving host) with about 2 s; the sibling's slowest hop is short."""
+    path = config_at(lab, tmp_path / "probe.yaml", interval=2, timeout=15)
+    lab.add_fault(target=f"smarthost/{BOUNCING}", kind="delay_delivery", seconds=2)
+    mailbox_server = "FOURTHCOFFEE-MBX-1.fourthcoffee.test"
+    with running_daemon(path) as (_daemon, server):
+        wait_for(lambda: value(scrape(server.port), "mailflow_probe_delivered_total", route=ROUTE,
+                               smart_host=BOUNCING) >= 2, timeout=40, what="two delayed probes delivered")
+        samples = scrape(server.port)
+    held = value(samples, "mailflow_probe_slowest_hop_seconds", route=ROUTE, smart_host=BOUNCING, hop=mailbox_server)
+    quick = value(samples, "mailflow_probe_slowest_hop_seconds", route=ROUTE, smart_host=SIBLING, hop=mailbox_server)
+    assert 1.0 <= held <= 3.0  # Received dates are whole seconds
+    assert 0.0 <= quick <= 1.0
+    series = [labels for name, labels in samples if name == "mailflow_probe_slowest_hop_seconds"
+              and ("smart_host", BOUNCING) in labels]
+    assert series == [frozenset({("route", ROUTE), ("smart_host", BOUNCING), ("hop", mailbox_server)})]  # one
