@@ -34,6 +34,7 @@ RECIPIENT_NOT_FOUND: Final = "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipie
 TLS_UNAVAILABLE: Final = "454 4.7.0 TLS not available due to local problem"
 TLS_ALREADY_ACTIVE: Final = "503 5.5.2 Only one STARTTLS command can be issued per session"
 INTERNAL_ERROR: Final = "451 4.7.0 Temporary server error. Please try again later. PRX5"
+LOGIN_CHALLENGES: Final = ("Username:", "Password:")  # AUTH LOGIN's 334 prompts (base64 on the wire)
 SUBJECT_TAG: Final = "[EXTERNAL] "
 DISCLAIMER: Final = ("CAUTION: This email originated from outside of the organization. Do not click links or open "
                      "attachments unless you recognize the sender and know the content is safe.")

@@ -344,6 +344,8 @@ def secrets_match(given: bytes, password: Secret) -> bool:
 class LabSMTP(SMTP):
     """One SMTP connection to a lab smart host: aiosmtpd with the lab's rules, faults and Exchange's words."""
 
+    AuthLoginUsernameChallenge, AuthLoginPasswordChallenge = exchange.LOGIN_CHALLENGES
+
     def __init__(self, host: SmartHost, live: set[LabSMTP]) -> None:
         super().__init__(
             host, hostname=host.spec.fqdn, tls_context=None, auth_required=True, auth_require_tls=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import smtplib
@@ -208,3 +209,15 @@ def test_a_report_for_a_sender_the_lab_does_not_host_is_dropped(lab: Lab) -> Non
     send_raw(lab, message().as_bytes(), sender="someone@elsewhere.test")
     assert wait_for(lambda: lab.stats.smarthost(HOST, "reports_dropped") == 1)
     assert lab.store.count() == 0
+
+
+def test_auth_login_prompts_as_exchange_does(lab: Lab) -> None:
+    """AUTH LOGIN's challenges are Exchange's "Username:" and "Password:" (base64), then 235 2.7.0."""
+    host = lab.smart_host(HOST)
+    with smtplib.SMTP(host.host, host.port, timeout=10) as smtp:
+        smtp.starttls(context=lab.ca.client_context())
+        smtp.ehlo()
+        assert smtp.docmd("AUTH", "LOGIN") == (334, b"VXNlcm5hbWU6")
+        assert smtp.docmd(base64.b64encode(host.username.encode()).decode()) == (334, b"UGFzc3dvcmQ6")
+        code, reply = smtp.docmd(base64.b64encode(host.password.reveal().encode()).decode())
+    assert (code, reply) == (235, b"2.7.0 Authentication successful")
