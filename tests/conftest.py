@@ -11,7 +11,7 @@ from exchangelib.protocol import close_connections
 
 from probe.lab import Lab
 from probe.lab.ews import add_response_observer
-from tests.ews_schema import problems, schema_available
+from tests.ews_schema import problems
 
 
 class _SchemaAudit:
@@ -34,18 +34,14 @@ _audit = _SchemaAudit()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Start auditing EWS responses when the schema is at hand (../shared/ews; always in CI)."""
-    if schema_available():
-        add_response_observer(_audit.observe)
+    """Start auditing every EWS response against the schema in tests/data/ews/schema."""
+    add_response_observer(_audit.observe)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say how many EWS responses were validated, and every one that was not valid."""
-    if not schema_available():
-        terminalreporter.write_line("EWS schema audit: skipped, ../shared/ews is absent")
-        return
     terminalreporter.write_line(f"EWS schema audit: {_audit.checked} responses validated against "
-                                f"../shared/ews/schema, {len(_audit.failures)} invalid")
+                                f"tests/data/ews/schema, {len(_audit.failures)} invalid")
     for failure in _audit.failures:
         terminalreporter.write_line(f"  invalid EWS response: {failure}", red=True)
 

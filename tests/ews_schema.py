@@ -1,4 +1,4 @@
-"""EWS test support: schema validation of responses (../shared/ews/schema) and a standalone endpoint."""
+"""EWS test support: schema validation of responses (tests/data/ews/schema) and a standalone endpoint."""
 
 from __future__ import annotations
 
@@ -17,18 +17,13 @@ from probe.lab.faults import FaultRegistry
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "ews" / "schema"
+SCHEMA_DIR = Path(__file__).resolve().parent / "data" / "ews" / "schema"
 EWS_NAMESPACES = frozenset({
     "http://schemas.microsoft.com/exchange/services/2006/messages",
     "http://schemas.microsoft.com/exchange/services/2006/types",
 })
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 TYPES_NS = "http://schemas.microsoft.com/exchange/services/2006/types"
-
-
-def schema_available() -> bool:
-    """Say whether the shared EWS schema is present."""
-    return (SCHEMA_DIR / "messages.xsd").is_file()
 
 
 @functools.cache
