@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -52,23 +53,67 @@ def test_three_cycles_fill_every_pairs_counters_and_the_output_passes_promtool(r
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, running: tuple[Daemon, Any]) -> None:
-    """no_starttls on one host: its success goes 0 with the reason counted; the others stay 1; clearing heals."""
-    _, server = running
+def delivered_in_ledger(state_file: Path, route: str, smart_host: str) -> int:
+    """Return how many probes of one pair the state file holds as delivered."""
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        row = db.execute("SELECT COUNT(*) FROM probes WHERE route = ? AND smart_host = ? AND state = 'delivered'",
+                         (route, smart_host)).fetchone()
+    finally:
+        db.close()
+    return int(row[0])
+
+
+def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, tmp_path: Path) -> None:
+    """no_starttls on one host: once its probes sent before the fault are done, its success is 0 with the reason
+    counted, while every other pair delivers again with no failure and stays 1; clearing the fault heals it.
+
+    Each step waits for events (verdicts in the ledger and on /metrics), never for a time: the timeout is long
+    enough that a loaded machine cannot turn a delivery into lost or late.
+    """
+    path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=60, jitter=0.2)
+    state_file = Path(yaml.safe_load(path.read_text())["state_file"])
     bad = ("contoso-to-fourthcoffee", "fourthcoffee-edge-1")
-    wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_success", route=r, smart_host=h) == 1
-                         for r, h in PAIRS), timeout=30, what="all pairs green first")
-    lab.add_fault(target="smarthost/fourthcoffee-edge-1", kind="no_starttls")
-    wait_for(lambda: value(scrape(server.port), "mailflow_probe_success", route=bad[0], smart_host=bad[1]) == 0,
-             timeout=1 + 5 + 5, what="success 0 within one interval plus timeout")
-    samples = scrape(server.port)
-    assert value(samples, "mailflow_probe_send_failures_total", route=bad[0], smart_host=bad[1],
-                 stage="starttls", reason="tls_unavailable") >= 1
-    for route, host in PAIRS - {bad}:
-        assert value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1
-    lab.clear_faults()
-    wait_for(lambda: value(scrape(server.port), "mailflow_probe_success", route=bad[0], smart_host=bad[1]) == 1,
-             timeout=1 + 5 + 5, what="success back to 1 after clearing the fault")
+    route, host = bad
+    with running_daemon(path) as (daemon, server):
+        wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_success", route=r, smart_host=h) == 1
+                             for r, h in PAIRS), timeout=60, what="all pairs green first")
+        before = scrape(server.port)
+        faulted_at = time.time()
+        lab.add_fault(target="smarthost/fourthcoffee-edge-1", kind="no_starttls")
+
+        def bad_pair_settled() -> bool:
+            """Every probe of the bad pair made before the fault is decided and counted, and success reads 0."""
+            if any(p.route == route and p.smart_host == host and p.created_at <= faulted_at
+                   for p in daemon.ledger.open_probes()):
+                return False
+            samples = scrape(server.port)
+            counted = value(samples, "mailflow_probe_delivered_total", route=route, smart_host=host)
+            return (counted == delivered_in_ledger(state_file, route, host)
+                    and value(samples, "mailflow_probe_success", route=route, smart_host=host) == 0)
+
+        wait_for(bad_pair_settled, timeout=60, what="the faulty pair's success 0 after its earlier probes are done")
+        assert value(scrape(server.port), "mailflow_probe_send_failures_total", route=route, smart_host=host,
+                     stage="starttls", reason="tls_unavailable") >= 1
+        midway = scrape(server.port)
+        others = PAIRS - {bad}
+        wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_delivered_total", route=r, smart_host=h)
+                             > value(midway, "mailflow_probe_delivered_total", route=r, smart_host=h)
+                             for r, h in others), timeout=60, what="every other pair delivering after the fault")
+        samples = scrape(server.port)
+        for r, h in others:
+            assert value(samples, "mailflow_probe_success", route=r, smart_host=h) == 1
+            for name in ("mailflow_probe_send_failures_total", "mailflow_probe_lost_total"):
+                assert value(samples, name, route=r, smart_host=h) == value(before, name, route=r, smart_host=h)
+        healed_from = value(scrape(server.port), "mailflow_probe_delivered_total", route=route, smart_host=host)
+        lab.clear_faults()
+
+        def healed() -> bool:
+            samples = scrape(server.port)
+            return (value(samples, "mailflow_probe_delivered_total", route=route, smart_host=host) > healed_from
+                    and value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1)
+
+        wait_for(healed, timeout=60, what="a delivery and success back to 1 after clearing the fault")
 
 
 def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Path) -> None:
