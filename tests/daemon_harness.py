@@ -86,3 +86,15 @@ def states(state_file: Path) -> dict[str, str]:
         return dict(db.execute("SELECT probe_id, state FROM probes").fetchall())
     finally:
         db.close()
+
+
+def ledger_made(state_file: Path) -> bool:
+    """Say whether a starting daemon has made its state file's tables yet (the file appears before them)."""
+    if not state_file.exists():
+        return False
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        made = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        db.close()
+    return {"probes", "sightings", "observations"} <= made

@@ -27,7 +27,7 @@ import yaml
 
 from probe.lab import Lab
 from probe.ledger import Ledger
-from tests.daemon_harness import free_port, start_process, states
+from tests.daemon_harness import free_port, ledger_made, start_process, states
 
 OPEN: Final = ("submitting", "in_flight")
 VERDICTS: Final = ("delivered", "send_failed", "lost", "late", "unknown")
@@ -120,7 +120,7 @@ def crash_then_restart(lab: Lab, tmp_path: Path, *, timeout: float, ready: Calla
     log = tmp_path / "daemon.log"
     first = start_process(config, free_port(), log)
     try:
-        wait_for(lambda: state_file.exists() and ready(state_file), timeout=60, what="the moment to crash")
+        wait_for(lambda: ledger_made(state_file) and ready(state_file), timeout=60, what="the moment to crash")
         kill_9(first)
     finally:
         if first.poll() is None:
@@ -173,15 +173,26 @@ def test_kill_9_during_a_search_then_restart_delivers_each_probe_once(lab: Lab, 
     """kill -9 while the mailboxes answer slowly (a search in progress): the restarted daemon finds the
     probes already in the mailbox and counts each exactly once.
 
-    The kill may also catch a submission midway (a probe is made every quarter second): such a probe is
-    delivered when the lab's smart host took it before the kill and unknown when it did not, never lost;
-    the lab's own record of deliveries says which it is.
+    Before the kill the smart hosts refuse new connections, so that the kill catches probes in flight
+    rather than midway through a submission; one caught midway all the same (the scheduler may start one
+    just before the kill) is delivered if the lab's smart host took it and unknown if not, never lost:
+    the lab's own record of deliveries says which. The timeout is long, so that however slowly a loaded
+    machine restarts the daemon, the probes in the mailbox are searched for before they could be unknown.
     """
+    refusing: list[bool] = []
+
     def searching(state_file: Path) -> bool:
-        return list(states(state_file).values()).count("in_flight") >= 3  # each search now takes 30 s
+        now = list(states(state_file).values())
+        if now.count("in_flight") < 3:  # each search now takes 30 s
+            return False
+        if not refusing:
+            refusing.append(True)
+            for host in lab.smart_hosts:
+                lab.add_fault(target=host.target, kind="refuse_connections")
+        return "submitting" not in now
 
     slow = [(f"ews/{forest}", {"kind": "slow", "seconds": 30}) for forest in lab.forests]
-    state_file, log, caught = crash_then_restart(lab, tmp_path, timeout=15, ready=searching, fault_targets=slow)
+    state_file, log, caught = crash_then_restart(lab, tmp_path, timeout=60, ready=searching, fault_targets=slow)
     final, ids = states(state_file), message_ids(state_file)
     arrived = {record.message_id for record in lab.store.records()}
     in_mailbox = {pid for pid in caught if ids[pid] in arrived}
@@ -354,7 +365,7 @@ def outage_then_recovery(lab: Lab, tmp_path: Path, disk: Path, *, break_it: Call
     port = free_port()
     proc = start_logged_through_a_pipe(config, port, log)
     try:
-        wait_for(lambda: state_file.exists() and "delivered" in states(state_file).values(), timeout=30,
+        wait_for(lambda: ledger_made(state_file) and "delivered" in states(state_file).values(), timeout=30,
                  what="probes delivered before the outage")
         break_it(proc.pid)
         time.sleep(8)

@@ -18,7 +18,17 @@ import pytest
 import yaml
 
 from probe.daemon import Daemon, start_daemon
-from tests.daemon_harness import fetch, free_port, running_daemon, scrape, start_process, states, value, wait_for
+from tests.daemon_harness import (
+    fetch,
+    free_port,
+    ledger_made,
+    running_daemon,
+    scrape,
+    start_process,
+    states,
+    value,
+    wait_for,
+)
 
 PAIRS = {("contoso-to-fourthcoffee", "fourthcoffee-edge-1"), ("contoso-to-fourthcoffee", "fourthcoffee-edge-2"),
          ("fourthcoffee-to-contoso", "contoso-edge-1"), ("fourthcoffee-to-contoso", "contoso-edge-2")}
@@ -174,7 +184,7 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
     log = tmp_path / "daemon.log"
     first = start_process(config, free_port(), log)
     try:
-        wait_for(lambda: state_file.exists() and list(states(state_file).values()).count("in_flight") >= 3,
+        wait_for(lambda: ledger_made(state_file) and list(states(state_file).values()).count("in_flight") >= 3,
                  timeout=30, what="three probes in flight")
         stop(first)
     finally:
