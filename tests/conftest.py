@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from exchangelib.protocol import close_connections
 
 from probe.lab import Lab
 from probe.lab.ews import add_response_observer
+from probe.lab.smarthost import smart_host_address
 from tests.ews_schema import problems
 
 
@@ -34,8 +37,30 @@ _audit = _SchemaAudit()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Start auditing every EWS response against the schema in tests/data/ews/schema."""
+    """Check the loopback addresses the lab needs; start auditing every EWS response against the schema."""
+    address = smart_host_address(0, 0)
+    try:
+        with socket.socket() as probe_socket:
+            probe_socket.bind((address, 0))
+    except OSError as exc:
+        pytest.exit(f"the lab's smart hosts listen on 127.16.0.1 and up, but {address} cannot be bound here "
+                    f"({exc.strerror}): the tests need all of 127.0.0.0/8 on the loopback interface", returncode=4)
     add_response_observer(_audit.observe)
+
+
+def _hand_audit_to_controller(config: pytest.Config) -> None:
+    """Hand this xdist worker's audit to the controller, which reports and judges it."""
+    config.workeroutput["ews_audit"] = {"checked": _audit.checked, "failures": _audit.failures}  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Add a finished xdist worker's audit to the session's (the hook exists only with pytest-xdist)."""
+    found = getattr(node, "workeroutput", {}).get("ews_audit")
+    if found:
+        with _audit.lock:
+            _audit.checked += found["checked"]
+            _audit.failures.extend(found["failures"])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -47,9 +72,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the session when any EWS response the lab sent did not validate."""
-    if _audit.failures and exitstatus == 0:
+    """Fail the session when any EWS response the lab sent did not validate (in a worker: pass the audit on)."""
+    if hasattr(session.config, "workeroutput"):
+        _hand_audit_to_controller(session.config)
+    elif _audit.failures and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests that share a module-scoped fixture on one xdist worker (``--dist loadgroup``), so each
+    such fixture (a Postfix, a browser, a lab with every fault) is built once; and start the modules that
+    hold ``slow`` tests first, so that parallel workers finish together. Order within a module is kept."""
+    for item in items:
+        definitions = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in (definitions.name2fixturedefs.values() if definitions else ()) for d in defs}
+        if "module" in scopes and isinstance(item, pytest.Function):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
 
 
 @pytest.fixture

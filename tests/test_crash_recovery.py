@@ -140,6 +140,7 @@ def all_hosts(lab: Lab, **fault: Any) -> list[tuple[str, dict[str, Any]]]:
     return [(h.target, fault) for h in lab.smart_hosts]
 
 
+@pytest.mark.slow
 def test_kill_9_during_submission_then_restart_never_reports_those_probes_lost(lab: Lab, tmp_path: Path) -> None:
     """kill -9 while every smart host stalls in DATA: after the restart each probe caught mid-submission gets
     one verdict, never lost (the smart host never accepted it)."""
@@ -169,6 +170,7 @@ def message_ids(state_file: Path) -> dict[str, str]:
         db.close()
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_search_then_restart_delivers_each_probe_once(lab: Lab, tmp_path: Path) -> None:
     """kill -9 while the mailboxes answer slowly (a search in progress): the restarted daemon finds the
     probes already in the mailbox and counts each exactly once.
@@ -202,6 +204,7 @@ def test_kill_9_during_a_search_then_restart_delivers_each_probe_once(lab: Lab, 
     assert_counted_once(log, caught)
 
 
+@pytest.mark.slow
 def test_kill_9_during_cleanup_then_restart_cleans_up_once_and_counts_nothing_twice(lab: Lab,
                                                                                     tmp_path: Path) -> None:
     """kill -9 after probes were counted and before their messages were deleted: the restarted daemon
@@ -405,6 +408,7 @@ def only_recent_open(state_file: Path) -> bool:
     return bool(stale == 0)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_reported_and_probing_resumes_when_space_is_freed(lab: Lab, tmp_path: Path,
                                                                         small_disk: Disk) -> None:
     """The filesystem fills up mid-run: the daemon stays up and logs that the disk is full; once space is
@@ -424,6 +428,7 @@ def test_a_full_disk_is_reported_and_probing_resumes_when_space_is_freed(lab: La
     assert_counted_once(log, decided(state_file))
 
 
+@pytest.mark.slow
 def test_a_state_file_that_hits_the_file_size_limit_is_reported_without_a_traceback_and_probing_resumes(
         lab: Lab, tmp_path: Path) -> None:
     """The daemon's file size limit cut to 4 KiB mid-run (writes fail with EFBIG): it stays up, every job

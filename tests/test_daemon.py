@@ -126,6 +126,7 @@ def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, tmp_p
         wait_for(healed, timeout=60, what="a delivery and success back to 1 after clearing the fault")
 
 
+@pytest.mark.slow
 def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Path) -> None:
     """Reload: a new route is probed, a removed one's series vanish, a kept route's probes in flight survive;
     a broken config is refused and reported while the old one keeps running."""
@@ -208,6 +209,7 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
         assert len(lines) == expected, (pid, lines)
 
 
+@pytest.mark.slow
 def test_kill_9_with_probes_in_flight_then_restart_resolves_each_exactly_once(lab: Any, tmp_path: Path) -> None:
     """kill -9 mid-flight: nothing counted twice, nothing dropped; all verdicts come from the restarted daemon."""
     def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -217,6 +219,7 @@ def test_kill_9_with_probes_in_flight_then_restart_resolves_each_exactly_once(la
     crash_scenario(lab, tmp_path, kill)
 
 
+@pytest.mark.slow
 def test_sigterm_exits_0_within_10_s_and_in_flight_probes_are_resolved_after_the_next_start(lab: Any,
                                                                                              tmp_path: Path) -> None:
     """SIGTERM with probes in flight: exit code 0 within 10 s; the restarted daemon resolves them."""
@@ -252,6 +255,7 @@ def test_a_bad_config_or_unusable_state_file_stops_start_up_with_a_clear_error(l
     assert state_file.read_bytes() == junk
 
 
+@pytest.mark.slow
 def test_with_streaming_the_latency_under_a_one_second_delay_is_within_a_quarter_second(lab: Any,
                                                                                        tmp_path: Path) -> None:
     """Streaming notifications and millisecond stamps: a 1 s delay is reported within 0.25 s of the lab's record."""

@@ -72,7 +72,7 @@ def rig() -> Iterator[Rig]:
     missing = missing_parts()
     if missing:
         pytest.fail("the Postfix smart host tests need " + "; ".join(missing)
-                    + ": run scripts/setup (as root)", pytrace=False)
+                    + " (scripts/setup, as root, installs the packages)", pytrace=False)
     directory = reachable_directory("mailflow-postfix-")  # not tmp_path: see its docstring; removed below
     password = Secret(secrets.token_urlsafe(18))
     try:

@@ -80,6 +80,7 @@ def mean_latencies(metrics: str) -> dict[str, float]:
     return {host: sums[host] / count for host, count in counts.items() if count}
 
 
+@pytest.mark.slow
 def test_the_demo_shows_a_different_nonzero_latency_for_each_smart_host(
         demo: tuple[subprocess.Popen[bytes], str]) -> None:
     """Each demo smart host delivers within its own transit range (latencies non-zero, differing); Ctrl-C ends it."""
