@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -172,6 +173,9 @@ def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Pat
 # -- the daemon as its own process: kill -9, SIGTERM, restarts -----------------------------------------------
 
 
+VERDICT = re.compile(r"verdict=(\w+)")
+
+
 def verdict_lines(log: Path, probe_id: str) -> list[str]:
     return [line for line in log.read_text().splitlines() if f"probe_id={probe_id}" in line and "verdict=" in line]
 
@@ -204,9 +208,12 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
     final = states(state_file)
     for pid in before:
         assert final[pid] in ("delivered", "lost", "late", "unknown"), (pid, final[pid])
-        lines = verdict_lines(log, pid)
-        expected = 2 if final[pid] == "late" else 1  # late follows lost, counted once more
-        assert len(lines) == expected, (pid, lines)
+        said = [VERDICT.search(line).group(1) for line in verdict_lines(log, pid)]  # type: ignore[union-attr]
+        # One verdict line, or two where the ledger allows a second: late after lost, and delivered or late
+        # after unknown (a restart slowed by a loaded machine can leave the mailbox unobserved past the
+        # deadline); the last line is the state file's verdict.
+        assert len(said) == 1 or said in (["lost", "late"], ["unknown", "delivered"], ["unknown", "late"]), (pid, said)
+        assert said[-1] == final[pid], (pid, said, final[pid])
 
 
 @pytest.mark.slow
