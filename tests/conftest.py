@@ -79,19 +79,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Keep the tests that share a module-scoped fixture on one xdist worker (``--dist loadgroup``), so each
-    such fixture (a Postfix, a browser, a lab with every fault) is built once; and start the modules that
-    hold ``slow`` tests first, so that parallel workers finish together. Order within a module is kept."""
-    for item in items:
-        definitions = getattr(item, "_fixtureinfo", None)
-        scopes = {d.scope for defs in (definitions.name2fixturedefs.values() if definitions else ()) for d in defs}
-        if "module" in scopes and isinstance(item, pytest.Function):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    such fixture (a Postfix, a browser, a lab with every fault) is built once. (Marked as each is collected:
+    xdist reads the groups in its own pytest_collection_modifyitems.)"""
+    definitions = getattr(item, "_fixtureinfo", None)
+    scopes = {d.scope for defs in (definitions.name2fixturedefs.values() if definitions else ()) for d in defs}
+    if "module" in scopes and isinstance(item, pytest.Function):
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the modules that hold ``slow`` tests first, so that parallel workers finish together; the order
+    within a module is kept."""
     slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
-
 
 @pytest.fixture
 def fresh_exchangelib() -> Iterator[None]:
@@ -105,3 +107,4 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     """Yield a started two-forest lab on ephemeral loopback ports; stop it afterwards."""
     with Lab.start(tmp_path / "lab") as started:
         yield started
+

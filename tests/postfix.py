@@ -48,10 +48,11 @@ class MailServerError(Exception):
 
 def missing_parts() -> list[str]:
     """Return what scripts/setup installs that this machine lacks to run the Postfix smart host."""
-    missing = [f"{path} (package {package})" for path, package in
+    missing = [f"{path} (package {package}: scripts/setup installs it, as root)" for path, package in
                ((POSTFIX, "postfix"), (DOVECOT, "dovecot-core")) if not path.exists()]
     if not any(Path(d, "libplain.so.2").exists() or Path(d, "libplain.so").exists() for d in SASL_PLUGINS):
-        missing.append("Cyrus SASL PLAIN plugin (package libsasl2-modules), for Postfix's client AUTH")
+        missing.append("Cyrus SASL PLAIN plugin, for Postfix's client AUTH (package libsasl2-modules: "
+                       "scripts/setup installs it, as root)")
     if os.geteuid() != 0:
         missing.append("root (Postfix and Dovecot are started as root, as in CI)")
     pty_problem = _pty_problem()
