@@ -10,6 +10,7 @@ from pathlib import Path
 from probe.config.backends import BackendConfig, backend_named
 from probe.config.document import compose, prepare, read_text
 from probe.config.errors import ConfigError
+from probe.config.files import check_signing_key, check_state_file
 from probe.config.model import Config, Defaults, MailboxConfig, RouteConfig, SmartHostConfig
 from probe.config.nodes import Context, Section, did_you_mean, show, warn_unverified
 from probe.config.reader import read_section
@@ -62,6 +63,9 @@ def _build_smart_host(ctx: Context, section: Section) -> SmartHostConfig:
     if values.get("tls") == "none" and not values.get("allow_insecure", False):
         raise ctx.error(section.node_of("tls"), section.at("tls"),
                         '"none" sends mail and credentials unencrypted; set allow_insecure: true to allow it')
+    if values.get("tls") == "none" and "password" in section.items:
+        ctx.warn(section.node_of("tls"), section.at("tls"),
+                 '"none" with a username and password: AUTH sends them unencrypted, readable on the network')
     warn_unverified(ctx, section)
     return SmartHostConfig(**values)
 
@@ -105,6 +109,8 @@ def _warn_unused(ctx: Context, top: Section, routes: tuple[RouteConfig, ...]) ->
 
 
 def _build_config(ctx: Context, top: Section) -> Config:
+    check_signing_key(ctx, top)
+    check_state_file(ctx, top)
     defaults_item = top.items.get("defaults")
     defaults = _build_defaults(ctx, defaults_item.value if defaults_item else None)
     mailbox_sections: dict[str, Section] = top.items["mailboxes"].value
