@@ -93,6 +93,14 @@ def show(value: object) -> str:
     return json.dumps(str(value)[:60], ensure_ascii=False)
 
 
+def byte_size(size: int) -> str:
+    """Return a byte count as people read it: ``6 GiB``, ``64 KiB``, ``12 bytes``."""
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.3g} {unit}"
+    return f"{size} bytes"
+
+
 def scalar(ctx: Context, node: yaml.Node, path: str) -> object:
     """Return the Python value of a scalar node (``str``, ``int``, ``float``, ``bool``, ``None``, ...)."""
     try:

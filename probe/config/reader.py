@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 from pathlib import Path
@@ -9,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from probe.config.fields import ENV_NAME_PATTERN, MAX_CONFIG_BYTES, FieldSpec
-from probe.config.nodes import Context, Item, Section, did_you_mean, got, join, kind_of, scalar
+from probe.config.fields import ENV_NAME_PATTERN, MAX_SECRET_FILE_BYTES, FieldSpec
+from probe.config.nodes import Context, Item, Section, byte_size, did_you_mean, got, join, kind_of, scalar
 from probe.config.table import SECTIONS
 from probe.config.values import CONVERTERS, readable_file, text
 from probe.secret import Secret
@@ -52,13 +53,27 @@ def _read_env_secret(ctx: Context, node: yaml.Node, path: str) -> Secret:
     return Secret(secret)
 
 
+def _read_bounded(ctx: Context, node: yaml.Node, path: str, shown: Path) -> bytes:
+    """Return a secret file's bytes, refusing one past MAX_SECRET_FILE_BYTES before reading any of it."""
+    try:
+        with shown.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_SECRET_FILE_BYTES:
+                raise ctx.error(node, path, f"{shown} is {byte_size(size)}, more than a password file holds "
+                                f"({byte_size(MAX_SECRET_FILE_BYTES)} at most); is this the right file?")
+            data = stream.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ctx.error(node, path, f"cannot read {shown}: {exc.strerror}") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:  # it grew after the check
+        raise ctx.error(node, path, f"{shown} is more than {byte_size(MAX_SECRET_FILE_BYTES)}; is this the right file?")
+    return data
+
+
 def _read_file_secret(ctx: Context, node: yaml.Node, path: str) -> Secret:
     shown = ctx.base / Path(text(ctx, node, path, "a file path")).expanduser()
     readable_file(ctx, node, path, shown)
     try:
-        content = shown.read_bytes()[: MAX_CONFIG_BYTES].decode("utf-8")
-    except OSError as exc:
-        raise ctx.error(node, path, f"cannot read {shown}: {exc.strerror}") from None
+        content = _read_bounded(ctx, node, path, shown).decode("utf-8")
     except UnicodeDecodeError:
         raise ctx.error(node, path, f"{shown} is not UTF-8 text") from None
     secret = content.removesuffix("\n").removesuffix("\r")
