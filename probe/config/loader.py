@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from probe.config.backends import BackendConfig, backend_named
-from probe.config.document import compose, prepare, read_text
+from probe.config.document import compose, read_text
 from probe.config.errors import ConfigError
 from probe.config.files import check_signing_key, check_state_file
+from probe.config.merges import prepare
 from probe.config.model import Config, Defaults, MailboxConfig, RouteConfig, SmartHostConfig
 from probe.config.nodes import Context, Section, did_you_mean, show, warn_unverified
 from probe.config.reader import read_section
@@ -122,13 +125,31 @@ def _build_config(ctx: Context, top: Section) -> Config:
     return Config(defaults=defaults, mailboxes=mailboxes, routes=routes, source=ctx.file, **top.scalars())
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: a load makes millions of objects and no garbage cycles, and the
+    collections their number would set off cost more than the load itself (3 of 6 s at 20,000 routes)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_config_with_warnings(path: Path, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     """Load and check a config file; return it with its warnings, or raise ConfigError."""
-    ctx = Context(file=Path(path), environ=os.environ if environ is None else environ)
+    with _collector_paused():
+        return _load(Path(path), os.environ if environ is None else environ)
+
+
+def _load(path: Path, environ: Mapping[str, str]) -> LoadedConfig:
+    ctx = Context(file=path, environ=environ)
     text = read_text(ctx.file)
     try:
         root = compose(ctx, text)
-        prepare(ctx, root, "", set())
+        prepare(ctx, root)
         top = read_section(ctx, root, "config", "")
         config = _build_config(ctx, top)
     except RecursionError:

@@ -1,0 +1,169 @@
+"""Compose a YAML document into nodes that keep only what the loader reads, within a budget of nodes.
+
+PyYAML's composer gives every node two marks of its own: 2.2 GB for issue 13's 15 MiB config. These nodes
+share one mark per line (``.start_mark.line`` is all the loader reads), share equal
+short strings, and resolve each plain scalar's tag once per distinct text. Past ``MAX_NODES`` nodes the
+composer stops with ConfigError, so no document (flow style, aliases or not) costs more than that.
+Measured by bench/config_load.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import yaml
+from yaml.composer import Composer, ComposerError
+from yaml.error import Mark
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+MAX_NODES: Final = 1_000_000  # keys, values, lists and mappings of one config; see README "Limits"
+MAX_DEPTH: Final = 200  # lists and mappings inside each other (a config needs 6)
+_SHARED_TEXT: Final = 64  # strings up to this long are shared between equal nodes
+
+
+class NodeBudgetError(Exception):
+    """The document has more than MAX_NODES nodes; ``line`` is where the composer stopped (1-based)."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(f"more than {MAX_NODES:,} nodes")
+        self.line = line
+
+
+class NestingError(Exception):
+    """The document nests lists and mappings more than MAX_DEPTH deep."""
+
+
+class LeanComposer(Composer):
+    """PyYAML's Composer with shared marks, shared strings, memoized tags and a node budget."""
+
+    # provided by the parser (libyaml's or PyYAML's) and the resolver this is combined with
+    get_event: Callable[[], Any]
+    peek_event: Callable[[], Any]
+    check_event: Callable[..., bool]
+    resolve: Callable[..., str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lines: dict[int, Mark] = {}
+        self._texts: dict[str, str] = {}
+        self._plain_tags: dict[str, str] = {}
+        self.nodes = 0
+
+    def _line(self, mark: Any) -> Mark:
+        """Return the one mark of ``mark``'s line (its column and snippet dropped)."""
+        line = self._lines.get(mark.line)
+        if line is None:
+            line = self._lines[mark.line] = Mark(mark.name, 0, mark.line, 0, None, 0)
+        return line
+
+    def _count(self, event: Any) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise NodeBudgetError(event.start_mark.line + 1)
+
+    def compose_node(self, parent: Node | None, index: object) -> Node:
+        """Compose the next node and everything under it, without recursion: one event at a time."""
+        open_nodes: list[Node] = []  # the lists and mappings being filled, innermost last
+        keys: list[Node | None] = []  # per open mapping: its key waiting for a value
+        while True:
+            event = self.get_event()
+            kind = type(event)
+            if kind is SequenceEndEvent or kind is MappingEndEvent:
+                node, _ = open_nodes.pop(), keys.pop()
+            else:
+                self._count(event)
+                node = self._node(event, kind)
+                if kind is SequenceStartEvent or kind is MappingStartEvent:
+                    if len(open_nodes) == MAX_DEPTH:
+                        raise NestingError
+                    open_nodes.append(node)
+                    keys.append(None)
+                    continue
+            if not open_nodes:
+                return node
+            _attach(open_nodes[-1], keys, node)
+
+    def _node(self, event: Any, kind: type) -> Node:
+        """Return the node an alias, scalar or collection-start event stands for (registering its anchor)."""
+        if kind is AliasEvent:
+            if event.anchor not in self.anchors:
+                raise ComposerError(None, None, f"found undefined alias {event.anchor!r}", event.start_mark)
+            found: Node = self.anchors[event.anchor]
+            return found
+        if event.anchor is not None and event.anchor in self.anchors:
+            raise ComposerError(f"found duplicate anchor {event.anchor!r}; first occurrence", None,
+                                "second occurrence", event.start_mark)
+        mark = self._line(event.start_mark)
+        node: Node
+        if kind is ScalarEvent:
+            value: str = event.value
+            if len(value) <= _SHARED_TEXT:
+                value = self._texts.setdefault(value, value)
+            node = ScalarNode(self._tag(event), value, mark, mark, style=event.style)
+        elif kind is SequenceStartEvent:
+            tag = event.tag if event.tag not in (None, "!") else self.resolve(SequenceNode, None, event.implicit)
+            node = SequenceNode(tag, [], mark, mark, flow_style=event.flow_style)
+        else:
+            tag = event.tag if event.tag not in (None, "!") else self.resolve(MappingNode, None, event.implicit)
+            node = MappingNode(tag, [], mark, mark, flow_style=event.flow_style)
+        if event.anchor is not None:
+            self.anchors[event.anchor] = node
+        return node
+
+    def _tag(self, event: Any) -> str:
+        tag: str | None = event.tag
+        if tag is not None and tag != "!":
+            return tag
+        if event.implicit == (True, False):  # plain: the tag depends on the text alone
+            known = self._plain_tags.get(event.value)
+            if known is None:
+                known = self._plain_tags[event.value] = self.resolve(ScalarNode, event.value, event.implicit)
+            return known
+        return self.resolve(ScalarNode, event.value, event.implicit)
+
+
+def _attach(parent: Node, keys: list[Node | None], node: Node) -> None:
+    """Add a finished node to the list or mapping it is in (a mapping's key waits for its value)."""
+    if isinstance(parent, SequenceNode):
+        parent.value.append(node)
+    elif keys[-1] is None:
+        keys[-1] = node
+    else:
+        parent.value.append((keys[-1], node))
+        keys[-1] = None
+
+
+class ExactLoader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, LeanComposer,
+                  yaml.resolver.Resolver):
+    """The pure-Python parser (its error messages are the same on every machine) with the lean composer."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        LeanComposer.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+
+
+FastLoader: type[Any] | None = None
+if getattr(yaml, "__with_libyaml__", False):
+    from yaml._yaml import CParser
+
+    class _FastLoader(LeanComposer, CParser, yaml.resolver.Resolver):
+        """libyaml's parser (five times faster) with the lean composer."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            LeanComposer.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+    FastLoader = _FastLoader
