@@ -5,7 +5,8 @@ Each config is generated here, in a temporary directory: one EWS mailbox and N r
 (STARTTLS, a username and password_env), written block style (as config/example.yaml is, about 150 bytes a
 route) or flow style (one route a line, about 80 bytes: issue 13's 15 MiB file of 190,000 routes). Each
 is validated by ``python -m probe validate`` in a child process of its own, so the figures are the whole
-command's: wall seconds, CPU seconds (user + system) and peak RSS, all from os.wait4 on that child.
+command's: wall seconds, CPU seconds (user + system) and peak RSS, all from os.wait4 on that child, which
+runs under an address-space limit (--memory-limit, 4 GiB) so that no row can take the machine down.
 ``merge bomb`` and ``alias bomb`` rows are small documents whose YAML merge keys (``<<``) or aliases would
 make the loader copy or read width x width keys.
 Prints a table; writes nothing else.
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, table
 
-FULL_ROUTES = (1_000, 10_000, 30_000, 100_000, 190_000)
+FULL_ROUTES = (1_000, 10_000, 25_000, 60_000, 190_000)
 QUICK_ROUTES = (1_000, 5_000)
 HEAD = """\
 signing_key_file: signing.key
@@ -97,12 +98,18 @@ class Outcome:
     said: str
 
 
-def validate(path: Path) -> Outcome:
-    """Run ``python -m probe validate`` on ``path`` in a child process and measure it with os.wait4."""
+# The child sets its address-space limit, then becomes ``python -m probe validate``.
+_LIMITED = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'probe', 'validate', '-c', sys.argv[2]])")
+
+
+def validate(path: Path, *, memory_limit_mib: int) -> Outcome:
+    """Run ``python -m probe validate`` on ``path`` in a child process (its address space limited, so a bomb
+    cannot take the machine down) and measure it with os.wait4."""
     env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "probe", "validate", "-c", str(path)], cwd=path.parent,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-c", _LIMITED, str(memory_limit_mib << 20), str(path)],
+                               cwd=path.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert process.stdout is not None
     output = process.stdout.read().decode(errors="replace")
     _, status, usage = os.wait4(process.pid, 0)
@@ -129,6 +136,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     parser.add_argument("--routes", default=None, help="comma-separated route counts")
     parser.add_argument("--styles", default="block,flow", help="block, flow or both")
+    parser.add_argument("--memory-limit", type=int, default=4096, metavar="MIB",
+                        help="each validate's address-space limit (default 4096 MiB)")
     args = parser.parse_args()
     counts = [int(n) for n in args.routes.split(",")] if args.routes else (QUICK_ROUTES if args.quick else FULL_ROUTES)
     rows: list[list[object]] = []
@@ -138,14 +147,16 @@ def main() -> int:
             for routes in counts:
                 path = directory / f"{style}-{routes}.yaml"
                 size = write_config(path, style, routes)
-                rows.append(_row(style, size, f"{routes:,}", validate(path)))
+                outcome = validate(path, memory_limit_mib=args.memory_limit)
+                rows.append(_row(style, size, f"{routes:,}", outcome))
                 path.unlink()
                 print(" | ".join(str(cell) for cell in rows[-1]), file=sys.stderr, flush=True)
         for width in (300,) if args.quick else (300, 3_000, 10_000):
             for name, make in (("merge", merge_bomb), ("alias", alias_bomb)):
                 path = directory / f"{name}-bomb-{width}.yaml"
                 size = make(path, width)
-                rows.append(_row(f"{name} bomb {width}x{width}", size, f"{width:,}", validate(path)))
+                outcome = validate(path, memory_limit_mib=args.memory_limit)
+                rows.append(_row(f"{name} bomb {width}x{width}", size, f"{width:,}", outcome))
     print(table(["config", "size", "routes", "wall s", "CPU s", "peak RSS MiB", "validate said"], rows))
     return 0
 

@@ -25,7 +25,7 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-MAX_NODES: Final = 1_000_000  # keys, values, lists and mappings of one config; see README "Limits"
+MAX_NODES: Final = 500_000  # keys, values, lists and mappings of one config (README, "Limits")
 MAX_DEPTH: Final = 200  # lists and mappings inside each other (a config needs 6)
 _SHARED_TEXT: Final = 64  # strings up to this long are shared between equal nodes
 
@@ -42,6 +42,16 @@ class NestingError(Exception):
     """The document nests lists and mappings more than MAX_DEPTH deep."""
 
 
+class LineMark(Mark):
+    """The one mark the nodes of a line share: its line, and no column, offset or snippet of its own."""
+
+    __slots__ = ("line",)
+    name, index, column, buffer, pointer = "<config>", 0, 0, None, 0
+
+    def __init__(self, line: int) -> None:  # Mark's own __init__ would give it all six attributes
+        self.line = line
+
+
 class LeanComposer(Composer):
     """PyYAML's Composer with shared marks, shared strings, memoized tags and a node budget."""
 
@@ -53,35 +63,30 @@ class LeanComposer(Composer):
 
     def __init__(self) -> None:
         super().__init__()
-        self._lines: dict[int, Mark] = {}
+        self._mark = LineMark(-1)  # the latest line's (events come in the order of their lines)
         self._texts: dict[str, str] = {}
         self._plain_tags: dict[str, str] = {}
         self.nodes = 0
 
-    def _line(self, mark: Any) -> Mark:
-        """Return the one mark of ``mark``'s line (its column and snippet dropped)."""
-        line = self._lines.get(mark.line)
-        if line is None:
-            line = self._lines[mark.line] = Mark(mark.name, 0, mark.line, 0, None, 0)
-        return line
-
-    def _count(self, event: Any) -> None:
-        self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise NodeBudgetError(event.start_mark.line + 1)
-
     def compose_node(self, parent: Node | None, index: object) -> Node:
-        """Compose the next node and everything under it, without recursion: one event at a time."""
+        """Compose the next node and everything under it, without recursion: one event at a time.
+
+        The loop of the whole load that runs most (once per event: a million for 50,000 routes), so it
+        calls nothing it need not.
+        """
         open_nodes: list[Node] = []  # the lists and mappings being filled, innermost last
         keys: list[Node | None] = []  # per open mapping: its key waiting for a value
+        get_event = self.get_event
         while True:
-            event = self.get_event()
+            event = get_event()
             kind = type(event)
             if kind is SequenceEndEvent or kind is MappingEndEvent:
                 node, _ = open_nodes.pop(), keys.pop()
             else:
-                self._count(event)
-                node = self._node(event, kind)
+                self.nodes += 1
+                if self.nodes > MAX_NODES:
+                    raise NodeBudgetError(event.start_mark.line + 1)
+                node = self._alias(event) if kind is AliasEvent else self._node(event, kind)
                 if kind is SequenceStartEvent or kind is MappingStartEvent:
                     if len(open_nodes) == MAX_DEPTH:
                         raise NestingError
@@ -90,56 +95,56 @@ class LeanComposer(Composer):
                     continue
             if not open_nodes:
                 return node
-            _attach(open_nodes[-1], keys, node)
+            parent = open_nodes[-1]
+            if type(parent) is SequenceNode:
+                parent.value.append(node)
+            elif keys[-1] is None:
+                keys[-1] = node
+            else:
+                parent.value.append((keys[-1], node))
+                keys[-1] = None
+
+    def _alias(self, event: Any) -> Node:
+        if event.anchor not in self.anchors:
+            raise ComposerError(None, None, f"found undefined alias {event.anchor!r}", event.start_mark)
+        found: Node = self.anchors[event.anchor]
+        return found
 
     def _node(self, event: Any, kind: type) -> Node:
-        """Return the node an alias, scalar or collection-start event stands for (registering its anchor)."""
-        if kind is AliasEvent:
-            if event.anchor not in self.anchors:
-                raise ComposerError(None, None, f"found undefined alias {event.anchor!r}", event.start_mark)
-            found: Node = self.anchors[event.anchor]
-            return found
-        if event.anchor is not None and event.anchor in self.anchors:
-            raise ComposerError(f"found duplicate anchor {event.anchor!r}; first occurrence", None,
+        """Return the node a scalar or collection-start event stands for (registering its anchor)."""
+        anchor = event.anchor
+        if anchor is not None and anchor in self.anchors:
+            raise ComposerError(f"found duplicate anchor {anchor!r}; first occurrence", None,
                                 "second occurrence", event.start_mark)
-        mark = self._line(event.start_mark)
+        mark = self._mark
+        if event.start_mark.line != mark.line:
+            mark = self._mark = LineMark(event.start_mark.line)
         node: Node
         if kind is ScalarEvent:
             value: str = event.value
             if len(value) <= _SHARED_TEXT:
                 value = self._texts.setdefault(value, value)
-            node = ScalarNode(self._tag(event), value, mark, mark, style=event.style)
+            tag = self._plain_tags.get(value) if event.implicit == (True, False) else None
+            node = ScalarNode(tag or self._tag(event), value, mark, mark, style=event.style)
         elif kind is SequenceStartEvent:
             tag = event.tag if event.tag not in (None, "!") else self.resolve(SequenceNode, None, event.implicit)
             node = SequenceNode(tag, [], mark, mark, flow_style=event.flow_style)
         else:
             tag = event.tag if event.tag not in (None, "!") else self.resolve(MappingNode, None, event.implicit)
             node = MappingNode(tag, [], mark, mark, flow_style=event.flow_style)
-        if event.anchor is not None:
-            self.anchors[event.anchor] = node
+        if anchor is not None:
+            self.anchors[anchor] = node
         return node
 
     def _tag(self, event: Any) -> str:
+        """Return a scalar's tag: explicit, or resolved from its text (remembered when the text alone decides)."""
         tag: str | None = event.tag
         if tag is not None and tag != "!":
             return tag
+        resolved: str = self.resolve(ScalarNode, event.value, event.implicit)
         if event.implicit == (True, False):  # plain: the tag depends on the text alone
-            known = self._plain_tags.get(event.value)
-            if known is None:
-                known = self._plain_tags[event.value] = self.resolve(ScalarNode, event.value, event.implicit)
-            return known
-        return self.resolve(ScalarNode, event.value, event.implicit)
-
-
-def _attach(parent: Node, keys: list[Node | None], node: Node) -> None:
-    """Add a finished node to the list or mapping it is in (a mapping's key waits for its value)."""
-    if isinstance(parent, SequenceNode):
-        parent.value.append(node)
-    elif keys[-1] is None:
-        keys[-1] = node
-    else:
-        parent.value.append((keys[-1], node))
-        keys[-1] = None
+            self._plain_tags[event.value] = resolved
+        return resolved
 
 
 class ExactLoader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, LeanComposer,
