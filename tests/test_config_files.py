@@ -160,6 +160,15 @@ def test_a_state_file_that_is_a_directory_is_refused_by_validate(tmp_path: Path)
     assert result.stderr == f"{config}:3: state_file: {tmp_path / 'state.db'} is a directory, not a file\n"
 
 
+def test_check_which_keeps_its_probes_in_memory_does_not_check_the_state_file(tmp_path: Path) -> None:
+    """check loads with uses_state_file=False: a state_file that is a directory does not stop it."""
+    (tmp_path / "state.db").mkdir()
+    config = config_with(tmp_path)
+    assert load_config(config, environ=ENV, uses_state_file=False).state_file == tmp_path / "state.db"
+    with pytest.raises(ConfigError, match=r"is a directory, not a file$"):
+        load_config(config, environ=ENV)
+
+
 def test_a_state_file_in_a_directory_nobody_can_write_is_refused(shared_dir: Path) -> None:
     """A missing state file whose directory the service account cannot write in cannot be created: refused."""
     (shared_dir / "state").mkdir(mode=0o755)

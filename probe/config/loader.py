@@ -111,9 +111,10 @@ def _warn_unused(ctx: Context, top: Section, routes: tuple[RouteConfig, ...]) ->
             ctx.warn(section.node, section.path, "no route sends to this mailbox")
 
 
-def _build_config(ctx: Context, top: Section) -> Config:
+def _build_config(ctx: Context, top: Section, *, uses_state_file: bool) -> Config:
     check_signing_key(ctx, top)
-    check_state_file(ctx, top)
+    if uses_state_file:
+        check_state_file(ctx, top)
     defaults_item = top.items.get("defaults")
     defaults = _build_defaults(ctx, defaults_item.value if defaults_item else None)
     mailbox_sections: dict[str, Section] = top.items["mailboxes"].value
@@ -138,25 +139,29 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_config_with_warnings(path: Path, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
-    """Load and check a config file; return it with its warnings, or raise ConfigError."""
+def load_config_with_warnings(path: Path, *, environ: Mapping[str, str] | None = None,
+                               uses_state_file: bool = True) -> LoadedConfig:
+    """Load and check a config file; return it with its warnings, or raise ConfigError.
+
+    ``uses_state_file=False`` (``check``, which keeps its probes in memory) leaves state_file unchecked.
+    """
     with _collector_paused():
-        return _load(Path(path), os.environ if environ is None else environ)
+        return _load(Path(path), os.environ if environ is None else environ, uses_state_file=uses_state_file)
 
 
-def _load(path: Path, environ: Mapping[str, str]) -> LoadedConfig:
+def _load(path: Path, environ: Mapping[str, str], *, uses_state_file: bool) -> LoadedConfig:
     ctx = Context(file=path, environ=environ)
     text = read_text(ctx.file)
     try:
         root = compose(ctx, text)
         prepare(ctx, root)
         top = read_section(ctx, root, "config", "")
-        config = _build_config(ctx, top)
+        config = _build_config(ctx, top, uses_state_file=uses_state_file)
     except RecursionError:
         raise ConfigError("nested too deeply", file=ctx.file) from None
     return LoadedConfig(config=config, warnings=tuple(ctx.warnings))
 
 
-def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None, uses_state_file: bool = True) -> Config:
     """Load and check a config file, or raise ConfigError naming the file, line and field."""
-    return load_config_with_warnings(path, environ=environ).config
+    return load_config_with_warnings(path, environ=environ, uses_state_file=uses_state_file).config
