@@ -1,10 +1,10 @@
 """Compose a YAML document into nodes that keep only what the loader reads, within a budget of nodes.
 
-PyYAML's composer gives every node two marks of its own: 2.2 GB for issue 13's 15 MiB config. These nodes
-share one mark per line (``.start_mark.line`` is all the loader reads), share equal
-short strings, and resolve each plain scalar's tag once per distinct text. Past ``MAX_NODES`` nodes the
-composer stops with ConfigError, so no document (flow style, aliases or not) costs more than that.
-Measured by bench/config_load.py.
+PyYAML's composer gives every node two marks of its own (line, column, offset, snippet buffer) and recurses
+once per level. These nodes share one mark per line (``.start_mark.line`` is all the loader reads) and
+equal short strings; each plain scalar's tag is resolved once per distinct text; the loop is flat. Past
+MAX_NODES nodes or MAX_DEPTH levels composing stops, so no document, in any style, costs more than that
+(bench/config_load.py measures it).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ if getattr(yaml, "__with_libyaml__", False):
     from yaml._yaml import CParser
 
     class _FastLoader(LeanComposer, CParser, yaml.resolver.Resolver):
-        """libyaml's parser (five times faster) with the lean composer."""
+        """libyaml's parser with the lean composer (on an error, ExactLoader parses again for its message)."""
 
         def __init__(self, stream: str) -> None:
             CParser.__init__(self, stream)

@@ -188,14 +188,11 @@ def _check_required(ctx: Context, section: Section, spec: FieldSpec) -> None:
     if spec.one_of is None:
         if spec.key in section.items:
             return
-        present, names = False, list(spec.yaml_keys())
+        names = list(spec.yaml_keys())
     else:
         names = _group_keys(section, spec.one_of)
-        if names[0] != spec.key:
+        if names[0] != spec.key or any(key in section.items for key in names):
             return
-        present = any(key in section.items for key in names)
-    if present:
-        return
     first, *others = names
     also = " (or " + " or ".join(f'"{other}"' for other in others) + ")" if others else ""
     raise ctx.error(section.node, section.path, f'missing required key "{first}"{also}')
