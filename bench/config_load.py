@@ -7,7 +7,8 @@ route) or flow style (one route a line, 88 bytes: issue 13's 15 MiB file of 190,
 is validated by ``python -m probe validate`` in a child process of its own, so the figures are the whole
 command's: wall seconds, CPU seconds (user + system) and peak RSS, all from os.wait4 on that child, which
 runs under an address-space limit (--memory-limit, 4 GiB) so that no row can take the machine down.
-``merge bomb`` and ``alias bomb`` rows are small documents whose YAML merge keys (``<<``) or aliases would
+``a password file each``: block routes whose smart hosts each read their own password_file (distinct
+secrets). ``merge bomb`` and ``alias bomb`` rows are small documents whose YAML merge keys (``<<``) or aliases would
 make the loader copy or read width x width keys.
 Prints a table; writes nothing else.
 """
@@ -66,6 +67,22 @@ def write_config(path: Path, style: str, routes: int) -> int:
     """Write a config of ``routes`` routes in ``style``; return its size in bytes."""
     with path.open("w", encoding="utf-8") as out:
         out.writelines(_lines(style, routes))
+    return path.stat().st_size
+
+
+def secrets_config(path: Path, routes: int) -> int:
+    """Write block routes whose smart hosts each read a password file of their own (made here); return the
+    config's size."""
+    secrets = path.parent / "secrets"
+    secrets.mkdir(exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        out.write(HEAD)
+        for index in range(routes):
+            secret = secrets / f"smtp-{index}.pass"
+            secret.write_text(f"smtp-password-{index:06d}\n", encoding="utf-8")
+            secret.chmod(0o600)
+            out.write(_block_route(index).replace("password_env: BENCH_SMTP_PASSWORD",
+                                                  f"password_file: secrets/smtp-{index}.pass"))
     return path.stat().st_size
 
 
@@ -150,6 +167,11 @@ def main() -> int:
                 rows.append(_row(style, size, f"{routes:,}", outcome))
                 path.unlink()
                 print(" | ".join(str(cell) for cell in rows[-1]), file=sys.stderr, flush=True)
+        for routes in (1_000,) if args.quick else (25_000,):
+            path = directory / f"secrets-{routes}.yaml"
+            size = secrets_config(path, routes)
+            outcome = validate(path, memory_limit_mib=args.memory_limit)
+            rows.append(_row("block, a password file each", size, f"{routes:,}", outcome))
         for width in (300,) if args.quick else (300, 3_000, 10_000):
             for name, make in (("merge", merge_bomb), ("alias", alias_bomb)):
                 path = directory / f"{name}-bomb-{width}.yaml"
