@@ -130,3 +130,35 @@ def test_an_alias_bomb_is_refused_before_it_reads_past_the_limit(tmp_path: Path)
     assert result.stderr.startswith(f"{path}:11: routes[")
     assert result.stderr.endswith(f": too large: YAML aliases (*) repeat mappings to more than {MAX_NODES:,} keys by "
                                   "this line; one instance takes at most that many\n")
+
+
+def test_thousands_of_distinct_passwords_are_each_redacted_from_validates_warnings(tmp_path: Path) -> None:
+    """2,000 routes, each with its own password written in the file: 2,000 warnings, none showing a password
+    (redact looks the passwords up by prefix once there are many)."""
+    routes = 2_000
+    path = tmp_path / "inline.yaml"
+    path.write_text(HEAD + "routes:\n" + "".join(
+        ROUTE.format(i=i).replace("password_env: BENCH_SMTP_PASSWORD", f"password: inline-pw-{i:05d}-z")
+        for i in range(routes)))
+    result = validate_limited(path)
+    assert (result.returncode, result.stdout) == (0, f"config OK: {routes} routes, {routes} smart hosts, 1 mailbox\n")
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == routes
+    assert all(line.endswith(": a password written in the config file; prefer password_env or password_file")
+               for line in warnings)
+    assert "inline-pw-" not in result.stderr
+
+
+def test_redact_with_many_secrets_removes_each_one_and_the_longest_first() -> None:
+    """Past the secrets redact tries one by one, every secret in a text is still replaced, a secret inside a
+    longer one goes with the longer one, and text without secrets is unchanged."""
+    from probe.secret import REDACTED, Secret, redact
+
+    secrets = [Secret(f"many-secret-{i:05d}-q") for i in range(20_000)]  # far more than a short text's substrings
+    Secret("outer-many-secret-00007-q-and-more")
+    assert redact("nothing secret here, many- and -q alone") == "nothing secret here, many- and -q alone"
+    text = " ".join(secret.reveal() for secret in secrets[::1000]) + " | many-secret-00001-qmany-secret-00002-q"
+    redacted = redact(text)
+    assert "many-secret-" not in redacted
+    assert redacted.count(REDACTED) == len(secrets[::1000]) + 2
+    assert redact("x outer-many-secret-00007-q-and-more y") == f"x {REDACTED} y"
