@@ -2,14 +2,15 @@
 
 Run: python bench/config_load.py [--quick] [--routes 1000,10000,...] [--styles block,flow]
 Each config is generated here, in a temporary directory: one EWS mailbox and N routes of one smart host each
-(STARTTLS, a username and password_env), written block style (as config/example.yaml is, about 150 bytes a
-route) or flow style (one route a line, 88 bytes: issue 13's 15 MiB file of 190,000 routes). Each
-is validated by ``python -m probe validate`` in a child process of its own, so the figures are the whole
+(STARTTLS, a username and password_env), written block style (as config/example.yaml is, about 240 bytes a
+route) or flow style (one route a line, 88 bytes: issue 13's 15 MiB file of 190,000 routes). Each is
+validated by ``python -m probe validate`` in a child process of its own, so the figures are the whole
 command's: wall seconds, CPU seconds (user + system) and peak RSS, all from os.wait4 on that child, which
 runs under an address-space limit (--memory-limit, 4 GiB) so that no row can take the machine down.
-``a password file each``: block routes whose smart hosts each read their own password_file (distinct
-secrets). ``merge bomb`` and ``alias bomb`` rows are small documents whose YAML merge keys (``<<``) or aliases would
-make the loader copy or read width x width keys.
+"a password file each" and "a password in the file each": block routes whose smart hosts each have a
+password of their own, read from a file or written in the config (one warning each). "merge bomb" and
+"alias bomb": small documents whose YAML merge keys (<<) or aliases would have the loader copy or read
+width x width keys.
 Prints a table; writes nothing else.
 """
 
@@ -70,19 +71,21 @@ def write_config(path: Path, style: str, routes: int) -> int:
     return path.stat().st_size
 
 
-def secrets_config(path: Path, routes: int) -> int:
-    """Write block routes whose smart hosts each read a password file of their own (made here); return the
-    config's size."""
+def secrets_config(path: Path, routes: int, *, inline: bool) -> int:
+    """Write block routes whose smart hosts each have a password of their own, written in the file (warned
+    about) or in a password file each (made here); return the config's size."""
     secrets = path.parent / "secrets"
     secrets.mkdir(exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
         out.write(HEAD)
         for index in range(routes):
-            secret = secrets / f"smtp-{index}.pass"
-            secret.write_text(f"smtp-password-{index:06d}\n", encoding="utf-8")
-            secret.chmod(0o600)
-            out.write(_block_route(index).replace("password_env: BENCH_SMTP_PASSWORD",
-                                                  f"password_file: secrets/smtp-{index}.pass"))
+            given = f"password: smtp-password-{index:06d}"
+            if not inline:
+                secret = secrets / f"smtp-{index}.pass"
+                secret.write_text(f"smtp-password-{index:06d}\n", encoding="utf-8")
+                secret.chmod(0o600)
+                given = f"password_file: secrets/smtp-{index}.pass"
+            out.write(_block_route(index).replace("password_env: BENCH_SMTP_PASSWORD", given))
     return path.stat().st_size
 
 
@@ -168,10 +171,10 @@ def main() -> int:
                 path.unlink()
                 print(" | ".join(str(cell) for cell in rows[-1]), file=sys.stderr, flush=True)
         for routes in (1_000,) if args.quick else (25_000,):
-            path = directory / f"secrets-{routes}.yaml"
-            size = secrets_config(path, routes)
-            outcome = validate(path, memory_limit_mib=args.memory_limit)
-            rows.append(_row("block, a password file each", size, f"{routes:,}", outcome))
+            for label, inline in (("block, a password file each", False), ("block, a password in the file each", True)):
+                path = directory / f"secrets-{routes}.yaml"
+                size = secrets_config(path, routes, inline=inline)
+                rows.append(_row(label, size, f"{routes:,}", validate(path, memory_limit_mib=args.memory_limit)))
         for width in (300,) if args.quick else (300, 3_000, 10_000):
             for name, make in (("merge", merge_bomb), ("alias", alias_bomb)):
                 path = directory / f"{name}-bomb-{width}.yaml"
