@@ -17,6 +17,11 @@ from probe.signing import KEY_BYTES, MAX_KEY_BYTES
 _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 
 
+def _shown(ctx: Context, section: Section, key: str) -> Path:
+    """Return the file as given, relative to the config's directory (as errors show paths), not made absolute."""
+    return ctx.base / Path(str(section.items[key].node.value)).expanduser()
+
+
 def _creatable(ctx: Context, section: Section, key: str, file: Path) -> None:
     """Raise unless a missing ``file`` can be created: its directory writable, or creatable in an ancestor."""
     item = section.items[key]
@@ -59,7 +64,7 @@ def check_signing_key(ctx: Context, section: Section) -> None:
     """Raise unless the signing key can be read (a key of a sane size) or created; warn if others can read it."""
     key = "signing_key_file"
     item = section.items[key]
-    file: Path = item.value
+    file = _shown(ctx, section, key)
     status = _existing(ctx, section, key, file)
     if status is None:
         _creatable(ctx, section, key, file)
@@ -86,7 +91,7 @@ def check_state_file(ctx: Context, section: Section) -> None:
     """
     key = "state_file"
     item = section.items[key]
-    file: Path = item.value
+    file = _shown(ctx, section, key)
     status = _existing(ctx, section, key, file)
     if status is None:
         _creatable(ctx, section, key, file)
