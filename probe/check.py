@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     fmt = FORMATS[args.format]
     configure_logging("logfmt", "debug" if args.debug else "warn")  # libraries' news as lines, not tracebacks
     try:
-        config = load_config(args.config_file)
+        config = load_config(args.config_file, uses_state_file=False)  # check keeps its probes in memory
         options = _options(args, config)
         outcome = run_check(config, options)
         report = Report(decisions=outcome.decisions, details=_details(outcome), debug=args.debug)
