@@ -19,6 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from probe.daemon import Daemon, start_daemon
 
 HTTP_TIMEOUT = 10.0
+# How long a test waits for an event (a verdict, a start-up, a resumption) before it fails: a safety net,
+# not a claim about speed, so generous enough for a loaded 2-CPU machine (start-ups alone took 30 s under
+# stress with four CPU hogs and four test workers).
+EVENT_WAIT = 120.0
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

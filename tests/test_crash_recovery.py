@@ -27,7 +27,7 @@ import yaml
 
 from probe.lab import Lab
 from probe.ledger import Ledger
-from tests.daemon_harness import free_port, ledger_made, start_process, states
+from tests.daemon_harness import EVENT_WAIT, free_port, ledger_made, start_process, states
 
 OPEN: Final = ("submitting", "in_flight")
 VERDICTS: Final = ("delivered", "send_failed", "lost", "late", "unknown")
@@ -120,7 +120,7 @@ def crash_then_restart(lab: Lab, tmp_path: Path, *, timeout: float, ready: Calla
     log = tmp_path / "daemon.log"
     first = start_process(config, free_port(), log)
     try:
-        wait_for(lambda: ledger_made(state_file) and ready(state_file), timeout=60, what="the moment to crash")
+        wait_for(lambda: ledger_made(state_file) and ready(state_file), timeout=EVENT_WAIT, what="the moment to crash")
         kill_9(first)
     finally:
         if first.poll() is None:
@@ -130,7 +130,7 @@ def crash_then_restart(lab: Lab, tmp_path: Path, *, timeout: float, ready: Calla
     second = start_process(config, free_port(), log)
     try:
         wait_for(lambda: all(states(state_file)[pid] in VERDICTS for pid in open_at_kill) and settled(state_file),
-                 timeout=3 * timeout + 30, what="every probe open at the kill resolved after the restart")
+                 timeout=3 * timeout + EVENT_WAIT, what="every probe open at the kill resolved after the restart")
     finally:
         assert stop(second) == 0
     return state_file, log, {pid: states(state_file)[pid] for pid in open_at_kill}
@@ -287,7 +287,7 @@ def test_an_empty_state_file_or_a_stale_wal_beside_a_good_one_starts_cleanly(lab
             Path(f"{state_file}-wal").write_bytes(b"\x37\x7f\x06\x82" + bytes(5000))
         proc = start_process(config, port := free_port(), tmp_path / f"{prepare}.log")
         try:
-            wait_for(lambda: get_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30, what="ready")
+            wait_for(lambda: get_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=EVENT_WAIT, what="ready")
         finally:
             assert stop(proc) == 0
         if prepare == "stale wal":
@@ -368,7 +368,7 @@ def outage_then_recovery(lab: Lab, tmp_path: Path, disk: Path, *, break_it: Call
     port = free_port()
     proc = start_logged_through_a_pipe(config, port, log)
     try:
-        wait_for(lambda: ledger_made(state_file) and "delivered" in states(state_file).values(), timeout=30,
+        wait_for(lambda: ledger_made(state_file) and "delivered" in states(state_file).values(), timeout=EVENT_WAIT,
                  what="probes delivered before the outage")
         break_it(proc.pid)
         time.sleep(8)
@@ -377,9 +377,9 @@ def outage_then_recovery(lab: Lab, tmp_path: Path, disk: Path, *, break_it: Call
         mend_it(proc.pid)
         mark = time.time()
         wait_for(lambda: any(state == "delivered" for pid, state in states(state_file).items()
-                             if created_after(state_file, pid, mark)), timeout=30, what="probing resumed")
+                             if created_after(state_file, pid, mark)), timeout=EVENT_WAIT, what="probing resumed")
         wait_for(lambda: not [s for s in states(state_file).values() if s in OPEN] or only_recent_open(state_file),
-                 timeout=30, what="the probes of the outage resolved")
+                 timeout=EVENT_WAIT, what="the probes of the outage resolved")
     finally:
         code = stop(proc)
     assert code == 0

@@ -20,6 +20,7 @@ import yaml
 
 from probe.daemon import Daemon, start_daemon
 from tests.daemon_harness import (
+    EVENT_WAIT,
     fetch,
     free_port,
     ledger_made,
@@ -50,7 +51,7 @@ def test_three_cycles_fill_every_pairs_counters_and_the_output_passes_promtool(r
     """At a 1 s interval: delivered_total reaches 3 for every pair, success is 1, the histogram is filled."""
     _, server = running
     wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_delivered_total", route=r, smart_host=h) >= 3
-                         for r, h in PAIRS), timeout=40, what="3 deliveries per pair")
+                         for r, h in PAIRS), timeout=EVENT_WAIT, what="3 deliveries per pair")
     samples = scrape(server.port)
     for route, host in PAIRS:
         assert value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1
@@ -88,7 +89,7 @@ def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, tmp_p
     route, host = bad
     with running_daemon(path) as (daemon, server):
         wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_success", route=r, smart_host=h) == 1
-                             for r, h in PAIRS), timeout=60, what="all pairs green first")
+                             for r, h in PAIRS), timeout=EVENT_WAIT, what="all pairs green first")
         before = scrape(server.port)
         faulted_at = time.time()
         lab.add_fault(target="smarthost/fourthcoffee-edge-1", kind="no_starttls")
@@ -103,14 +104,16 @@ def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, tmp_p
             return (counted == delivered_in_ledger(state_file, route, host)
                     and value(samples, "mailflow_probe_success", route=route, smart_host=host) == 0)
 
-        wait_for(bad_pair_settled, timeout=60, what="the faulty pair's success 0 after its earlier probes are done")
+        wait_for(bad_pair_settled, timeout=EVENT_WAIT,
+                 what="the faulty pair's success 0 after its earlier probes are done")
         assert value(scrape(server.port), "mailflow_probe_send_failures_total", route=route, smart_host=host,
                      stage="starttls", reason="tls_unavailable") >= 1
         midway = scrape(server.port)
         others = PAIRS - {bad}
         wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_delivered_total", route=r, smart_host=h)
                              > value(midway, "mailflow_probe_delivered_total", route=r, smart_host=h)
-                             for r, h in others), timeout=60, what="every other pair delivering after the fault")
+                             for r, h in others), timeout=EVENT_WAIT,
+                 what="every other pair delivering after the fault")
         samples = scrape(server.port)
         for r, h in others:
             assert value(samples, "mailflow_probe_success", route=r, smart_host=h) == 1
@@ -124,7 +127,7 @@ def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, tmp_p
             return (value(samples, "mailflow_probe_delivered_total", route=route, smart_host=host) > healed_from
                     and value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1)
 
-        wait_for(healed, timeout=60, what="a delivery and success back to 1 after clearing the fault")
+        wait_for(healed, timeout=EVENT_WAIT, what="a delivery and success back to 1 after clearing the fault")
 
 
 @pytest.mark.slow
@@ -141,19 +144,19 @@ def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Pat
         daemon, server = start_daemon(path, listen_address="127.0.0.1:0")
         try:
             wait_for(lambda: any(p.route == kept and p.accepted_at for p in daemon.ledger.open_probes()),
-                     timeout=20, what="a probe of the kept route in flight")
+                     timeout=EVENT_WAIT, what="a probe of the kept route in flight")
             in_flight = {p.probe_id for p in daemon.ledger.open_probes() if p.route == kept and p.accepted_at}
             lab.write_probe_config(path, interval=1, timeout=8, jitter=0.2, routes=[kept, added])
             request = urllib.request.Request(f"http://127.0.0.1:{server.port}/-/reload", method="POST")
             with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - loopback
                 assert resp.status == 200
             wait_for(lambda: value(scrape(server.port), "mailflow_probe_delivered_total", route=added) >= 2,
-                     timeout=30, what="the added route delivering")
+                     timeout=EVENT_WAIT, what="the added route delivering")
             samples = scrape(server.port)
             assert value(samples, "mailflow_probe_sent_total", route=removed) == 0
             assert not any(dict(labels).get("route") == removed for _, labels in samples)
             wait_for(lambda: all((daemon.ledger.probe(pid) or {}).get("state") == "delivered" for pid in in_flight),
-                     timeout=20, what="the kept route's in-flight probes delivered after the reload")
+                     timeout=EVENT_WAIT, what="the kept route's in-flight probes delivered after the reload")
 
             path.write_text("routes: [this is: not, valid\n")
             request = urllib.request.Request(f"http://127.0.0.1:{server.port}/-/reload", method="POST")
@@ -164,7 +167,7 @@ def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Pat
             assert value(scrape(server.port), "mailflow_probe_config_last_reload_successful") == 0
             before = value(scrape(server.port), "mailflow_probe_sent_total", route=added)
             wait_for(lambda: value(scrape(server.port), "mailflow_probe_sent_total", route=added) > before,
-                     timeout=10, what="the old config still probing after a refused reload")
+                     timeout=EVENT_WAIT, what="the old config still probing after a refused reload")
         finally:
             server.close()
             daemon.stop()
@@ -190,7 +193,7 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
     first = start_process(config, free_port(), log)
     try:
         wait_for(lambda: ledger_made(state_file) and list(states(state_file).values()).count("in_flight") >= 3,
-                 timeout=30, what="three probes in flight")
+                 timeout=EVENT_WAIT, what="three probes in flight")
         stop(first)
     finally:
         if first.poll() is None:
@@ -201,7 +204,7 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
     second = start_process(config, free_port(), log)
     try:
         wait_for(lambda: all(states(state_file)[pid] not in ("in_flight", "submitting") for pid in before),
-                 timeout=40, what="every probe in flight before the stop resolved after the restart")
+                 timeout=EVENT_WAIT, what="every probe in flight before the stop resolved after the restart")
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(15)
@@ -272,7 +275,7 @@ def test_with_streaming_the_latency_under_a_one_second_delay_is_within_a_quarter
     daemon, server = start_daemon(path, listen_address="127.0.0.1:0")
     try:
         wait_for(lambda: len(daemon.ledger.history("contoso-to-fourthcoffee", "fourthcoffee-edge-1")) >= 3,
-                 timeout=30, what="three verdicts through the delayed smart host")
+                 timeout=EVENT_WAIT, what="three verdicts through the delayed smart host")
         history = daemon.ledger.history("contoso-to-fourthcoffee", "fourthcoffee-edge-1")
     finally:
         server.close()
