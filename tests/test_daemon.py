@@ -22,12 +22,12 @@ from probe.daemon import Daemon, start_daemon
 from tests.daemon_harness import (
     EVENT_WAIT,
     fetch,
-    free_port,
     ledger_made,
     running_daemon,
     scrape,
     start_process,
     states,
+    still_running,
     value,
     wait_for,
 )
@@ -190,9 +190,10 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
     for host in lab.smart_hosts:
         lab.add_fault(target=host.target, kind="delay_delivery", seconds=2.5)
     log = tmp_path / "daemon.log"
-    first = start_process(config, free_port(), log)
+    first = start_process(config, log)
     try:
-        wait_for(lambda: ledger_made(state_file) and list(states(state_file).values()).count("in_flight") >= 3,
+        wait_for(lambda: still_running(first, log) and ledger_made(state_file)
+                 and list(states(state_file).values()).count("in_flight") >= 3,
                  timeout=EVENT_WAIT, what="three probes in flight")
         stop(first)
     finally:
@@ -201,9 +202,10 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
             first.wait(10)
     before = {pid for pid, state in states(state_file).items() if state in ("in_flight", "submitting")}
     assert before
-    second = start_process(config, free_port(), log)
+    second = start_process(config, log)
     try:
-        wait_for(lambda: all(states(state_file)[pid] not in ("in_flight", "submitting") for pid in before),
+        wait_for(lambda: still_running(second, log)
+                 and all(states(state_file)[pid] not in ("in_flight", "submitting") for pid in before),
                  timeout=EVENT_WAIT, what="every probe in flight before the stop resolved after the restart")
     finally:
         second.send_signal(signal.SIGTERM)
@@ -258,7 +260,7 @@ def test_a_bad_config_or_unusable_state_file_stops_start_up_with_a_clear_error(l
     junk = b"SQLite format 3\x00" + os.urandom(4000)
     state_file.write_bytes(junk)
     proc = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
-                           f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60, check=False)
+                           "127.0.0.1:0"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert str(state_file) in proc.stderr
