@@ -3,8 +3,9 @@
 # virtual environment at /opt/venv; the second copies only that venv onto a fresh base.
 #
 # BASE_IMAGE must provide python3 (>= 3.11) with the venv module: the official python:3.11-slim-bookworm
-# does, and so does a Debian bookworm with python3, python3-venv and python3-pip (scripts/build-image
-# makes one with debootstrap). Nothing below assumes /usr/local/bin/python: only `python3` on PATH.
+# does, and so does a Debian bookworm with python3 and python3-venv (scripts/build-image makes one with
+# debootstrap). Nothing below assumes /usr/local/bin/python: only `python3` on PATH. The build context
+# leaves out the lab (.dockerignore): the image holds only the probe.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
@@ -19,9 +20,11 @@ WORKDIR /src
 RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY probe ./probe
-# Wheels for the package and every dependency, then an install from those wheels alone.
+# Wheels for the package and every dependency, then an install from those wheels alone; pip and setuptools
+# leave the venv afterwards (nothing imports them at run time: 25 MB less in the image).
 RUN /opt/venv/bin/python3 -m pip wheel --no-cache-dir --wheel-dir /wheels . \
  && /opt/venv/bin/python3 -m pip install --no-cache-dir --no-index --find-links /wheels /wheels/*.whl \
+ && /opt/venv/bin/python3 -m pip uninstall --yes --quiet pip setuptools \
  && /opt/venv/bin/mailflow-probe --version
 
 FROM ${BASE_IMAGE}

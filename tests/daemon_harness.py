@@ -17,8 +17,13 @@ from exchangelib.protocol import close_connections
 from prometheus_client.parser import text_string_to_metric_families
 
 from probe.daemon import Daemon, start_daemon
+from tests.postfix import tcp_listeners
 
 HTTP_TIMEOUT = 10.0
+# How long a test waits for an event (a verdict, a start-up, a resumption) before it fails: a safety net,
+# not a claim about speed, so generous enough for a loaded 2-CPU machine (start-ups alone took 30 s under
+# stress with four CPU hogs and four test workers).
+EVENT_WAIT = 120.0
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -72,11 +77,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_process(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m probe run`` as its own process, its output appended to ``log``."""
+def start_process(config: Path, log: Path, *, port: int = 0) -> subprocess.Popen[bytes]:
+    """Start ``python -m probe run`` as its own process, its output appended to ``log``.
+
+    Port 0 (a port the kernel picks) unless the test must reach the listener: a port found free beforehand
+    can be taken by another process before the daemon binds it, and the daemon then exits 1.
+    """
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
                                  f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
+
+
+def still_running(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """Return True while the daemon runs; once it has exited, fail at once with the end of its log."""
+    if proc.poll() is None:
+        return True
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+    raise AssertionError(f"the daemon exited {proc.returncode}; the end of its log:\n{tail}")
 
 
 def states(state_file: Path) -> dict[str, str]:
@@ -109,3 +126,15 @@ def ledger_made(state_file: Path) -> bool:
     finally:
         db.close()
     return {"probes", "sightings", "observations"} <= made
+
+
+def bound_port(proc: subprocess.Popen[bytes], log: Path) -> int:
+    """Wait until a daemon started on port 0 listens on 127.0.0.1 and return its port (read from /proc)."""
+    found: list[int] = []
+
+    def listening() -> bool:
+        found[:] = [port for address, port in tcp_listeners({proc.pid}) if address == "127.0.0.1"]
+        return still_running(proc, log) and bool(found)
+
+    wait_for(listening, timeout=EVENT_WAIT, what="the daemon listening")
+    return found[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,9 +28,18 @@ TYPES_NS = "http://schemas.microsoft.com/exchange/services/2006/types"
 MESSAGES_NS = "http://schemas.microsoft.com/exchange/services/2006/messages"
 
 
+_SCHEMA_LOCK = threading.Lock()
+
+
 @functools.cache
-def _schema() -> etree.XMLSchema:
+def _load_schema() -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(SCHEMA_DIR / "messages.xsd")))
+
+
+def _schema() -> etree.XMLSchema:
+    """Return the parsed schema, parsing it once: lxml fails ("Internal error") when threads parse it at once."""
+    with _SCHEMA_LOCK:
+        return _load_schema()
 
 
 def _parts(root: etree._Element) -> list[etree._Element]:

@@ -8,6 +8,7 @@ lost or unknown), and every probe open before a crash is resolved after the rest
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import resource
 import signal
@@ -27,7 +28,7 @@ import yaml
 
 from probe.lab import Lab
 from probe.ledger import Ledger
-from tests.daemon_harness import free_port, ledger_made, start_process, states
+from tests.daemon_harness import EVENT_WAIT, bound_port, ledger_made, start_process, states, still_running
 
 OPEN: Final = ("submitting", "in_flight")
 VERDICTS: Final = ("delivered", "send_failed", "lost", "late", "unknown")
@@ -118,19 +119,21 @@ def crash_then_restart(lab: Lab, tmp_path: Path, *, timeout: float, ready: Calla
     for target, fault in fault_targets:
         lab.add_fault(target=target, **fault)
     log = tmp_path / "daemon.log"
-    first = start_process(config, free_port(), log)
+    first = start_process(config, log)
     try:
-        wait_for(lambda: ledger_made(state_file) and ready(state_file), timeout=60, what="the moment to crash")
+        wait_for(lambda: still_running(first, log) and ledger_made(state_file) and ready(state_file),
+                 timeout=EVENT_WAIT, what="the moment to crash")
         kill_9(first)
     finally:
         if first.poll() is None:
             kill_9(first)
     lab.clear_faults()
     open_at_kill = {pid for pid, state in states(state_file).items() if state in OPEN}
-    second = start_process(config, free_port(), log)
+    second = start_process(config, log)
     try:
-        wait_for(lambda: all(states(state_file)[pid] in VERDICTS for pid in open_at_kill) and settled(state_file),
-                 timeout=3 * timeout + 30, what="every probe open at the kill resolved after the restart")
+        wait_for(lambda: still_running(second, log)
+                 and all(states(state_file)[pid] in VERDICTS for pid in open_at_kill) and settled(state_file),
+                 timeout=2 * timeout + EVENT_WAIT, what="every probe open at the kill resolved after the restart")
     finally:
         assert stop(second) == 0
     return state_file, log, {pid: states(state_file)[pid] for pid in open_at_kill}
@@ -236,7 +239,7 @@ def test_kill_9_during_cleanup_then_restart_cleans_up_once_and_counts_nothing_tw
 def run_once(config: Path, *, seconds: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the daemon until it exits by itself (it should, at start-up) and return its outcome."""
     return subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
-                           f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=seconds, check=False)
+                           "127.0.0.1:0"], capture_output=True, text=True, timeout=seconds, check=False)
 
 
 def filled_state_file(path: Path, probes: int = 400) -> bytes:
@@ -285,13 +288,21 @@ def test_an_empty_state_file_or_a_stale_wal_beside_a_good_one_starts_cleanly(lab
             state_file.unlink()
             filled_state_file(state_file, probes=10)
             Path(f"{state_file}-wal").write_bytes(b"\x37\x7f\x06\x82" + bytes(5000))
-        proc = start_process(config, port := free_port(), tmp_path / f"{prepare}.log")
+        log = tmp_path / f"{prepare}.log"
+        proc = start_process(config, log)
         try:
-            wait_for(lambda: get_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30, what="ready")
+            port = bound_port(proc, log)
+            url = f"http://127.0.0.1:{port}/-/ready"
+            wait_for(functools.partial(ready_at, proc, log, url), timeout=EVENT_WAIT, what="ready")
         finally:
             assert stop(proc) == 0
         if prepare == "stale wal":
             assert len(states(state_file)) >= 10
+
+
+def ready_at(proc: subprocess.Popen[bytes], log: Path, url: str) -> bool:
+    """Say whether the daemon, still running, answers 200 at ``url``."""
+    return still_running(proc, log) and get_ok(url)
 
 
 def get_ok(url: str) -> bool:
@@ -343,11 +354,11 @@ def test_a_state_file_in_a_read_only_directory_stops_start_up_with_a_clear_error
     assert f"state_file: cannot create {state_file}: {small_disk.path} is not writable" in proc.stderr
 
 
-def start_logged_through_a_pipe(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_logged_through_a_pipe(config: Path, log: Path) -> subprocess.Popen[bytes]:
     """Start the daemon with its output copied to ``log`` by this process (so a file size limit on the daemon
     does not also silence its log)."""
     proc = subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
-                             f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def copy() -> None:
         assert proc.stdout is not None
@@ -366,10 +377,11 @@ def outage_then_recovery(lab: Lab, tmp_path: Path, disk: Path, *, break_it: Call
     probe is resolved. The daemon must stay up throughout."""
     config, state_file = config_for(lab, tmp_path, timeout=4, state_file=disk / "state.db")
     log = tmp_path / "daemon.log"
-    port = free_port()
-    proc = start_logged_through_a_pipe(config, port, log)
+    proc = start_logged_through_a_pipe(config, log)
     try:
-        wait_for(lambda: ledger_made(state_file) and "delivered" in states(state_file).values(), timeout=30,
+        port = bound_port(proc, log)
+        wait_for(lambda: still_running(proc, log) and ledger_made(state_file)
+                 and "delivered" in states(state_file).values(), timeout=EVENT_WAIT,
                  what="probes delivered before the outage")
         break_it(proc.pid)
         time.sleep(8)
@@ -378,9 +390,9 @@ def outage_then_recovery(lab: Lab, tmp_path: Path, disk: Path, *, break_it: Call
         mend_it(proc.pid)
         mark = time.time()
         wait_for(lambda: any(state == "delivered" for pid, state in states(state_file).items()
-                             if created_after(state_file, pid, mark)), timeout=30, what="probing resumed")
+                             if created_after(state_file, pid, mark)), timeout=EVENT_WAIT, what="probing resumed")
         wait_for(lambda: not [s for s in states(state_file).values() if s in OPEN] or only_recent_open(state_file),
-                 timeout=30, what="the probes of the outage resolved")
+                 timeout=EVENT_WAIT, what="the probes of the outage resolved")
     finally:
         code = stop(proc)
     assert code == 0

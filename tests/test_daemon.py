@@ -20,13 +20,14 @@ import yaml
 
 from probe.daemon import Daemon, WebOptions, start_daemon
 from tests.daemon_harness import (
+    EVENT_WAIT,
     fetch,
-    free_port,
     ledger_made,
     running_daemon,
     scrape,
     start_process,
     states,
+    still_running,
     value,
     wait_for,
 )
@@ -50,7 +51,7 @@ def test_three_cycles_fill_every_pairs_counters_and_the_output_passes_promtool(r
     """At a 1 s interval: delivered_total reaches 3 for every pair, success is 1, the histogram is filled."""
     _, server = running
     wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_delivered_total", route=r, smart_host=h) >= 3
-                         for r, h in PAIRS), timeout=40, what="3 deliveries per pair")
+                         for r, h in PAIRS), timeout=EVENT_WAIT, what="3 deliveries per pair")
     samples = scrape(server.port)
     for route, host in PAIRS:
         assert value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1
@@ -88,29 +89,33 @@ def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, tmp_p
     route, host = bad
     with running_daemon(path) as (daemon, server):
         wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_success", route=r, smart_host=h) == 1
-                             for r, h in PAIRS), timeout=60, what="all pairs green first")
+                             for r, h in PAIRS), timeout=EVENT_WAIT, what="all pairs green first")
         before = scrape(server.port)
         faulted_at = time.time()
         lab.add_fault(target="smarthost/fourthcoffee-edge-1", kind="no_starttls")
 
         def bad_pair_settled() -> bool:
-            """Every probe of the bad pair made before the fault is decided and counted, and success reads 0."""
+            """Every probe of the bad pair made before the fault is decided and counted, one made after it has
+            failed at starttls/tls_unavailable, and success reads 0. (One made before may fail otherwise: its
+            EHLO offered STARTTLS, its STARTTLS came after the fault and got 454, a tempfail.)"""
             if any(p.route == route and p.smart_host == host and p.created_at <= faulted_at
                    for p in daemon.ledger.open_probes()):
                 return False
             samples = scrape(server.port)
             counted = value(samples, "mailflow_probe_delivered_total", route=route, smart_host=host)
             return (counted == delivered_in_ledger(state_file, route, host)
+                    and value(samples, "mailflow_probe_send_failures_total", route=route, smart_host=host,
+                              stage="starttls", reason="tls_unavailable") >= 1
                     and value(samples, "mailflow_probe_success", route=route, smart_host=host) == 0)
 
-        wait_for(bad_pair_settled, timeout=60, what="the faulty pair's success 0 after its earlier probes are done")
-        assert value(scrape(server.port), "mailflow_probe_send_failures_total", route=route, smart_host=host,
-                     stage="starttls", reason="tls_unavailable") >= 1
+        wait_for(bad_pair_settled, timeout=EVENT_WAIT,
+                 what="the faulty pair failing at starttls/tls_unavailable, success 0, its earlier probes done")
         midway = scrape(server.port)
         others = PAIRS - {bad}
         wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_delivered_total", route=r, smart_host=h)
                              > value(midway, "mailflow_probe_delivered_total", route=r, smart_host=h)
-                             for r, h in others), timeout=60, what="every other pair delivering after the fault")
+                             for r, h in others), timeout=EVENT_WAIT,
+                 what="every other pair delivering after the fault")
         samples = scrape(server.port)
         for r, h in others:
             assert value(samples, "mailflow_probe_success", route=r, smart_host=h) == 1
@@ -124,7 +129,7 @@ def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, tmp_p
             return (value(samples, "mailflow_probe_delivered_total", route=route, smart_host=host) > healed_from
                     and value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1)
 
-        wait_for(healed, timeout=60, what="a delivery and success back to 1 after clearing the fault")
+        wait_for(healed, timeout=EVENT_WAIT, what="a delivery and success back to 1 after clearing the fault")
 
 
 @pytest.mark.slow
@@ -141,19 +146,19 @@ def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Pat
         daemon, server = start_daemon(path, listen_address="127.0.0.1:0", web=WebOptions(lifecycle=True))
         try:
             wait_for(lambda: any(p.route == kept and p.accepted_at for p in daemon.ledger.open_probes()),
-                     timeout=20, what="a probe of the kept route in flight")
+                     timeout=EVENT_WAIT, what="a probe of the kept route in flight")
             in_flight = {p.probe_id for p in daemon.ledger.open_probes() if p.route == kept and p.accepted_at}
             lab.write_probe_config(path, interval=1, timeout=8, jitter=0.2, routes=[kept, added])
             request = urllib.request.Request(f"http://127.0.0.1:{server.port}/-/reload", method="POST")
             with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - loopback
                 assert resp.status == 200
             wait_for(lambda: value(scrape(server.port), "mailflow_probe_delivered_total", route=added) >= 2,
-                     timeout=30, what="the added route delivering")
+                     timeout=EVENT_WAIT, what="the added route delivering")
             samples = scrape(server.port)
             assert value(samples, "mailflow_probe_sent_total", route=removed) == 0
             assert not any(dict(labels).get("route") == removed for _, labels in samples)
             wait_for(lambda: all((daemon.ledger.probe(pid) or {}).get("state") == "delivered" for pid in in_flight),
-                     timeout=20, what="the kept route's in-flight probes delivered after the reload")
+                     timeout=EVENT_WAIT, what="the kept route's in-flight probes delivered after the reload")
 
             path.write_text("routes: [this is: not, valid\n")
             request = urllib.request.Request(f"http://127.0.0.1:{server.port}/-/reload", method="POST")
@@ -164,7 +169,7 @@ def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Pat
             assert value(scrape(server.port), "mailflow_probe_config_last_reload_successful") == 0
             before = value(scrape(server.port), "mailflow_probe_sent_total", route=added)
             wait_for(lambda: value(scrape(server.port), "mailflow_probe_sent_total", route=added) > before,
-                     timeout=10, what="the old config still probing after a refused reload")
+                     timeout=EVENT_WAIT, what="the old config still probing after a refused reload")
         finally:
             server.close()
             daemon.stop()
@@ -187,10 +192,11 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
     for host in lab.smart_hosts:
         lab.add_fault(target=host.target, kind="delay_delivery", seconds=2.5)
     log = tmp_path / "daemon.log"
-    first = start_process(config, free_port(), log)
+    first = start_process(config, log)
     try:
-        wait_for(lambda: ledger_made(state_file) and list(states(state_file).values()).count("in_flight") >= 3,
-                 timeout=30, what="three probes in flight")
+        wait_for(lambda: still_running(first, log) and ledger_made(state_file)
+                 and list(states(state_file).values()).count("in_flight") >= 3,
+                 timeout=EVENT_WAIT, what="three probes in flight")
         stop(first)
     finally:
         if first.poll() is None:
@@ -198,10 +204,11 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
             first.wait(10)
     before = {pid for pid, state in states(state_file).items() if state in ("in_flight", "submitting")}
     assert before
-    second = start_process(config, free_port(), log)
+    second = start_process(config, log)
     try:
-        wait_for(lambda: all(states(state_file)[pid] not in ("in_flight", "submitting") for pid in before),
-                 timeout=40, what="every probe in flight before the stop resolved after the restart")
+        wait_for(lambda: still_running(second, log)
+                 and all(states(state_file)[pid] not in ("in_flight", "submitting") for pid in before),
+                 timeout=EVENT_WAIT, what="every probe in flight before the stop resolved after the restart")
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(15)
@@ -255,7 +262,7 @@ def test_a_bad_config_or_unusable_state_file_stops_start_up_with_a_clear_error(l
     junk = b"SQLite format 3\x00" + os.urandom(4000)
     state_file.write_bytes(junk)
     proc = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
-                           f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60, check=False)
+                           "127.0.0.1:0"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert str(state_file) in proc.stderr
@@ -272,7 +279,7 @@ def test_with_streaming_the_latency_under_a_one_second_delay_is_within_a_quarter
     daemon, server = start_daemon(path, listen_address="127.0.0.1:0")
     try:
         wait_for(lambda: len(daemon.ledger.history("contoso-to-fourthcoffee", "fourthcoffee-edge-1")) >= 3,
-                 timeout=30, what="three verdicts through the delayed smart host")
+                 timeout=EVENT_WAIT, what="three verdicts through the delayed smart host")
         history = daemon.ledger.history("contoso-to-fourthcoffee", "fourthcoffee-edge-1")
     finally:
         server.close()

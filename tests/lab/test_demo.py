@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from probe.lab import Lab, LabError
 from probe.lab.demo import DEMO_TRANSIT
 from probe.lab.smarthost import LabSmartHost, SmartHostFleet
 from probe.secret import Secret
+from tests.daemon_harness import EVENT_WAIT, wait_for
 
 ROOT = Path(probe.__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -36,26 +36,26 @@ def mailflow(*args: str, prelude: str = "") -> list[str]:
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Run the demo on free ports; yield it and its status page's base URL; stop it with SIGINT."""
-    proc = subprocess.Popen(
-        mailflow("demo", "--ephemeral-ports", "--web.listen-address", "127.0.0.1:0",
-                 "--state-dir", str(tmp_path / "demo"), "--duration", "2m"),
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    output = tmp_path / "demo.out"
+    with output.open("wb") as out:  # a file, not a pipe: a full pipe would block the demo's logging
+        proc = subprocess.Popen(
+            mailflow("demo", "--ephemeral-ports", "--web.listen-address", "127.0.0.1:0",
+                     "--state-dir", str(tmp_path / "demo"), "--duration", "5m"),
+            env=ENV, stdout=out, stderr=subprocess.STDOUT)
     try:
-        assert proc.stdout is not None
-        banner = b""
-        while (found := STATUS_URL.search(banner)) is None:
-            line = proc.stdout.readline()
-            assert line, f"the demo ended before its banner: {proc.communicate(timeout=20)[1].decode()}"
-            banner += line
+        wait_for(lambda: STATUS_URL.search(output.read_bytes()) is not None or proc.poll() is not None,
+                 timeout=EVENT_WAIT, what="the demo's banner")
+        found = STATUS_URL.search(output.read_bytes())
+        assert found, f"the demo ended before its banner: {output.read_text(errors='replace')}"
         yield proc, found.group(1).decode()
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         try:
-            proc.communicate(timeout=30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.communicate()
+            proc.wait()
 
 
 def fetch(url: str) -> str:
@@ -85,12 +85,9 @@ def test_the_demo_shows_a_different_nonzero_latency_for_each_smart_host(
         demo: tuple[subprocess.Popen[bytes], str]) -> None:
     """Each demo smart host delivers within its own transit range (latencies non-zero, differing); Ctrl-C ends it."""
     proc, base = demo
-    latencies: dict[str, float] = {}
-    deadline = time.monotonic() + 60
-    while len(latencies) < len(DEMO_TRANSIT) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        latencies = mean_latencies(fetch(f"{base}/metrics"))
-    assert set(latencies) == set(DEMO_TRANSIT), latencies
+    wait_for(lambda: set(mean_latencies(fetch(f"{base}/metrics"))) == set(DEMO_TRANSIT), timeout=EVENT_WAIT,
+             what="a delivery through each demo smart host", every=0.5)
+    latencies = mean_latencies(fetch(f"{base}/metrics"))
     for host, (low, high) in DEMO_TRANSIT.items():
         assert low - 0.05 <= latencies[host] <= high + 0.5, (host, latencies[host])
     assert len({round(v, 3) for v in latencies.values()}) == len(latencies)
