@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,13 +14,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from probe.config import Config, EwsConfig, MailboxConfig, RouteConfig, SmartHostConfig
 from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
-from probe.metrics import ProbeMetrics, delivery_buckets, possible_failures
+from probe.metric_families import Kind, PairFamily, possible_failures
+from probe.metrics import ProbeMetrics, shape_of, wanted_series
 from probe.secret import Secret
 from probe.smtp import SubmitResult
 from probe.tls_facts import TlsFacts
 from probe.vocabulary import MailboxReason, Stage, Verdict
 
 P = "mailflow_probe_"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def make_config(routes: dict[str, list[str]] | None = None, *, tls_none: tuple[str, ...] = ()) -> Config:
@@ -79,24 +82,33 @@ def searched(*, ok: bool, error_reason: MailboxReason | None = None) -> SearchRe
     return SearchResult(ok=ok, started_at=0.0, finished_at=0.0, error_reason=error_reason)
 
 
-PAIR_SERIES = ("sent_total", "delivered_total", "lost_total", "late_total", "unknown_total", "success",
-               "last_success_timestamp_seconds", "in_flight", "delivery_seconds_count", "delivery_seconds_sum",
-               "tls_cert_expiry_timestamp_seconds")
+def created_samples(config: Config) -> list[tuple[str, dict[str, str]]]:
+    """Return (sample name, labels) of one sample of every series the family table creates for ``config``'s pairs."""
+    out = []
+    for route in config.routes:
+        for host in route.smart_hosts:
+            for family, created in wanted_series(shape_of(route.name, host)).items():
+                suffix = {Kind.COUNTER: "_total", Kind.GAUGE: "", Kind.HISTOGRAM: "_count"}[family.row.kind]
+                for values in created:
+                    labels = {"route": route.name, "smart_host": host.name,
+                              **dict(zip(family.row.labels, values, strict=True))}
+                    out.append((family.metric_name.removeprefix(P) + suffix, labels))
+    return out
 
 
 def test_every_configured_series_exists_at_zero_from_start_up():
     """Each pair, mailbox and stage has its series at 0 before any probe, so absence never hides a route."""
-    m = ProbeMetrics(make_config())
+    config = make_config()
+    m = ProbeMetrics(config)
     v = Snapshot(m)
+    expected = created_samples(config)
+    assert len(expected) > 2 * len(PairFamily)
+    for name, labels in expected:
+        assert v(name, **labels) == 0.0, (name, labels)
     for host in ("edge-1", "edge-2"):
         pair = {"route": "c2f", "smart_host": host}
-        for name in PAIR_SERIES:
-            assert v(name, **pair) == 0.0, name
-        for stage in Stage:
-            assert v("smtp_stage_seconds_count", **pair, stage=str(stage)) == 0.0
-        assert v("send_failures_total", **pair, stage="connect", reason="refused") == 0.0
-        assert v("send_failures_total", **pair, stage="starttls", reason="tls_certificate") == 0.0
-        assert v("send_failures_total", **pair, stage="auth", reason="auth_failed") == 0.0
+        assert v("sent_total", **pair) == 0.0
+        assert v("tls_cert_expiry_timestamp_seconds", **pair) == 0.0
     assert v("mailbox_up", mailbox="fc", backend="ews") == 0.0
     for reason in MailboxReason:
         assert v("mailbox_errors_total", mailbox="fc", reason=str(reason)) == 0.0
@@ -116,8 +128,8 @@ def test_a_smart_host_without_tls_has_no_tls_series():
     assert v("tls_cert_expiry_timestamp_seconds", route="c2f", smart_host="plain") is None
     assert v("send_failures_total", route="c2f", smart_host="plain", stage="starttls",
                  reason="tls_handshake") is None
-    assert ("starttls", "tls_handshake") not in possible_failures(make_config(
-        {"c2f": ["plain"]}, tls_none=("plain",)).routes[0].smart_hosts[0])
+    assert ("starttls", "tls_handshake") not in possible_failures(shape_of("c2f", make_config(
+        {"c2f": ["plain"]}, tls_none=("plain",)).routes[0].smart_hosts[0]))
 
 
 def test_a_delivery_moves_delivered_latency_and_success():
@@ -236,6 +248,7 @@ def test_removing_a_mailbox_removes_its_series():
 
 def test_delivery_buckets_resolve_a_tenth_of_a_second_and_end_at_the_timeout():
     """Buckets rise strictly from 0.1 s in 0.1 s steps to 1 s and end at the route timeout."""
+    delivery_buckets = PairFamily.DELIVERY_SECONDS.row.buckets.bounds  # type: ignore[union-attr]
     buckets = delivery_buckets(300.0)
     assert buckets[:10] == pytest.approx([0.1 * i for i in range(1, 11)])
     assert list(buckets) == sorted(set(buckets))
@@ -282,3 +295,43 @@ def test_name_filter_renders_only_the_named_samples():
     assert lines
     assert all(line.startswith("mailflow_probe_scheduler_lag_seconds_bucket{") for line in lines)
     assert 'le="0.25"} 1.0' in body.decode()
+
+
+NEW_ROW = '''
+    EXAMPLE_HOPS = Row(kind=Kind.GAUGE, help="A made-up family: hops of the last delivered probe.")
+    EXAMPLE_REJECTS = Row(kind=Kind.COUNTER, help="A made-up family with a label.", labels=("code",),
+                          created=lambda pair: [("550",), ("554",)] if pair.auth else [], grows=True)
+'''
+NEW_ROW_SCRIPT = '''
+import sys
+from prometheus_client.exposition import generate_latest
+from tests.test_metrics import make_config
+from probe.metric_families import PairFamily
+from probe.metrics import ProbeMetrics
+m = ProbeMetrics(make_config(), version="1", process_metrics=False)
+with m._lock:
+    m._pairs[("c2f", "edge-1")].inc(PairFamily.EXAMPLE_REJECTS, ("421",))
+    m._pairs[("c2f", "edge-2")].set(PairFamily.EXAMPLE_HOPS, 3.0)
+assert m.render() == generate_latest(m.registry), "the mirror differs"
+sys.stdout.write(m.render().decode())
+'''
+
+
+def test_a_new_family_is_one_row(tmp_path):
+    """A row added to the family table (and nothing else) is created for every pair, rendered and mirrored."""
+    shutil.copytree(REPO / "probe", tmp_path / "probe", ignore=shutil.ignore_patterns("__pycache__", "lab"))
+    shutil.copytree(REPO / "tests", tmp_path / "tests", ignore=shutil.ignore_patterns("__pycache__", "node*", "data"))
+    table = tmp_path / "probe" / "metric_families.py"
+    text = table.read_text(encoding="utf-8")
+    anchor = "\n    @property\n    def row(self) -> Row:"
+    assert anchor in text
+    table.write_text(text.replace(anchor, NEW_ROW + anchor, 1), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-c", NEW_ROW_SCRIPT], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, check=False, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "# TYPE mailflow_probe_example_hops gauge" in lines
+    assert 'mailflow_probe_example_hops{route="c2f",smart_host="edge-1"} 0.0' in lines
+    assert 'mailflow_probe_example_hops{route="c2f",smart_host="edge-2"} 3.0' in lines
+    assert 'mailflow_probe_example_rejects_total{code="550",route="c2f",smart_host="edge-2"} 0.0' in lines
+    assert 'mailflow_probe_example_rejects_total{code="421",route="c2f",smart_host="edge-1"} 1.0' in lines

@@ -1,0 +1,165 @@
+"""The metric families of the (route, smart host) pairs: one row each, the one place they are declared.
+
+A row gives a family's type, help, labels (besides ``route`` and ``smart_host``), the series each pair has
+from start-up, and a histogram's buckets; the member's name, lower-cased, is the metric's name after the
+``mailflow_probe_`` prefix (and before a counter's ``_total``). Everything else reads this table: the fast
+renderer (probe.pair_series with probe.exposition), the prometheus_client mirror of the same numbers, the
+series created at start-up and on reload, and the tests. A new per-pair metric is one row here, plus the line
+in probe.metrics that observes it.
+
+The members' order is the order of the families on /metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Final
+
+from probe.vocabulary import Stage
+
+PREFIX: Final = "mailflow_probe"
+PAIR_LABELS: Final = ("route", "smart_host")
+
+LabelValues = tuple[str, ...]  # one series' values of its family's labels, in the row's order
+
+
+class Kind(StrEnum):
+    """A family's Prometheus type."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+class Limit(StrEnum):
+    """The timeout of the configuration a histogram's buckets end at: the longest one configured."""
+
+    ROUTE_TIMEOUT = "route_timeout"  # how long a probe may take to arrive
+    SMART_HOST_TIMEOUT = "smart_host_timeout"  # how long one SMTP operation may take
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """A histogram's upper bounds: the ``ladder``'s steps below a timeout of the config, that timeout, +Inf."""
+
+    ladder: tuple[float, ...]
+    limit: Limit
+
+    def bounds(self, limit: float) -> tuple[float, ...]:
+        """Return the finite bounds for a longest timeout of ``limit`` seconds (+Inf is implied)."""
+        bounds = [b for b in self.ladder if b < limit]
+        if limit > 0 and (not bounds or bounds[-1] < limit):
+            bounds.append(float(limit))
+        return tuple(bounds)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairShape:
+    """What the rows need to know of one pair to say which series it has from start-up."""
+
+    route: str
+    smart_host: str
+    tls: bool  # the smart host is spoken to over TLS (tls: starttls or implicit)
+    auth: bool  # the probe authenticates (a username is configured)
+
+
+# -- which series a pair has from start-up ---------------------------------------------------------------
+
+def one_series(_pair: PairShape) -> tuple[LabelValues, ...]:
+    """Return the one series of a family without labels of its own."""
+    return ((),)
+
+
+def one_if_tls(pair: PairShape) -> tuple[LabelValues, ...]:
+    """Return one series when the pair speaks TLS (there is a certificate), else none."""
+    return ((),) if pair.tls else ()
+
+
+def every_stage(_pair: PairShape) -> tuple[LabelValues, ...]:
+    """Return a series per SMTP stage."""
+    return tuple((str(stage),) for stage in Stage)
+
+
+# The (stage, reason) pairs the submit step can produce (probe/smtp.py's classifier).
+_REPLY: Final = ("timeout", "tempfail", "rejected", "protocol")
+_FAILURES_ALWAYS: Final = {
+    Stage.CONNECT: ("dns", "refused", "timeout", "protocol"),
+    Stage.BANNER: _REPLY, Stage.EHLO: _REPLY, Stage.MAIL: _REPLY, Stage.RCPT: _REPLY, Stage.DATA: _REPLY,
+}
+_FAILURES_TLS: Final = ("tls_unavailable", "tls_certificate", "tls_handshake", *_REPLY)
+_FAILURES_AUTH: Final = ("auth_unavailable", "auth_failed", "timeout", "tempfail", "protocol")
+
+
+def possible_failures(pair: PairShape) -> tuple[LabelValues, ...]:
+    """Return the (stage, reason) pairs a send through the pair's smart host can fail with."""
+    found = [(str(stage), reason) for stage, reasons in _FAILURES_ALWAYS.items() for reason in reasons]
+    if pair.tls:
+        found += [(str(Stage.STARTTLS), reason) for reason in _FAILURES_TLS]
+    if pair.auth:
+        found += [(str(Stage.AUTH), reason) for reason in _FAILURES_AUTH]
+    return tuple(found)
+
+
+# -- the table --------------------------------------------------------------------------------------------
+
+# Delivery latency: 0.1 s steps up to 1 s, then a ladder; cut at the longest route timeout.
+DELIVERY_LADDER: Final = (
+    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
+    15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 450.0, 600.0, 900.0, 1200.0, 1800.0,
+    2700.0, 3600.0, 5400.0, 7200.0, 10800.0, 14400.0, 21600.0, 43200.0, 86400.0,
+)
+STAGE_LADDER: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    """One family of the pairs.
+
+    ``created``: the label values of the series a pair has from start-up (at 0), so absence never hides a
+    pair; ``grows``: an observation with other label values adds its series (else it is ignored, as a
+    certificate's expiry for a pair without TLS is).
+    """
+
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    created: Callable[[PairShape], Iterable[LabelValues]] = one_series
+    grows: bool = False
+    buckets: Buckets | None = None
+
+
+class PairFamily(Enum):
+    """The families of the pairs, in their order on /metrics; ``row`` describes each."""
+
+    SENT = Row(kind=Kind.COUNTER, help="Probes submitted to a smart host (accepted or not).")
+    SEND_FAILURES = Row(kind=Kind.COUNTER, help="Probes the smart host did not accept, by SMTP stage and reason.",
+                        labels=("stage", "reason"), created=possible_failures, grows=True)
+    DELIVERED = Row(kind=Kind.COUNTER, help="Probes found in the target mailbox within the timeout.")
+    LOST = Row(kind=Kind.COUNTER, help="Probes accepted but not found by the timeout while observable.")
+    LATE = Row(kind=Kind.COUNTER, help="Probes found after they had been declared lost.")
+    UNKNOWN = Row(kind=Kind.COUNTER, help="Probes whose mailbox could not be observed long enough to tell (never "
+                  "counted as lost).")
+    DELIVERY_SECONDS = Row(kind=Kind.HISTOGRAM, help="Delivery latency of delivered probes: the smart host's final "
+                           "250 to the mailbox's receipt.", buckets=Buckets(DELIVERY_LADDER, Limit.ROUTE_TIMEOUT))
+    SMTP_STAGE_SECONDS = Row(kind=Kind.HISTOGRAM, help="Time spent in each SMTP submission stage.",
+                             labels=("stage",), created=every_stage,
+                             buckets=Buckets(STAGE_LADDER, Limit.SMART_HOST_TIMEOUT))
+    SUCCESS = Row(kind=Kind.GAUGE, help="1 when the last finished probe was delivered, 0 when it failed to send or "
+                  "was lost.")
+    LAST_SUCCESS_TIMESTAMP_SECONDS = Row(kind=Kind.GAUGE, help="Unix time of the last delivered probe (0: none yet).")
+    IN_FLIGHT = Row(kind=Kind.GAUGE, help="Probes accepted or being submitted, awaiting a verdict.")
+    TLS_CERT_EXPIRY_TIMESTAMP_SECONDS = Row(kind=Kind.GAUGE, help="Unix time the smart host's certificate expires "
+                                            "(0: not seen yet).", created=one_if_tls)
+
+    @property
+    def row(self) -> Row:
+        """Return the family's row."""
+        value: Row = self.value
+        return value
+
+    @property
+    def metric_name(self) -> str:
+        """Return the family's name as prometheus_client's ``Metric`` takes it (a counter's without ``_total``)."""
+        return f"{PREFIX}_{self.name.lower()}"
