@@ -333,7 +333,7 @@ class ProbeMetrics:
                 todo = [(s, s.version, s.snapshot()) for s in pairs if s.rendered_version != s.version]
             values = Values()
             for series, version, snapshot in todo:
-                series.rendered = render(snapshot, self._le, values)
+                series.rendered = render(snapshot, self._le, values, series.label_texts)
                 series.rendered_version = version
             return cached_parts(HEADS, [s.rendered for s in pairs], openmetrics=openmetrics, names=names, tail=tail)
 

@@ -27,6 +27,7 @@ HEADS: tuple[FamilyHead, ...] = tuple(FamilyHead(f.metric_name, f.row.help, str(
 _INDEX: dict[PairFamily, int] = {family: i for i, family in enumerate(FAMILIES)}
 
 Wanted = Mapping[PairFamily, Sequence[LabelValues]]  # family -> the label values of the series to have
+LabelTexts = dict[tuple[PairFamily, LabelValues], tuple[str, str]]  # a series' labels as text: before/after "le"
 
 
 def head_of(family: PairFamily) -> FamilyHead:
@@ -93,6 +94,7 @@ class SeriesSet:
         self.histograms: dict[PairFamily, dict[LabelValues, Histogram]] = {}
         self.rendered: list[bytes] = []
         self.rendered_version = -1
+        self.label_texts: LabelTexts = {}  # kept (and touched only) by the renderer
         self._bounds = bounds  # each histogram family's bounds, ending with +Inf
 
     def conform(self, wanted: Wanted) -> None:
@@ -176,15 +178,27 @@ def _label_text(labels: Mapping[str, str]) -> tuple[str, str]:
     return ",".join(before), ",".join(after)
 
 
-def render(snapshot: Snapshot, le: Mapping[PairFamily, Sequence[str]], values: Values) -> list[bytes]:
-    """Return a set's lines of each family, in table order (``le``: each histogram family's bucket bounds)."""
+def render(snapshot: Snapshot, le: Mapping[PairFamily, Sequence[str]], values: Values,
+           texts: LabelTexts | None = None) -> list[bytes]:
+    """Return a set's lines of each family, in table order (``le``: each histogram family's bucket bounds).
+
+    ``texts`` keeps each series' label text from one render to the next (a series' labels never change).
+    """
+    texts = {} if texts is None else texts
+
+    def labels(family: PairFamily, label_values: LabelValues) -> tuple[str, str]:
+        text = texts.get((family, label_values))
+        if text is None:
+            text = texts[(family, label_values)] = _label_text(snapshot.labels_of(family, label_values))
+        return text
+
     rendered: list[bytes] = [b""] * len(FAMILIES)
     for family, series in snapshot.scalars:
         name = head_of(family).sample_names[0]
         lines = []
         for label_values, value in series:
-            before, after = _label_text(snapshot.labels_of(family, label_values))
-            text = ",".join(part for part in (before, after) if part)
+            before, after = labels(family, label_values)
+            text = f"{before},{after}" if before and after else before or after
             lines.append(f"{name}{{{text}}} {values(value)}\n" if text else f"{name} {values(value)}\n")
         rendered[_INDEX[family]] = "".join(lines).encode()
     known = values.known
@@ -192,13 +206,13 @@ def render(snapshot: Snapshot, le: Mapping[PairFamily, Sequence[str]], values: V
         bucket, count, total = head_of(family).sample_names
         lines = []
         for label_values, counts, sum_value in histograms:
-            before, after = _label_text(snapshot.labels_of(family, label_values))
+            before, after = labels(family, label_values)
             opening, closing = f"{bucket}{{{before}," if before else f"{bucket}{{", f",{after}}}" if after else "}"
             acc = 0.0
             for bound, n in zip(le[family], counts, strict=True):
                 acc += n
                 lines.append(f'{opening}le="{bound}"{closing} {known.get(acc) or values(acc)}\n')  # never -0.0
-            text = ",".join(part for part in (before, after) if part)
+            text = f"{before},{after}" if before and after else before or after
             braced = f"{{{text}}}" if text else ""
             lines += [f"{count}{braced} {values(acc)}\n", f"{total}{braced} {values(sum_value)}\n"]
         rendered[_INDEX[family]] = "".join(lines).encode()
