@@ -42,15 +42,17 @@ class Limit(StrEnum):
 
 @dataclass(frozen=True)
 class Buckets:
-    """A histogram's upper bounds: the ``ladder``'s steps below a timeout of the config, that timeout, +Inf."""
+    """A histogram's upper bounds: the ``ladder``'s steps below a timeout of the config (and that timeout, if
+    ``end_at_limit``), then +Inf."""
 
     ladder: tuple[float, ...]
     limit: Limit
+    end_at_limit: bool = True
 
     def bounds(self, limit: float) -> tuple[float, ...]:
         """Return the finite bounds for a longest timeout of ``limit`` seconds (+Inf is implied)."""
         bounds = [b for b in self.ladder if b < limit]
-        if limit > 0 and (not bounds or bounds[-1] < limit):
+        if self.end_at_limit and limit > 0 and (not bounds or bounds[-1] < limit):
             bounds.append(float(limit))
         return tuple(bounds)
 
@@ -72,6 +74,12 @@ def one_series(_pair: PairShape) -> tuple[LabelValues, ...]:
     return ((),)
 
 
+def no_series(_pair: PairShape) -> tuple[LabelValues, ...]:
+    """Return no series: the family's series appear when first observed (each then stays until a reload drops
+    its pair)."""
+    return ()
+
+
 def one_if_tls(pair: PairShape) -> tuple[LabelValues, ...]:
     """Return one series when the pair speaks TLS (there is a certificate), else none."""
     return ((),) if pair.tls else ()
@@ -82,34 +90,14 @@ def every_stage(_pair: PairShape) -> tuple[LabelValues, ...]:
     return tuple((str(stage),) for stage in Stage)
 
 
-# The (stage, reason) pairs the submit step can produce (probe/smtp.py's classifier).
-_REPLY: Final = ("timeout", "tempfail", "rejected", "protocol")
-_FAILURES_ALWAYS: Final = {
-    Stage.CONNECT: ("dns", "refused", "timeout", "protocol"),
-    Stage.BANNER: _REPLY, Stage.EHLO: _REPLY, Stage.MAIL: _REPLY, Stage.RCPT: _REPLY, Stage.DATA: _REPLY,
-}
-_FAILURES_TLS: Final = ("tls_unavailable", "tls_certificate", "tls_handshake", *_REPLY)
-_FAILURES_AUTH: Final = ("auth_unavailable", "auth_failed", "timeout", "tempfail", "protocol")
-
-
-def possible_failures(pair: PairShape) -> tuple[LabelValues, ...]:
-    """Return the (stage, reason) pairs a send through the pair's smart host can fail with."""
-    found = [(str(stage), reason) for stage, reasons in _FAILURES_ALWAYS.items() for reason in reasons]
-    if pair.tls:
-        found += [(str(Stage.STARTTLS), reason) for reason in _FAILURES_TLS]
-    if pair.auth:
-        found += [(str(Stage.AUTH), reason) for reason in _FAILURES_AUTH]
-    return tuple(found)
-
-
 # -- the table --------------------------------------------------------------------------------------------
 
-# Delivery latency: 0.1 s steps up to 1 s, then a ladder; cut at the longest route timeout.
-DELIVERY_LADDER: Final = (
-    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
-    15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 450.0, 600.0, 900.0, 1200.0, 1800.0,
-    2700.0, 3600.0, 5400.0, 7200.0, 10800.0, 14400.0, 21600.0, 43200.0, 86400.0,
-)
+# Delivery latency, a few fixed bounds below the longest route timeout, then +Inf (everything delivered arrived
+# within a timeout): 8 buckets at the default 5m timeout, 10 series with _count and _sum. 120 is the
+# MailflowDeliverySlow threshold, so its p95 > 120 s is exact. Being few and the same for every pair, they are
+# what Prometheus 3's convert_classic_histograms_to_nhcb turns into one native histogram (custom buckets).
+DELIVERY_LADDER: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+                          21600.0, 86400.0)
 STAGE_LADDER: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -119,7 +107,14 @@ class Row:
 
     ``created``: the label values of the series a pair has from start-up (at 0), so absence never hides a
     pair; ``grows``: an observation with other label values adds its series (else it is ignored, as a
-    certificate's expiry for a pair without TLS is).
+    certificate's expiry for a pair without TLS is); ``optional_pair_labels``: by default one set of series
+    for all the instance's pairs together, without ``route`` and ``smart_host`` (each pair's own set when the
+    config's ``metrics: {per_pair: [...]}`` names the family).
+
+    Budget: a Prometheus pays for every series on every scrape, so a pair has few (DESIGN.md: about 30 by
+    default; tests/test_series_budget.py counts them). A breakdown by a label with many values (a stage, a
+    reason) is created at its first observation (``no_series``, ``grows``), or summed over the pairs
+    (``optional_pair_labels``), not created for every pair up front.
     """
 
     kind: Kind
@@ -128,6 +123,7 @@ class Row:
     created: Callable[[PairShape], Iterable[LabelValues]] = one_series
     grows: bool = False
     buckets: Buckets | None = None
+    optional_pair_labels: bool = False
 
 
 class PairFamily(Enum):
@@ -135,16 +131,18 @@ class PairFamily(Enum):
 
     SENT = Row(kind=Kind.COUNTER, help="Probes submitted to a smart host (accepted or not).")
     SEND_FAILURES = Row(kind=Kind.COUNTER, help="Probes the smart host did not accept, by SMTP stage and reason.",
-                        labels=("stage", "reason"), created=possible_failures, grows=True)
+                        labels=("stage", "reason"), created=no_series, grows=True)
     DELIVERED = Row(kind=Kind.COUNTER, help="Probes found in the target mailbox within the timeout.")
     LOST = Row(kind=Kind.COUNTER, help="Probes accepted but not found by the timeout while observable.")
     LATE = Row(kind=Kind.COUNTER, help="Probes found after they had been declared lost.")
     UNKNOWN = Row(kind=Kind.COUNTER, help="Probes whose mailbox could not be observed long enough to tell (never "
                   "counted as lost).")
     DELIVERY_SECONDS = Row(kind=Kind.HISTOGRAM, help="Delivery latency of delivered probes: the smart host's final "
-                           "250 to the mailbox's receipt.", buckets=Buckets(DELIVERY_LADDER, Limit.ROUTE_TIMEOUT))
-    SMTP_STAGE_SECONDS = Row(kind=Kind.HISTOGRAM, help="Time spent in each SMTP submission stage.",
-                             labels=("stage",), created=every_stage,
+                           "250 to the mailbox's receipt.",
+                           buckets=Buckets(DELIVERY_LADDER, Limit.ROUTE_TIMEOUT, end_at_limit=False))
+    SMTP_STAGE_SECONDS = Row(kind=Kind.HISTOGRAM, help="Time spent in each SMTP submission stage (of every smart "
+                             "host together, unless the config's metrics.per_pair names this family).",
+                             labels=("stage",), created=every_stage, optional_pair_labels=True,
                              buckets=Buckets(STAGE_LADDER, Limit.SMART_HOST_TIMEOUT))
     SUCCESS = Row(kind=Kind.GAUGE, help="1 when the last finished probe was delivered, 0 when it failed to send or "
                   "was lost.")
@@ -160,6 +158,15 @@ class PairFamily(Enum):
         return value
 
     @property
+    def key(self) -> str:
+        """Return the family's name in the config (``metrics.per_pair``): its metric name without the prefix."""
+        return self.name.lower()
+
+    @property
     def metric_name(self) -> str:
         """Return the family's name as prometheus_client's ``Metric`` takes it (a counter's without ``_total``)."""
-        return f"{PREFIX}_{self.name.lower()}"
+        return f"{PREFIX}_{self.key}"
+
+
+OPTIONAL_PAIR_LABELS: Final = tuple(family.key for family in PairFamily if family.row.optional_pair_labels)
+"""The families the config's ``metrics.per_pair`` may name."""

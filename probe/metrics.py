@@ -58,9 +58,19 @@ def shape_of(route: str, host: SmartHostConfig) -> PairShape:
     return PairShape(route=route, smart_host=host.name, tls=host.tls != "none", auth=host.username is not None)
 
 
-def wanted_series(shape: PairShape) -> dict[PairFamily, tuple[LabelValues, ...]]:
-    """Return the series of every family a pair of ``shape`` has from start-up (the family table's ``created``)."""
-    return {family: tuple(family.row.created(shape)) for family in PairFamily}
+ALL_PAIRS: Final = PairShape(route="", smart_host="", tls=True, auth=True)  # the set summed over the pairs
+
+
+def per_pair_families(config: Config) -> frozenset[PairFamily]:
+    """Return the families each pair has of its own: all but those with optional pair labels not asked for."""
+    asked = set(config.metrics.per_pair)
+    return frozenset(f for f in PairFamily if not f.row.optional_pair_labels or f.key in asked)
+
+
+def wanted_series(shape: PairShape, families: Iterable[PairFamily] = PairFamily) -> dict[PairFamily,
+                                                                                        tuple[LabelValues, ...]]:
+    """Return the series of ``families`` a pair of ``shape`` has from start-up (the family table's ``created``)."""
+    return {family: tuple(family.row.created(shape)) for family in families}
 
 
 def histogram_bounds(config: Config) -> dict[PairFamily, tuple[float, ...]]:
@@ -80,13 +90,14 @@ class _Layout:
     pairs: dict[tuple[str, str], PairShape]
     mailboxes: frozenset[str]
     backends: dict[str, str]  # each mailbox's backend (ews, ...): mailbox_up's backend label
+    per_pair: frozenset[PairFamily]  # the families each pair has of its own; the others are summed over the pairs
 
     @classmethod
     def of(cls, config: Config) -> _Layout:
         pairs = {(route.name, host.name): shape_of(route.name, host) for route in config.routes
                  for host in route.smart_hosts}
         backends = {name: mailbox.backend.name for name, mailbox in config.mailboxes.items()}
-        return cls(pairs, frozenset(config.mailboxes), backends)
+        return cls(pairs, frozenset(config.mailboxes), backends, per_pair_families(config))
 
 
 class _PairCollector(Collector):
@@ -134,6 +145,7 @@ class ProbeMetrics:
         self._bounds = histogram_bounds(config)
         self._le = bucket_texts(self._bounds)
         self._pairs: dict[tuple[str, str], SeriesSet] = {}
+        self._all_pairs = SeriesSet(None, self._bounds)  # the families summed over the pairs
         self._health = CollectorRegistry(auto_describe=True)
         self._build_families()
         if process_metrics:
@@ -144,7 +156,7 @@ class ProbeMetrics:
         self.registry.register(_PairCollector(self._snapshots, self._le))
         self.registry.register(_Forward(self._health))
         self.build_info.labels(version=version, python=platform.python_version()).set(1)
-        self._layout = _Layout({}, frozenset(), {})
+        self._layout = _Layout({}, frozenset(), {}, frozenset(PairFamily))
         self.apply_config(config)
 
     # -- families --------------------------------------------------------------------------------
@@ -196,9 +208,10 @@ class ProbeMetrics:
             pairs = {}
             for pair, shape in layout.pairs.items():
                 series = self._pairs.get(pair) or SeriesSet(pair, self._bounds)
-                series.conform(wanted_series(shape))
+                series.conform(wanted_series(shape, layout.per_pair))
                 pairs[pair] = series
             self._pairs = pairs
+            self._all_pairs.conform(wanted_series(ALL_PAIRS, set(PairFamily) - layout.per_pair) if pairs else {})
             for mailbox in layout.mailboxes:
                 self._create_mailbox(mailbox, layout.backends[mailbox])
             self._drop(self.mailbox_up, frozenset(layout.backends.items()), 2)  # a mailbox that changed backend too
@@ -218,6 +231,10 @@ class ProbeMetrics:
     def _pair(self, route: str, smart_host: str) -> SeriesSet | None:
         """Return the pair's series, or None when the pair is not configured."""
         return self._pairs.get((route, smart_host))
+
+    def _own_or_all(self, series: SeriesSet, family: PairFamily) -> SeriesSet:
+        """Return where a pair's observation of ``family`` goes: its own set, or the set summed over the pairs."""
+        return series if family in self._layout.per_pair else self._all_pairs
 
     # -- observations ------------------------------------------------------------------------------
 
@@ -253,8 +270,9 @@ class ProbeMetrics:
             if series is None:
                 return
             series.inc(PairFamily.SENT)
+            stages = self._own_or_all(series, PairFamily.SMTP_STAGE_SECONDS)
             for stage, seconds in result.stage_seconds.items():
-                series.observe(PairFamily.SMTP_STAGE_SECONDS, max(0.0, seconds), (str(stage),))
+                stages.observe(PairFamily.SMTP_STAGE_SECONDS, max(0.0, seconds), (str(stage),))
             not_after = result.tls.not_after if result.tls is not None else None
             if not_after is not None:
                 series.set(PairFamily.TLS_CERT_EXPIRY_TIMESTAMP_SECONDS, not_after.timestamp())
@@ -316,7 +334,7 @@ class ProbeMetrics:
     def _snapshots(self) -> list[Snapshot]:
         """Return a copy of every pair's numbers, in config order."""
         with self._lock:
-            return [series.snapshot() for series in self._pairs.values()]
+            return [series.snapshot() for series in (*self._pairs.values(), self._all_pairs)]
 
     def _pair_parts(self, *, openmetrics: bool, names: frozenset[str] | None, tail: bytes) -> list[bytes]:
         """Return the pair families, then ``tail``, re-rendering only the pairs that changed since the last scrape.
@@ -329,7 +347,7 @@ class ProbeMetrics:
             return [tail]
         with self._render_lock:
             with self._lock:
-                pairs = list(self._pairs.values())
+                pairs = [*self._pairs.values(), self._all_pairs]
                 todo = [(s, s.version, s.snapshot()) for s in pairs if s.rendered_version != s.version]
             values = Values()
             for series, version, snapshot in todo:

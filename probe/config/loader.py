@@ -10,7 +10,7 @@ from pathlib import Path
 from probe.config.backends import BackendConfig, backend_named
 from probe.config.document import compose, prepare, read_text
 from probe.config.errors import ConfigError
-from probe.config.model import Config, Defaults, MailboxConfig, RouteConfig, SmartHostConfig
+from probe.config.model import Config, Defaults, MailboxConfig, MetricsConfig, RouteConfig, SmartHostConfig
 from probe.config.nodes import Context, Section, did_you_mean, show, warn_unverified
 from probe.config.reader import read_section
 from probe.config.table import IMPLICIT_TLS_PORT
@@ -113,7 +113,10 @@ def _build_config(ctx: Context, top: Section) -> Config:
     _check_unique(ctx, route_sections, "route")
     routes = tuple(_build_route(ctx, section, defaults, mailboxes) for section in route_sections)
     _warn_unused(ctx, top, routes)
-    return Config(defaults=defaults, mailboxes=mailboxes, routes=routes, source=ctx.file, **top.scalars())
+    metrics_item = top.items.get("metrics")
+    metrics = MetricsConfig(**metrics_item.value.scalars()) if metrics_item else MetricsConfig()
+    return Config(defaults=defaults, metrics=metrics, mailboxes=mailboxes, routes=routes, source=ctx.file,
+                  **top.scalars())
 
 
 def load_config_with_warnings(path: Path, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
