@@ -95,7 +95,9 @@ class _Observer:
     def _forged(self, mailbox: str, count: int) -> None:
         self._forged_seen[mailbox] = self._forged_seen.get(mailbox, 0) + count
         if self._throttle.admit(f"forged:{mailbox}") is not None:
-            log.warning("messages with a forged probe tag in the mailbox: not counted, not deleted",
+            log.warning("messages with a forged probe tag in the mailbox: not counted, not deleted (another "
+                        "mailflow-probe instance with a different signing key writing to this mailbox looks the "
+                        "same: give instances that share a mailbox one key, docs/deploy.md)",
                         extra={"mailbox": mailbox, "forged": self._forged_seen.pop(mailbox)})
 
     def on_decision(self, decision: Decision) -> None:
