@@ -115,7 +115,7 @@ def decided(instance: Instance, before: float) -> bool:
     """Say whether every probe the instance created before ``before`` has a verdict."""
     rows = instance.ledger("SELECT COUNT(*) FROM probes WHERE created_at < ? AND state IN ('submitting', "
                            "'in_flight')", before)
-    return rows[0][0] == 0
+    return int(rows[0][0]) == 0
 
 
 @pytest.mark.slow
