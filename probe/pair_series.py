@@ -80,6 +80,13 @@ def _keep_only(series: dict[LabelValues, _V], family: PairFamily,
     return series
 
 
+def _differs(old: float, new: float) -> bool:
+    """Say whether a gauge's new value would be written differently (NaN is NaN; 0.0 and -0.0 are not alike)."""
+    if math.isnan(old) or math.isnan(new):
+        return math.isnan(old) != math.isnan(new)
+    return old != new or math.copysign(1.0, old) != math.copysign(1.0, new)
+
+
 class SeriesSet:
     """The series of one (route, smart host) pair, of every family the owner wants it to have.
 
@@ -140,9 +147,10 @@ class SeriesSet:
             self.version += 1
 
     def set(self, family: PairFamily, value: float, values: LabelValues = ()) -> None:
-        """Set a gauge series (ignored as ``inc`` is)."""
+        """Set a gauge series (ignored as ``inc`` is); setting the value it has changes nothing (nor ``version``:
+        the daemon sets every pair's in_flight every few seconds, and only a change should cost a re-render)."""
         series = self._scalar(family, values)
-        if series is not None:
+        if series is not None and (values not in series or _differs(series[values], value)):
             series[values] = value
             self.version += 1
 

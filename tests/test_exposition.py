@@ -280,3 +280,20 @@ def test_awkward_label_values_and_kinds_render_as_prometheus_client_does():
     Histogram("h", "h", ["x"], registry=registry, buckets=(1e-3, 0.5)).labels("y").observe(7)
     Info("i", "i", registry=registry).info({"k": "v"})
     assert generate_text(registry) == generate_latest(registry)
+
+
+def test_setting_a_gauge_to_the_value_it_has_re_renders_nothing():
+    """The daemon sets every pair's in_flight every few seconds: an unchanged value keeps the pair's kept text
+    (the very same bytes objects), a changed one renders it anew."""
+    m = daemon_metrics({"c2f": ["edge-1", "edge-2"]})
+    m.set_in_flight("c2f", "edge-1", 1)
+    first, _ = m.render_parts_for(None)
+    m.set_in_flight("c2f", "edge-1", 1)
+    m.set_in_flight("c2f", "edge-2", 0)
+    again, _ = m.render_parts_for(None)
+    assert len(first) == len(again)
+    assert all(a is b for a, b in zip(first[:-1], again[:-1], strict=True))  # the tail is the other families
+    m.set_in_flight("c2f", "edge-2", 2)
+    changed, _ = m.render_parts_for(None)
+    assert b'mailflow_probe_in_flight{route="c2f",smart_host="edge-2"} 2.0\n' in b"".join(changed)
+    assert b"".join(changed) == generate_latest(m.registry)
