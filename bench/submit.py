@@ -6,8 +6,9 @@ time, and reads its own thread's CPU clock (the system part from getrusage's sam
 
 - ``submit()``: the probe's whole submit step (connect, EHLO, STARTTLS with certificate verification,
   EHLO, AUTH, MAIL, RCPT, DATA, QUIT, transcript, stage times, TLS facts);
-- the TLS handshake alone, full (what every probe does) and resumed from a session ticket (what the probe
-  deliberately does not do: see docs/benchmarks.md), each after a plain-socket EHLO and STARTTLS;
+- the TLS handshake alone, full and resumed from a session ticket (the probe resumes each smart host's session
+  and does a full handshake at least every 5 minutes per host: probe/tls_sessions.py), each after a
+  plain-socket EHLO and STARTTLS;
 - a TCP connect and close alone, to the same smart hosts.
 
 On loopback the kernel runs the receiving side's TCP work in the sending thread, so the system time here

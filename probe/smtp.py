@@ -31,12 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from probe.config import SmartHostConfig
 from probe.local_faults import explain, local_fault
 from probe.secret import REDACTED, redact
 from probe.tls_facts import TlsFacts, tls_facts_of
+from probe.tls_sessions import SESSIONS
 from probe.vocabulary import LocalResource, SendReason, Stage
 
 if TYPE_CHECKING:
@@ -109,6 +110,8 @@ class _ProbeSMTP(smtplib.SMTP):
                  implicit_tls: ssl.SSLContext | None) -> None:
         super().__init__(local_hostname=local_hostname, timeout=host.timeout)
         self._host = host.server_name or host.host  # what STARTTLS verifies the certificate against
+        self.tls_key = (host.host, host.port, self._host)  # whose TLS session may be resumed
+        self.tls_context: ssl.SSLContext | None = None
         self._implicit_tls = implicit_tls
         self._clock = clock
         self._in_putcmd = False
@@ -127,14 +130,42 @@ class _ProbeSMTP(smtplib.SMTP):
         return sock
 
     def _handshake(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
-        """Do the implicit TLS handshake on ``sock`` (under its timeout) and keep the TLS facts."""
+        """Do the TLS handshake on ``sock`` (under its timeout), resuming the smart host's session if it has a
+        fresh one (probe.tls_sessions), and keep the TLS facts."""
+        self.tls_context = context
         try:
-            tls = context.wrap_socket(sock, server_hostname=self._host)
+            tls = context.wrap_socket(sock, server_hostname=self._host, session=SESSIONS.offer(self.tls_key, context))
         except BaseException:
+            SESSIONS.forget(self.tls_key)
             sock.close()
             raise
         self.tls = tls_facts_of(tls, verified=context.verify_mode != ssl.CERT_NONE)
         return tls
+
+    def starttls(self, keyfile: Any = None, certfile: Any = None, context: Any = None) -> tuple[int, bytes]:
+        """Switch to TLS as smtplib's ``starttls`` does (RFC 3207), the handshake being ``_handshake``'s."""
+        if not isinstance(context, ssl.SSLContext) or keyfile is not None or certfile is not None:
+            raise ValueError("the probe's STARTTLS takes an SSL context only")
+        if self.sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        self.ehlo_or_helo_if_needed()
+        if not self.has_extn("starttls"):
+            raise smtplib.SMTPNotSupportedError("STARTTLS extension not supported by server.")
+        resp, reply = self.docmd("STARTTLS")
+        if resp != 220:
+            raise smtplib.SMTPResponseException(resp, reply)
+        self.sock = self._handshake(self.sock, context)
+        self.file = None
+        # RFC 3207: forget what the server said before TLS.
+        self.helo_resp = self.ehlo_resp = None
+        self.esmtp_features = {}
+        self.does_esmtp = False
+        return resp, reply
+
+    def keep_tls_session(self) -> None:
+        """Remember this connection's TLS session for the smart host's next probe (after its tickets arrived)."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.tls_context is not None:
+            SESSIONS.keep(self.tls_key, self.tls_context, self.sock.session, resumed=bool(self.sock.session_reused))
 
     def putcmd(self, cmd: str, args: str = "") -> None:
         self.lines.append("C: " + self._shown(cmd, args))
@@ -300,8 +331,6 @@ def _starttls(session: _ProbeSMTP, context: ssl.SSLContext) -> None:
         raise _SendFailedError(Stage.STARTTLS, SendReason.TLS_UNAVAILABLE,
                        "the smart host does not offer STARTTLS; no credentials were sent")
     session.starttls(context=context)  # the handshake runs under the socket's timeout
-    if isinstance(session.sock, ssl.SSLSocket):
-        session.tls = tls_facts_of(session.sock, verified=context.verify_mode != ssl.CERT_NONE)
     session.watch.enter(Stage.EHLO)
     _expect(Stage.EHLO, session.ehlo(), 250)
 
@@ -482,6 +511,7 @@ def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes
     finally:
         session.watch.stop()
         accepted_at = session.reply_at
+        session.keep_tls_session()
         _quit(session)
     return _result(session, host, failure, final, accepted_at)
 
