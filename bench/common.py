@@ -241,7 +241,7 @@ def profiling(pid: int, out: Path, *, enabled: bool = True, rate: int = 25) -> I
         return
     with out.with_suffix(".log").open("wb") as log:
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-                                *(["--gil"] if os.environ.get("SPY_GIL", "1") == "1" else []), "--nonblocking", "--output", str(out)], stdout=log, stderr=subprocess.STDOUT)
+                                "--gil", "--nonblocking", "--output", str(out)], stdout=log, stderr=subprocess.STDOUT)
         try:
             yield
         finally:

@@ -151,6 +151,10 @@ class PairFamily(Enum):
     TLS_CERT_EXPIRY_TIMESTAMP_SECONDS = Row(kind=Kind.GAUGE, help="Unix time the smart host's certificate expires "
                                             "(0: not seen yet).", created=one_if_tls)
 
+    # Members are dict keys on every observation and in every render; Enum's own __hash__ is a Python function
+    # (hash of the name), object's is C: a member is equal only to itself either way.
+    __hash__ = object.__hash__
+
     @property
     def row(self) -> Row:
         """Return the family's row."""

@@ -37,7 +37,7 @@ from probe.config import SmartHostConfig
 from probe.local_faults import explain, local_fault
 from probe.secret import REDACTED, redact
 from probe.tls_facts import TlsFacts, tls_facts_of
-from probe.tls_sessions import SESSIONS
+from probe.tls_sessions import SESSIONS, TlsSessions
 from probe.vocabulary import LocalResource, SendReason, Stage
 
 if TYPE_CHECKING:
@@ -107,11 +107,12 @@ class _ProbeSMTP(smtplib.SMTP):
     """smtplib's client, recording a redacted transcript, stage times and reply times."""
 
     def __init__(self, *, host: SmartHostConfig, local_hostname: str, clock: Callable[[], float],
-                 implicit_tls: ssl.SSLContext | None) -> None:
+                 implicit_tls: ssl.SSLContext | None, sessions: TlsSessions) -> None:
         super().__init__(local_hostname=local_hostname, timeout=host.timeout)
         self._host = host.server_name or host.host  # what STARTTLS verifies the certificate against
         self.tls_key = (host.host, host.port, self._host)  # whose TLS session may be resumed
         self.tls_context: ssl.SSLContext | None = None
+        self._sessions = sessions
         self._implicit_tls = implicit_tls
         self._clock = clock
         self._in_putcmd = False
@@ -134,9 +135,10 @@ class _ProbeSMTP(smtplib.SMTP):
         fresh one (probe.tls_sessions), and keep the TLS facts."""
         self.tls_context = context
         try:
-            tls = context.wrap_socket(sock, server_hostname=self._host, session=SESSIONS.offer(self.tls_key, context))
+            session = self._sessions.offer(self.tls_key, context)
+            tls = context.wrap_socket(sock, server_hostname=self._host, session=session)
         except BaseException:
-            SESSIONS.forget(self.tls_key)
+            self._sessions.forget(self.tls_key)
             sock.close()
             raise
         self.tls = tls_facts_of(tls, verified=context.verify_mode != ssl.CERT_NONE)
@@ -165,7 +167,8 @@ class _ProbeSMTP(smtplib.SMTP):
     def keep_tls_session(self) -> None:
         """Remember this connection's TLS session for the smart host's next probe (after its tickets arrived)."""
         if isinstance(self.sock, ssl.SSLSocket) and self.tls_context is not None:
-            SESSIONS.keep(self.tls_key, self.tls_context, self.sock.session, resumed=bool(self.sock.session_reused))
+            self._sessions.keep(self.tls_key, self.tls_context, self.sock.session,
+                                resumed=bool(self.sock.session_reused))
 
     def putcmd(self, cmd: str, args: str = "") -> None:
         self.lines.append("C: " + self._shown(cmd, args))
@@ -481,8 +484,12 @@ def _check_addresses(sender: str, recipient: str) -> None:
 
 
 def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes,
-           local_hostname: str | None = None, clock: Callable[[], float] = time.time) -> SubmitResult:
-    """Submit ``message`` from ``sender`` to ``recipient`` straight to ``host``; never raise for the network."""
+           local_hostname: str | None = None, clock: Callable[[], float] = time.time,
+           sessions: TlsSessions = SESSIONS) -> SubmitResult:
+    """Submit ``message`` from ``sender`` to ``recipient`` straight to ``host``; never raise for the network.
+
+    ``sessions``: where the smart host's TLS session is resumed from and kept (the process's, by default).
+    """
     _check_addresses(sender, recipient)
     refusal = _refusal(host)
     if refusal is not None:
@@ -498,7 +505,7 @@ def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes
     except MemoryError as exc:
         return _local_result(host, LocalResource.MEMORY, exc)
     session = _ProbeSMTP(host=host, local_hostname=local_hostname or host.helo or socket.gethostname(),
-                         clock=clock, implicit_tls=context if host.tls == "implicit" else None)
+                         clock=clock, implicit_tls=context if host.tls == "implicit" else None, sessions=sessions)
     failure: _SendFailedError | _LocalFaultError | None = None
     final: tuple[int, bytes] | None = None
     try:

@@ -10,10 +10,9 @@ from typing import cast
 
 import pytest
 
-import probe.smtp
 from probe.config import SmartHostConfig
 from probe.lab import Lab
-from probe.smtp import SubmitResult, submit
+from probe.smtp import SubmitResult, _tls_context, submit
 from probe.tls_sessions import FULL_HANDSHAKE_EVERY, TlsSessions
 from probe.vocabulary import SendReason, Stage
 
@@ -32,11 +31,9 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """Give the submit step sessions of its own, on a clock the test moves."""
-    moved = Clock()
-    monkeypatch.setattr(probe.smtp, "SESSIONS", moved.sessions)
-    return moved
+def clock() -> Clock:
+    """Return a clock the test moves, with the sessions the test's submissions keep (on that clock)."""
+    return Clock()
 
 
 @pytest.fixture(scope="module")
@@ -58,24 +55,24 @@ def host_config(lab: Lab, index: int = 0, *, tls: str = "starttls") -> SmartHost
     return replace(config, tls=tls)  # type: ignore[arg-type]
 
 
-def send(lab: Lab, config: SmartHostConfig) -> SubmitResult:
+def send(lab: Lab, config: SmartHostConfig, clock: Clock) -> SubmitResult:
     recipient = lab.forests["fourthcoffee"].mailboxes[0]
     raw = (f"From: {SENDER}\r\nTo: {recipient}\r\nSubject: probe\r\nMessage-ID: <{uuid.uuid4().hex}@contoso.test>"
            "\r\n\r\nA probe.\r\n").encode()
-    return submit(host=config, sender=SENDER, recipient=recipient, message=raw)
+    return submit(host=config, sender=SENDER, recipient=recipient, message=raw, sessions=clock.sessions)
 
 
 def test_a_smart_host_session_is_resumed_until_a_full_handshake_is_due(lab: Lab, clock: Clock) -> None:
     """The first probe does a full handshake, the next ones resume it with the same certificate facts, and
     once FULL_HANDSHAKE_EVERY has passed since the full one, the next probe does a full handshake again."""
     config = host_config(lab)
-    first = send(lab, config)
+    first = send(lab, config, clock)
     clock.now += 60
-    second, third = send(lab, config), send(lab, config)
+    second, third = send(lab, config, clock), send(lab, config, clock)
     clock.now += FULL_HANDSHAKE_EVERY - 60
-    fourth = send(lab, config)
+    fourth = send(lab, config, clock)
     clock.now += 1
-    fifth = send(lab, config)
+    fifth = send(lab, config, clock)
     results = [first, second, third, fourth, fifth]
     assert all(r.ok for r in results), [r.error for r in results]
     resumed = [r.tls.resumed for r in results if r.tls is not None]
@@ -88,12 +85,12 @@ def test_a_smart_host_session_is_resumed_until_a_full_handshake_is_due(lab: Lab,
 def test_a_session_is_never_offered_to_another_smart_host_or_with_another_context(lab: Lab, clock: Clock) -> None:
     """Each smart host resumes only its own sessions; a changed CA file (a new context) starts afresh."""
     one, two = host_config(lab, 0), host_config(lab, 1)
-    assert send(lab, one).tls.resumed is False  # type: ignore[union-attr]
-    assert send(lab, two).tls.resumed is False  # type: ignore[union-attr]
-    assert send(lab, one).tls.resumed is True  # type: ignore[union-attr]
+    assert send(lab, one, clock).tls.resumed is False  # type: ignore[union-attr]
+    assert send(lab, two, clock).tls.resumed is False  # type: ignore[union-attr]
+    assert send(lab, one, clock).tls.resumed is True  # type: ignore[union-attr]
     sessions = clock.sessions
     key = (one.host, one.port, one.host)
-    context = probe.smtp._tls_context(one)
+    context = _tls_context(one)
     assert sessions.offer(key, context) is not None
     assert sessions.offer(key, ssl.create_default_context(cafile=str(lab.ca_file))) is None
 
@@ -102,12 +99,12 @@ def test_a_certificate_that_fails_is_caught_and_the_session_dropped(lab: Lab, cl
     """After a good probe, the host presents an untrusted certificate: the probe fails (tls_certificate) and its
     host's session is gone, so the probe after the fault is lifted does a full handshake."""
     config = host_config(lab)
-    assert send(lab, config).ok
+    assert send(lab, config, clock).ok
     lab.add_fault(target=f"smarthost/{lab.forests['fourthcoffee'].smart_hosts[0].name}", kind="untrusted_cert")
-    failed = send(lab, config)
+    failed = send(lab, config, clock)
     assert (failed.ok, failed.stage, failed.reason) == (False, Stage.STARTTLS, SendReason.TLS_CERTIFICATE)
     lab.clear_faults()
-    after = send(lab, config)
+    after = send(lab, config, clock)
     assert after.ok
     assert after.tls is not None
     assert after.tls.resumed is False
