@@ -152,7 +152,7 @@ def measure(hosts: Sequence[SmartHostConfig], sender: str, recipient: str, count
 
     handshakes = Handshakes(hosts)
     return [
-        timed(SUBMIT_ROW, count, submitting(TlsSessions(max_age=0))),  # max_age 0: never a session to resume
+        timed(SUBMIT_ROW, count, submitting(TlsSessions(max_age=0))),  # max_age 0: no session kept or resumed
         timed(SUBMIT_RESUMING_ROW, count, submitting(TlsSessions())),
         handshakes.cost(FULL_HANDSHAKE_ROW, count, resume=False),
         handshakes.cost("TLS handshake after STARTTLS, resumed", count, resume=True),

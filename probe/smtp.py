@@ -165,10 +165,12 @@ class _ProbeSMTP(smtplib.SMTP):
         return resp, reply
 
     def keep_tls_session(self) -> None:
-        """Remember this connection's TLS session for the smart host's next probe (after its tickets arrived)."""
-        if isinstance(self.sock, ssl.SSLSocket) and self.tls_context is not None:
-            self._sessions.keep(self.tls_key, self.tls_context, self.sock.session,
-                                resumed=bool(self.sock.session_reused))
+        """Remember this connection's TLS session for the smart host's next probes (after its tickets arrived),
+        when it came from a full handshake; a resumed one continues the session already kept."""
+        if not self._sessions.resumes or self.tls_context is None or not isinstance(self.sock, ssl.SSLSocket):
+            return
+        if not self.sock.session_reused:
+            self._sessions.keep(self.tls_key, self.tls_context, self.sock.session)
 
     def putcmd(self, cmd: str, args: str = "") -> None:
         self.lines.append("C: " + self._shown(cmd, args))

@@ -111,23 +111,33 @@ def test_a_certificate_that_fails_is_caught_and_the_session_dropped(lab: Lab, cl
 
 
 def test_the_session_store_alone() -> None:
-    """offer/keep/forget: a full handshake starts a line, resumptions continue it without making it younger,
-    it ends FULL_HANDSHAKE_EVERY after the full handshake, and forget drops it."""
+    """offer/keep/forget: a full handshake's session is offered until FULL_HANDSHAKE_EVERY after it, never with
+    another context, and forget drops it."""
     clock = Clock()
     sessions = TlsSessions(max_age=300, clock=clock)
     context = ssl.create_default_context()
     key = ("edge", 25, "edge")
-    full, later = cast(ssl.SSLSession, object()), cast(ssl.SSLSession, object())
+    full, newer = cast(ssl.SSLSession, object()), cast(ssl.SSLSession, object())
     assert sessions.offer(key, context) is None
-    sessions.keep(key, context, full, resumed=False)
+    sessions.keep(key, context, full)
     assert sessions.offer(key, context) is full
-    clock.now += 200
-    sessions.keep(key, context, later, resumed=True)
-    assert sessions.offer(key, context) is later
-    clock.now += 100
+    clock.now += 299
+    assert sessions.offer(key, context) is full
+    assert sessions.offer(key, ssl.create_default_context()) is None  # another context: dropped
     assert sessions.offer(key, context) is None
-    sessions.keep(key, context, later, resumed=True)  # no line to continue
+    sessions.keep(key, context, full)
+    clock.now += 300
     assert sessions.offer(key, context) is None
-    sessions.keep(key, context, full, resumed=False)
+    sessions.keep(key, context, newer)
+    assert sessions.offer(key, context) is newer
     sessions.forget(key)
     assert sessions.offer(key, context) is None
+
+
+def test_a_store_that_never_resumes_makes_every_handshake_full(lab: Lab) -> None:
+    """With max_age 0 (bench/submit.py's full-handshake row) every probe does a full handshake."""
+    clock = Clock()
+    clock.sessions = TlsSessions(max_age=0, clock=clock)
+    results = [send(lab, host_config(lab), clock) for _ in range(3)]
+    assert [r.tls.resumed for r in results if r.tls] == [False, False, False]
+    assert not clock.sessions.resumes
