@@ -85,6 +85,11 @@ def one_if_tls(pair: PairShape) -> tuple[LabelValues, ...]:
     return ((),) if pair.tls else ()
 
 
+def one_unnamed(_pair: PairShape) -> tuple[LabelValues, ...]:
+    """Return the one series of a family with one label, its value empty until an observation names it."""
+    return (("",),)
+
+
 def every_stage(_pair: PairShape) -> tuple[LabelValues, ...]:
     """Return a series per SMTP stage."""
     return tuple((str(stage),) for stage in Stage)
@@ -107,9 +112,11 @@ class Row:
 
     ``created``: the label values of the series a pair has from start-up (at 0), so absence never hides a
     pair; ``grows``: an observation with other label values adds its series (else it is ignored, as a
-    certificate's expiry for a pair without TLS is); ``optional_pair_labels``: by default one set of series
-    for all the instance's pairs together, without ``route`` and ``smart_host`` (each pair's own set when the
-    config's ``metrics: {per_pair: [...]}`` names the family).
+    certificate's expiry for a pair without TLS is); ``replaces``: a pair has one series of the family, and
+    an observation with other label values replaces it (the slowest hop, named by its host);
+    ``optional_pair_labels``: by default one set of series for all the instance's pairs together, without
+    ``route`` and ``smart_host`` (each pair's own set when the config's ``metrics: {per_pair: [...]}`` names
+    the family).
 
     Budget: a Prometheus pays for every series on every scrape, so a pair has few (DESIGN.md: about 30 by
     default; tests/test_series_budget.py counts them). A breakdown by a label with many values (a stage, a
@@ -123,6 +130,7 @@ class Row:
     created: Callable[[PairShape], Iterable[LabelValues]] = one_series
     grows: bool = False
     buckets: Buckets | None = None
+    replaces: bool = False
     optional_pair_labels: bool = False
 
 
@@ -150,6 +158,13 @@ class PairFamily(Enum):
     IN_FLIGHT = Row(kind=Kind.GAUGE, help="Probes accepted or being submitted, awaiting a verdict.")
     TLS_CERT_EXPIRY_TIMESTAMP_SECONDS = Row(kind=Kind.GAUGE, help="Unix time the smart host's certificate expires "
                                             "(0: not seen yet).", created=one_if_tls)
+    BOUNCED = Row(kind=Kind.COUNTER, help="Probes accepted, then refused further on: an NDR carrying the probe's "
+                  "verified tag came back, by reason (the class of its enhanced status code).",
+                  labels=("reason",), created=no_series, grows=True)
+    SLOWEST_HOP_SECONDS = Row(kind=Kind.GAUGE, help="Delay of the slowest hop of the last delivered probe's Received "
+                              "chain, labelled by the hop's receiving host (one series per pair; hop=\"\" and 0 "
+                              "until a delivered probe's chain has a timed hop).", labels=("hop",),
+                              created=one_unnamed, replaces=True)
 
     # Members are dict keys on every observation and in every render; Enum's own __hash__ is a Python function
     # (hash of the name), object's is C: a member is equal only to itself either way.

@@ -38,7 +38,7 @@ from probe.metric_families import PAIR_LABELS, PREFIX, LabelValues, Limit, PairF
 from probe.pair_series import HEADS, SeriesSet, Snapshot, bucket_texts, render, to_metrics
 from probe.prometheus_internals import encoder_style
 from probe.smtp import SubmitResult
-from probe.vocabulary import LocalResource, MailboxReason, Verdict
+from probe.vocabulary import BounceReason, LocalResource, MailboxReason, Verdict
 
 PAIR: Final = PAIR_LABELS
 WATCH_MODES: Final = ("streaming", "polling")
@@ -239,12 +239,15 @@ class ProbeMetrics:
     # -- observations ------------------------------------------------------------------------------
 
     def observe_decision(self, decision: Decision) -> None:
-        """Count one verdict; move ``success`` on delivered, send_failed and lost."""
+        """Count one verdict; move ``success`` on delivered, send_failed, lost and bounced; note the slowest hop."""
         with self._lock:
             series = self._pair(decision.route, decision.smart_host)
             if series is None:
                 return
             verdict = decision.verdict
+            if decision.slowest_hop is not None:
+                hop, seconds = decision.slowest_hop
+                series.set(PairFamily.SLOWEST_HOP_SECONDS, seconds, (hop,))
             if verdict is Verdict.DELIVERED:
                 series.inc(PairFamily.DELIVERED)
                 if decision.latency is not None:
@@ -256,6 +259,9 @@ class ProbeMetrics:
                 series.set(PairFamily.SUCCESS, 0.0)
             elif verdict is Verdict.LOST:
                 series.inc(PairFamily.LOST)
+                series.set(PairFamily.SUCCESS, 0.0)
+            elif verdict is Verdict.BOUNCED:
+                series.inc(PairFamily.BOUNCED, (decision.reason or str(BounceReason.OTHER),))
                 series.set(PairFamily.SUCCESS, 0.0)
             else:
                 series.inc(PairFamily.LATE if verdict is Verdict.LATE else PairFamily.UNKNOWN)

@@ -119,6 +119,8 @@ class SeriesSet:
                 for values in created:
                     if values not in histograms:
                         histograms[values] = self._new_histogram(family)
+            elif family.row.replaces and self.scalars.get(family):
+                pass  # its one series stays, under the label values its last observation gave
             else:
                 scalars = _keep_only(self.scalars.setdefault(family, {}), family, created)
                 for values in created:
@@ -149,6 +151,10 @@ class SeriesSet:
     def set(self, family: PairFamily, value: float, values: LabelValues = ()) -> None:
         """Set a gauge series (ignored as ``inc`` is); setting the value it has changes nothing (nor ``version``:
         the daemon sets every pair's in_flight every few seconds, and only a change should cost a re-render)."""
+        if family.row.replaces and family in self.scalars and values not in self.scalars[family]:
+            self.scalars[family] = {values: value}  # the family's one series, now under these label values
+            self.version += 1
+            return
         series = self._scalar(family, values)
         if series is not None and (values not in series or _differs(series[values], value)):
             series[values] = value

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 KEY_BYTES: Final = 32
+MAX_KEY_BYTES: Final = 64 << 10  # a larger file is not a key: refused, never read whole
 _log = logging.getLogger(__name__)
 
 
@@ -36,7 +37,10 @@ def _read(path: Path) -> bytes:
     mode = path.stat().st_mode
     if not stat.S_ISREG(mode):
         raise SigningKeyError(f"signing key file {path} is not a regular file")
-    key = path.read_bytes()
+    with path.open("rb") as stream:
+        key = stream.read(MAX_KEY_BYTES + 1)  # bounded: a huge file is refused, not read whole
+    if len(key) > MAX_KEY_BYTES:
+        raise SigningKeyError(f"signing key file {path} is larger than {MAX_KEY_BYTES} bytes; is this the right file?")
     if len(key) < KEY_BYTES:
         what = "empty" if not key else f"too short ({len(key)} bytes)"
         raise SigningKeyError(f"signing key file {path} is {what}; it needs at least {KEY_BYTES} bytes "

@@ -23,6 +23,7 @@ SCRIPTS = {
     "batching": (["bench/batching.py", "--quick", "--no-report"], "| batched (the probe) |"),
     "accuracy": (["bench/accuracy.py", "--quick", "--no-report"], "| streaming |"),
     "metrics_render": (["bench/metrics_render.py", "--quick"], "| 500 |"),
+    "config_load": (["bench/config_load.py", "--quick"], "| merge bomb 300x300 |"),
     "lab_ews": (["bench/lab_ews.py", "--items", "300", "--clients", "2", "--requests", "5"], "| 2 |"),
     "threads": (["bench/threads.py", "--quick"], "| the whole process |"),
     "slow_clients": (["bench/slow_clients.py", "--quick"], "| slow clients cut by the server |"),

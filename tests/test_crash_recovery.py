@@ -331,15 +331,16 @@ def remount(mount_point: Path, mode: str) -> None:
 
 def test_a_state_file_in_a_read_only_directory_stops_start_up_with_a_clear_error(lab: Lab, tmp_path: Path,
                                                                                 small_disk: Disk) -> None:
-    """The state file's directory is on a read-only filesystem: exit 1 naming the file, no traceback."""
+    """The state file's directory is on a read-only filesystem: the config check (validate's) stops start-up,
+    exit 2, with file, line and field and the state file named; no traceback."""
     if not small_disk.mounted:
         pytest.skip("mount is not allowed here, and permissions do not stop root")
     remount(small_disk.path, "ro")
     config, state_file = config_for(lab, tmp_path, timeout=5, state_file=small_disk.path / "state.db")
     proc = run_once(config)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert str(state_file) in proc.stderr
+    assert f"state_file: cannot create {state_file}: {small_disk.path} is not writable" in proc.stderr
 
 
 def start_logged_through_a_pipe(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -230,7 +230,8 @@ def test_required_panels_are_present() -> None:
     assert "(mailflow_probe_tls_cert_expiry_timestamp_seconds" in exprs["Days to certificate expiry"][0]
     assert "/ 86400" in exprs["Days to certificate expiry"][0]
     assert "stage, reason" in exprs["Send failures by stage and reason"][0]
-    assert {"In flight", "Lost, late and unknown", "Mailbox observable", "Mailbox errors by reason",
+    assert {"In flight", "Lost, late and unknown", "Bounced by reason", "Slowest hop", "Mailbox observable",
+            "Mailbox errors by reason",
             "SMTP stage timings p50 / p95", "Build", "Configuration last reload",
             "Scheduler lag p99 and mean", "Mailbox watcher running"} <= set(kinds)
 

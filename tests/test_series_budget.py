@@ -45,7 +45,7 @@ def ten_pairs(*, per_pair: tuple[str, ...] = ()) -> Config:
 
 
 def probe_every_way(m: ProbeMetrics, config: Config) -> None:
-    """Send every pair through every verdict, two kinds of send failure included."""
+    """Send every pair through every verdict, two kinds of send failure and a bounce included."""
     for route in config.routes:
         for host in route.smart_hosts:
             r, h = route.name, host.name
@@ -56,6 +56,7 @@ def probe_every_way(m: ProbeMetrics, config: Config) -> None:
                 m.observe_decision(decision(Verdict.SEND_FAILED, stage=stage, reason=reason, route=r, host=h))
             for verdict in (Verdict.LOST, Verdict.LATE, Verdict.UNKNOWN):
                 m.observe_decision(decision(verdict, route=r, host=h))
+            m.observe_decision(decision(Verdict.BOUNCED, reason="recipient", route=r, host=h))
 
 
 def test_ten_pairs_have_at_most_30_series_each_by_default() -> None:

@@ -1,21 +1,17 @@
-"""A config file's text and YAML node tree: read within limits, duplicate keys refused, merge keys applied."""
+"""A config file's text and YAML node tree, read within limits (the merge keys: probe.config.merges)."""
 
 from __future__ import annotations
 
 import stat
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import yaml
 
+from probe.config.composer import MAX_NODES, ExactLoader, FastLoader, NestingError, NodeBudgetError
 from probe.config.errors import ConfigError
 from probe.config.fields import MAX_CONFIG_BYTES
-from probe.config.nodes import Context, join
-
-# libyaml composes large configs six times faster, but recurses in C: past ~50000 levels it crashes the
-# process, so it is used only below this bound of the nesting depth (the Python parser handles the rest).
-_FAST_LOADER: Final[type[Any] | None] = getattr(yaml, "CSafeLoader", None)
-_FAST_LOADER_MAX_DEPTH: Final = 10000
+from probe.config.nodes import Context
 
 
 def read_text(file: Path) -> str:
@@ -43,17 +39,23 @@ def read_text(file: Path) -> str:
         raise ConfigError("not UTF-8 text (is this a binary file?)", file=file, line=line) from None
 
 
-def _nesting_bound(text: str) -> int:
-    """Return an upper bound of the document's nesting depth (flow brackets plus block indentation)."""
-    brackets = text.count("[") + text.count("{")
-    prefix = max((len(line) - len(line.lstrip(" \t-?:")) for line in text.splitlines()), default=0)
-    return brackets + prefix
+def _compose_with(ctx: Context, loader: type[Any], text: str) -> yaml.Node | None:
+    """Compose with ``loader``, turning a document past the node budget into a ConfigError."""
+    try:
+        node: yaml.Node | None = loader(text).get_single_node()
+    except NodeBudgetError as exc:
+        raise ConfigError(f"too large: more than {MAX_NODES:,} YAML nodes (keys, values, lists and mappings) by this "
+                          "line; one instance takes at most that many (split the routes across instances)",
+                          file=ctx.file, line=exc.line) from None
+    except NestingError:
+        raise ConfigError("nested too deeply", file=ctx.file) from None
+    return node
 
 
 def _compose_exactly(ctx: Context, text: str) -> yaml.Node | None:
     """Compose with the pure-Python parser, whose error messages are the same on every machine."""
     try:
-        node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+        return _compose_with(ctx, ExactLoader, text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = ", ".join(part for part in (exc.context, exc.problem) if part)
@@ -65,15 +67,17 @@ def _compose_exactly(ctx: Context, text: str) -> yaml.Node | None:
                           file=ctx.file, line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=ctx.file) from None
-    return node
 
 
 def compose(ctx: Context, text: str) -> yaml.Node:
-    """Return the YAML document's node tree, or raise a ConfigError naming the line of the syntax error."""
+    """Return the YAML document's node tree, or raise a ConfigError naming the line of the syntax error.
+
+    libyaml parses; on any error the pure-Python parser parses again, for its message.
+    """
     node: yaml.Node | None
-    if _FAST_LOADER is not None and _nesting_bound(text) < _FAST_LOADER_MAX_DEPTH:
+    if FastLoader is not None:
         try:
-            node = yaml.compose(text, Loader=_FAST_LOADER)
+            node = _compose_with(ctx, FastLoader, text)
         except yaml.YAMLError:
             node = _compose_exactly(ctx, text)
     else:
@@ -82,38 +86,3 @@ def compose(ctx: Context, text: str) -> yaml.Node:
         raise ConfigError("the file is empty; expected a mapping with signing_key_file, state_file, "
                           "mailboxes and routes", file=ctx.file)
     return node
-
-
-def prepare(ctx: Context, node: yaml.Node, path: str, seen: set[int]) -> None:
-    """Reject duplicate keys and apply YAML merge keys (``<<``), once per node."""
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            prepare(ctx, item, f"{path}[{index}]", seen)
-    if not isinstance(node, yaml.MappingNode):
-        return
-    _refuse_duplicates(ctx, node, path)
-    try:
-        ctx.constructor.flatten_mapping(node)
-    except yaml.MarkedYAMLError as exc:
-        raise ctx.error(node, path, f"invalid YAML merge: {exc.problem}") from None
-    latest: dict[object, tuple[yaml.Node, yaml.Node]] = {}
-    for key_node, value_node in node.value:  # a key given after a merge overrides the merged one
-        latest[(key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else id(key_node)] = (
-            key_node, value_node)
-    node.value = list(latest.values())
-    for key_node, value_node in node.value:
-        prepare(ctx, value_node, join(path, str(key_node.value)), seen)
-
-
-def _refuse_duplicates(ctx: Context, node: yaml.MappingNode, path: str) -> None:
-    first_lines: dict[object, int] = {}
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-            marker = (key_node.tag, key_node.value)
-            if marker in first_lines:
-                raise ctx.error(key_node, join(path, str(key_node.value)),
-                                f"duplicate key; the first is at line {first_lines[marker]}")
-            first_lines[marker] = key_node.start_mark.line + 1

@@ -26,6 +26,7 @@ ENV_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
 HOST_PATTERN: Final = r"^[A-Za-z0-9_.:-]+$"  # the schema's approximation of "host name or IP address"
 MAX_DURATION: Final = 7 * 86400.0
 MAX_CONFIG_BYTES: Final = 16 << 20
+MAX_SECRET_FILE_BYTES: Final = 64 << 10  # a password (or token) file; a larger one is not what was meant
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -72,6 +72,7 @@ class RouteConfig:
     mailbox: str
     smart_hosts: tuple[SmartHostConfig, ...]
     recipient: str | None = DEFAULTS["route"]["recipient"]  # None: the mailbox's address
+    bounces_mailbox: str | None = DEFAULTS["route"]["bounces_mailbox"]  # None: the mailbox of the sender's address
     interval: float = DEFAULTS["route"]["interval"]  # the loader fills these three from ``defaults``
     timeout: float = DEFAULTS["route"]["timeout"]
     jitter: float = DEFAULTS["route"]["jitter"]
@@ -92,3 +93,11 @@ class Config:
     def recipient_of(self, route: RouteConfig) -> str:
         """Return the address a route's probes are sent to."""
         return route.recipient or self.mailboxes[route.mailbox].address
+
+    def bounces_mailbox_of(self, route: RouteConfig) -> str | None:
+        """Return the name of the mailbox a route's NDRs come back to: its ``bounces_mailbox``, else the mailbox
+        whose address is the route's sender; None when there is none (its NDRs are not read)."""
+        if route.bounces_mailbox is not None:
+            return route.bounces_mailbox
+        sender = route.sender.casefold()
+        return next((name for name, box in self.mailboxes.items() if box.address.casefold() == sender), None)

@@ -7,12 +7,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
 from probe.config.errors import ConfigError
 from probe.config.fields import SECTION_KINDS, FieldSpec
+
+STR_TAG: Final = "tag:yaml.org,2002:str"
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Context:
     file: Path
     environ: Mapping[str, str]
     warnings: list[str] = field(default_factory=list)
+    keys_read: int = 0  # by read_section, aliases repeating a mapping counted each time
     constructor: yaml.constructor.SafeConstructor = field(default_factory=yaml.constructor.SafeConstructor)
 
     @property
@@ -93,8 +96,18 @@ def show(value: object) -> str:
     return json.dumps(str(value)[:60], ensure_ascii=False)
 
 
+def byte_size(size: int) -> str:
+    """Return a byte count as people read it: ``6 GiB``, ``64 KiB``, ``12 bytes``."""
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.3g} {unit}"
+    return f"{size} bytes"
+
+
 def scalar(ctx: Context, node: yaml.Node, path: str) -> object:
     """Return the Python value of a scalar node (``str``, ``int``, ``float``, ``bool``, ``None``, ...)."""
+    if node.tag == STR_TAG and isinstance(node, yaml.ScalarNode):
+        return node.value  # what SafeConstructor's construct_yaml_str returns, without its per-node cache
     try:
         return ctx.constructor.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import stat
 from pathlib import Path
@@ -9,8 +11,9 @@ from typing import Any
 
 import yaml
 
-from probe.config.fields import ENV_NAME_PATTERN, MAX_CONFIG_BYTES, FieldSpec
-from probe.config.nodes import Context, Item, Section, did_you_mean, got, join, kind_of, scalar
+from probe.config.composer import MAX_NODES
+from probe.config.fields import ENV_NAME_PATTERN, MAX_SECRET_FILE_BYTES, FieldSpec
+from probe.config.nodes import Context, Item, Section, byte_size, did_you_mean, got, join, kind_of, scalar
 from probe.config.table import SECTIONS
 from probe.config.values import CONVERTERS, readable_file, text
 from probe.secret import Secret
@@ -52,13 +55,27 @@ def _read_env_secret(ctx: Context, node: yaml.Node, path: str) -> Secret:
     return Secret(secret)
 
 
+def _read_bounded(ctx: Context, node: yaml.Node, path: str, shown: Path) -> bytes:
+    """Return a secret file's bytes, refusing one past MAX_SECRET_FILE_BYTES before reading any of it."""
+    try:
+        with shown.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_SECRET_FILE_BYTES:
+                raise ctx.error(node, path, f"{shown} is {byte_size(size)}, more than a password file holds "
+                                f"({byte_size(MAX_SECRET_FILE_BYTES)} at most); is this the right file?")
+            data = stream.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ctx.error(node, path, f"cannot read {shown}: {exc.strerror}") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:  # it grew after the check
+        raise ctx.error(node, path, f"{shown} is more than {byte_size(MAX_SECRET_FILE_BYTES)}; is this the right file?")
+    return data
+
+
 def _read_file_secret(ctx: Context, node: yaml.Node, path: str) -> Secret:
     shown = ctx.base / Path(text(ctx, node, path, "a file path")).expanduser()
     readable_file(ctx, node, path, shown)
     try:
-        content = shown.read_bytes()[: MAX_CONFIG_BYTES].decode("utf-8")
-    except OSError as exc:
-        raise ctx.error(node, path, f"cannot read {shown}: {exc.strerror}") from None
+        content = _read_bounded(ctx, node, path, shown).decode("utf-8")
     except UnicodeDecodeError:
         raise ctx.error(node, path, f"{shown} is not UTF-8 text") from None
     secret = content.removesuffix("\n").removesuffix("\r")
@@ -152,19 +169,30 @@ def _read_value(ctx: Context, section: Section, spec: FieldSpec, key: str,
     section.items[key] = Item(value, node, key_node, key)
 
 
+@functools.cache
+def _specs_by_key(name: str) -> dict[str, FieldSpec]:
+    """Return the rows of section ``name`` by every YAML key they accept."""
+    return {key: spec for spec in SECTIONS[name] for key in spec.yaml_keys()}
+
+
+@functools.cache
+def _checked_specs(name: str) -> tuple[FieldSpec, ...]:
+    """Return the rows of section ``name`` that _check_complete has anything to check of, in table order."""
+    return tuple(spec for spec in SECTIONS[name] if spec.required or spec.pairs_with is not None)
+
+
 def _check_required(ctx: Context, section: Section, spec: FieldSpec) -> None:
     """Raise for a missing required key (or group of keys, one of which is needed; checked at its first)."""
     if not spec.required:
         return
     if spec.one_of is None:
-        present, names = spec.key in section.items, list(spec.yaml_keys())
+        if spec.key in section.items:
+            return
+        names = list(spec.yaml_keys())
     else:
         names = _group_keys(section, spec.one_of)
-        if names[0] != spec.key:
+        if names[0] != spec.key or any(key in section.items for key in names):
             return
-        present = any(key in section.items for key in names)
-    if present:
-        return
     first, *others = names
     also = " (or " + " or ".join(f'"{other}"' for other in others) + ")" if others else ""
     raise ctx.error(section.node, section.path, f'missing required key "{first}"{also}')
@@ -172,7 +200,7 @@ def _check_required(ctx: Context, section: Section, spec: FieldSpec) -> None:
 
 def _check_complete(ctx: Context, section: Section) -> None:
     """Raise for a missing required key, or a secret without its partner (or the partner without it)."""
-    for spec in section.specs:
+    for spec in _checked_specs(section.name):
         _check_required(ctx, section, spec)
         partner = spec.pairs_with
         if partner is None:
@@ -189,9 +217,12 @@ def read_section(ctx: Context, node: yaml.Node, name: str, path: str) -> Section
     """Read a mapping as the section ``name`` of the field table; raise at the first mistake."""
     if not isinstance(node, yaml.MappingNode):
         raise ctx.error(node, path, f"expected a mapping, got {got(ctx, node)}")
-    specs = SECTIONS[name]
-    by_key = {key: spec for spec in specs for key in spec.yaml_keys()}
-    section = Section(name, specs, path, node)
+    ctx.keys_read += len(node.value)
+    if ctx.keys_read > MAX_NODES:
+        raise ctx.error(node, path, f"too large: YAML aliases (*) repeat mappings to more than {MAX_NODES:,} keys "
+                        "by this line; one instance takes at most that many")
+    by_key = _specs_by_key(name)
+    section = Section(name, SECTIONS[name], path, node)
     for key_node, value_node in node.value:
         key = _key(ctx, key_node, path)
         spec = by_key.get(key)

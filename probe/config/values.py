@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -51,6 +52,7 @@ def _matching(pattern: str, expected: str) -> Converter:
     return convert
 
 
+@functools.lru_cache(maxsize=4096)  # the same few smart hosts recur in many routes
 def _is_host(value: str) -> bool:
     try:
         ipaddress.ip_address(value)

@@ -27,6 +27,7 @@ import yaml
 from probe.lab.admin import AdminServer
 from probe.lab.ca import LabCA
 from probe.lab.ews.server import EwsServer
+from probe.lab.exchange import TARPIT_SECONDS
 from probe.lab.faults import EwsFault, Fault, FaultError, FaultRegistry, parse_fault
 from probe.lab.smarthost import MAX_FORESTS, LabSmartHost, SmartHostFleet, smart_host_address
 from probe.lab.stats import LabStats
@@ -170,8 +171,10 @@ class Lab:
 
     def __init__(self, state_dir: Path, *, forests: Sequence[str], smart_hosts_per_forest: int,
                  mailboxes_per_forest: int, fixed_ports: bool, ews_auth: EwsAuth,
-                 smtp_password: str | None = None, transit: Transit | None = None) -> None:
+                 smtp_password: str | None = None, transit: Transit | None = None,
+                 tarpit_seconds: float = TARPIT_SECONDS) -> None:
         _check_request(forests, smart_hosts_per_forest, mailboxes_per_forest, ews_auth)
+        self.tarpit_seconds = tarpit_seconds
         self.state_dir = Path(state_dir).resolve()
         self.fixed_ports = fixed_ports
         self.ews_auth: EwsAuth = ews_auth
@@ -192,15 +195,16 @@ class Lab:
     def start(cls, state_dir: Path, *, forests: Sequence[str] = ("contoso", "fourthcoffee"),
               smart_hosts_per_forest: int = 2, mailboxes_per_forest: int = 1, fixed_ports: bool = False,
               ews_auth: EwsAuth = "ntlm", smtp_password: str | None = None,
-              transit: Transit | None = None) -> Lab:
+              transit: Transit | None = None, tarpit_seconds: float = TARPIT_SECONDS) -> Lab:
         """Start a lab and return it (use it as a context manager to stop it).
 
         ``smtp_password`` sets the smart hosts' account password (default: a random one), e.g. a non-ASCII one.
         ``transit`` maps smart host names to the range of seconds their deliveries take (default: none).
+        ``tarpit_seconds`` is how long a smart host holds a failed AUTH's reply back (Exchange's 5 s by default).
         """
         lab = cls(state_dir, forests=forests, smart_hosts_per_forest=smart_hosts_per_forest,
                   mailboxes_per_forest=mailboxes_per_forest, fixed_ports=fixed_ports, ews_auth=ews_auth,
-                  smtp_password=smtp_password, transit=transit)
+                  smtp_password=smtp_password, transit=transit, tarpit_seconds=tarpit_seconds)
         try:
             lab._start()
         except BaseException:
@@ -318,7 +322,7 @@ class Lab:
 
     def _start_smart_hosts(self, ca: LabCA) -> None:
         fleet = SmartHostFleet(ca=ca, store=self.store, faults=self.faults, stats=self.stats,
-                               untrusted_dir=self.state_dir / "untrusted-ca")
+                               untrusted_dir=self.state_dir / "untrusted-ca", tarpit=self.tarpit_seconds)
         self._parts.fleet = fleet
         fleet.start()
         try:
@@ -421,9 +425,12 @@ class Lab:
     def write_probe_config(self, path: Path, *, interval: float, timeout: float, jitter: float,
                            watch: str = "streaming", poll_interval: float = 2.0,
                            routes: list[str] | None = None) -> Path:
-        """Write a probe configuration for this lab (DESIGN.md "Config") and return its path."""
+        """Write a probe configuration for this lab (DESIGN.md "Config") and return its path.
+
+        Its mailboxes are the chosen routes' targets and their senders' (where their NDRs come back).
+        """
         chosen = self.routes if routes is None else self._chosen_routes(routes)
-        keys = {r.mailbox for r in chosen}
+        keys = {r.mailbox for r in chosen} | {r.source for r in chosen}  # a sender's mailbox key is its forest's
         mailboxes = {
             key: self._mailbox_yaml(forest, address, watch=watch, poll_interval=poll_interval)
             for forest in self.forests.values()

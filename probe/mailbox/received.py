@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 _CLAUSES: Final = ("from", "by", "via", "with", "id", "for")
+_PHRASES: Final = ("with", "via")  # clauses whose value may be several words: "with Microsoft SMTP Server"
 _WORD: Final = re.compile(r"\(|[^\s()]+")
 _MAX_HEADER: Final = 4096  # a Received header longer than this is cut before parsing
 
@@ -67,22 +68,26 @@ def parse_hop(value: str) -> Hop:
 
 
 def _clauses(text: str) -> dict[str, str]:
-    """Return the first word of each clause (from, by, with, id, for), comments skipped."""
+    """Return the value of each clause (from, by, with, via, id, for), comments skipped: its first word, or for
+    ``with`` and ``via`` its words up to the next clause or comment (Exchange's ``with Microsoft SMTP Server``)."""
     found: dict[str, str] = {}
     current: str | None = None
+    phrase = False  # adding words to the value of the current with/via clause
     pos = 0
     while (match := _WORD.search(text, pos)) is not None:
         word = match.group(0)
         pos = match.end()
+        lowered = word.lower()
         if word == "(":
             pos = _skip_comment(text, match.start())
-            continue
-        lowered = word.lower()
-        if lowered in _CLAUSES and lowered not in found:
-            current = lowered
-        elif current is not None:
+            phrase = False
+        elif lowered in _CLAUSES and lowered not in found:
+            current, phrase = lowered, False
+        elif phrase and current is not None:
+            found[current] += " " + word
+        elif current is not None and current not in found:
             found[current] = word
-            current = None
+            phrase = current in _PHRASES
     return found
 
 
