@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,6 +46,10 @@ from common import (
     update_report,
     write_config,
 )
+from submit import FULL_HANDSHAKE_ROW, SUBMIT_ROW, TCP_ROW
+from submit import measure as measure_submit
+
+from probe.config import load_config
 
 ROUTES_PER_LAB = 4  # 2 forests x 2 mailboxes each
 LAG = "mailflow_probe_scheduler_lag_seconds"
@@ -57,6 +61,7 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/ope
                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 PROBE_RUN = ("-m", "probe", "run")
 GOAL_CPU_MS, GOAL_RSS_MB, GOAL_LAG_P99, GOAL_EWS = 5.0, 250.0, 1.0, 0.05
+GOAL_SUBMIT_RATIO, GOAL_PAGE_MB = 2.0, 5.0
 MIB = 2**20 / 1e6  # MB per MiB
 
 
@@ -83,6 +88,9 @@ class Result:
     lag_p50: float
     lag_p99: float
     ews: int
+    series_per_pair: float = float("nan")
+    submit_ms: float = float("nan")  # bench/submit.py's whole submit step, CPU ms each, measured in the same run
+    floor_ms: float = float("nan")  # one TCP connect and close plus one full TLS handshake, CPU ms each
 
     @property
     def scheduled(self) -> int:
@@ -113,6 +121,19 @@ class Result:
                 f"{1000 * self.lag_p99:.1f}", f"{self.ews_per_probe:.3f}", self.ews,
                 f"{self.delivered} / {self.scheduled}", self.missed, self.other, self.open_left,
                 self.scrapes, f"{self.scrape_cpu:.2f} / {self.scrape_mb:.1f}"]
+
+
+FLOOR_HEADER = ["pairs", "daemon CPU ms/probe", "submit step CPU ms (bench/submit.py)",
+                "floor CPU ms: TCP connect + full TLS handshake", "daemon / submit step", "daemon / floor",
+                "/metrics MB", "series per pair"]
+
+
+def floor_row(result: Result) -> list[object]:
+    """Return the row comparing the daemon's CPU per probe with the submit step and its floor."""
+    cpu = result.cpu_ms_per_probe
+    return [result.pairs, f"{cpu:.2f}", f"{result.submit_ms:.2f}", f"{result.floor_ms:.2f}",
+            f"{cpu / result.submit_ms:.2f}x", f"{cpu / result.floor_ms:.2f}x", f"{result.scrape_mb:.2f}",
+            f"{result.series_per_pair:.1f}"]
 
 
 HEADER = ["pairs", "interval", "CPU ms/probe (user + system)", "start-up CPU s", "RSS / peak MiB", "lag p50 ms",
@@ -223,13 +244,25 @@ def measure(lab: LabProcess, work: Path, pairs: int, interval: float, intervals:
         before = cpu_seconds(process.pid)
         page = scrape(port)
         scrape_cpu, scrape_mb = cpu_seconds(process.pid) - before, len(page) / 1e6
+        per_pair = sum(1 for line in page.splitlines() if 'smart_host="' in line and line[:1] != "#") / pairs
         counts = _drain(work / "state" / "state.db", start, end, intervals)
     sent, delivered, other, still_open, missed = counts
     return Result(pairs=pairs, interval=interval, intervals=intervals, cpu_seconds=user1 + sys1 - user0 - sys0,
                   system_seconds=sys1 - sys0, startup_cpu=user0 + sys0,
                   sent=sent, delivered=delivered, other=other, open_left=still_open, missed=missed, rss=rss,
                   peak_rss=peak, scrape_cpu=scrape_cpu, scrape_mb=scrape_mb, scrapes=len(sizes),
-                  lag_p50=histogram_quantile(lag, 0.5), lag_p99=histogram_quantile(lag, 0.99), ews=ews1 - ews0)
+                  lag_p50=histogram_quantile(lag, 0.5), lag_p99=histogram_quantile(lag, 0.99), ews=ews1 - ews0,
+                  series_per_pair=per_pair)
+
+
+def with_submit_costs(result: Result, lab: LabProcess, count: int) -> Result:
+    """Return ``result`` with what bench/submit.py measures, against the same lab, the daemon stopped."""
+    config = load_config(lab.state_dir / "probe.yaml")
+    route = config.routes[0]
+    costs = {cost.what: cost.cpu_ms for cost in measure_submit(route.smart_hosts, route.sender,
+                                                                config.recipient_of(route), count)}
+    floor = costs[TCP_ROW] + costs[FULL_HANDSHAKE_ROW]
+    return replace(result, submit_ms=costs[SUBMIT_ROW], floor_ms=floor)
 
 
 def histogram_delta(end: list[tuple[float, float]], start: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -271,7 +304,13 @@ def goal_lines(result: Result) -> list[str]:
 
     missed = result.missed
     cpu, rss, lag, ews = result.cpu_ms_per_probe, result.peak_rss, result.lag_p99, result.ews_per_probe
+    ratio = cpu / result.submit_ms
     return [
+        f"- daemon CPU per probe <= {GOAL_SUBMIT_RATIO:g}x the submit step of the same run: {cpu:.2f} ms = "
+        f"{ratio:.2f}x {result.submit_ms:.2f} ms ({cpu / result.floor_ms:.2f}x the floor, {result.floor_ms:.2f} ms), "
+        f"{judge(ratio <= GOAL_SUBMIT_RATIO)}",
+        f"- /metrics <= {GOAL_PAGE_MB:g} MB: {result.scrape_mb:.2f} MB ({result.series_per_pair:.1f} series per pair), "
+        f"{judge(result.scrape_mb <= GOAL_PAGE_MB)}",
         f"- CPU per probe <= {GOAL_CPU_MS:g} ms: {cpu:.2f} ms, {judge(cpu <= GOAL_CPU_MS)}",
         f"- RSS <= {GOAL_RSS_MB:g} MB ({GOAL_RSS_MB / MIB:.0f} MiB): {result.rss:.0f} MiB at the end, "
         f"peak {rss:.0f} MiB ({rss * MIB:.0f} MB), {judge(rss * MIB <= GOAL_RSS_MB)}",
@@ -293,6 +332,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="sample the daemon with py-spy; print the top")
     parser.add_argument("--scrape-every", type=float, default=SCRAPE_EVERY,
                         help="seconds between full /metrics scrapes in the window, as Prometheus would (0: none)")
+    parser.add_argument("--submit-count", type=int, default=500,
+                        help="submissions bench/submit.py times per size, after the daemon's window")
     parser.add_argument("--probe-root", type=Path, default=None,
                         help="run the daemon from another checkout's probe/ (before/after comparisons)")
     args = parser.parse_args()
@@ -304,12 +345,15 @@ def main() -> int:
             work = Path(tmp) / str(pairs)
             print(f"{time.strftime('%H:%M:%S')} {pairs} pairs, {interval:g} s x {intervals}", flush=True)
             with lab_process(work / "lab", smart_hosts=pairs // ROUTES_PER_LAB, mailboxes=2) as lab:
-                results.append(measure(lab, work, pairs, interval, intervals, profile=args.profile,
-                                       runner=runner_from(args.probe_root), scrape_every=args.scrape_every))
+                result = measure(lab, work, pairs, interval, intervals, profile=args.profile,
+                                 runner=runner_from(args.probe_root), scrape_every=args.scrape_every)
+                results.append(with_submit_costs(result, lab, 20 if args.quick else args.submit_count))
             print(table(HEADER, [results[-1].row()]), flush=True)
+            print(table(FLOOR_HEADER, [floor_row(results[-1])]), flush=True)
             if args.profile:
                 print(profile_table(work / "profile.txt"), flush=True)
-    body = table(HEADER, [r.row() for r in results])
+    body = table(HEADER, [r.row() for r in results]) + "\n\nCPU per probe against the floor, in the same run:\n\n" + \
+        table(FLOOR_HEADER, [floor_row(r) for r in results])
     goals = goal_lines(max(results, key=lambda r: r.pairs))
     print(body)
     print("\n".join(goals))

@@ -6,8 +6,9 @@ time, and reads its own thread's CPU clock (the system part from getrusage's sam
 
 - ``submit()``: the probe's whole submit step (connect, EHLO, STARTTLS with certificate verification,
   EHLO, AUTH, MAIL, RCPT, DATA, QUIT, transcript, stage times, TLS facts);
-- the TLS handshake alone, full (what every probe does) and resumed from a session ticket (what the probe
-  deliberately does not do: see docs/benchmarks.md), each after a plain-socket EHLO and STARTTLS;
+- the TLS handshake alone, full and resumed from a session ticket (the probe resumes each smart host's session
+  and does a full handshake at least every 5 minutes per host: probe/tls_sessions.py), each after a
+  plain-socket EHLO and STARTTLS;
 - a TCP connect and close alone, to the same smart hosts.
 
 On loopback the kernel runs the receiving side's TCP work in the sending thread, so the system time here
@@ -34,8 +35,13 @@ from common import lab_process, table, update_report
 
 from probe.config import SmartHostConfig, load_config
 from probe.smtp import _tls_context, submit
+from probe.tls_sessions import TlsSessions
 
 SMART_HOSTS_PER_FOREST = 25
+SUBMIT_ROW = "submit(): the whole submit step, a full TLS handshake each"
+SUBMIT_RESUMING_ROW = "submit(), resuming each host's TLS session (as the daemon does)"
+FULL_HANDSHAKE_ROW = "TLS handshake after STARTTLS, full"
+TCP_ROW = "TCP connect and close"
 MESSAGE = b"From: bench@contoso.com\r\nSubject: bench\r\n\r\nA benchmark message.\r\n"
 TIMEOUT = 10.0
 
@@ -132,10 +138,13 @@ class Handshakes:
 
 def measure(hosts: Sequence[SmartHostConfig], sender: str, recipient: str, count: int) -> list[Cost]:
     """Return the cost of each operation, ``count`` times over the smart hosts in turn."""
-    def one_submit(i: int) -> None:
-        result = submit(host=hosts[i % len(hosts)], sender=sender, recipient=recipient, message=MESSAGE)
-        if not result.ok:
-            raise RuntimeError(f"the lab refused a submission: {result.error}")
+    def submitting(sessions: TlsSessions) -> Callable[[int], None]:
+        def one_submit(i: int) -> None:
+            result = submit(host=hosts[i % len(hosts)], sender=sender, recipient=recipient, message=MESSAGE,
+                            sessions=sessions)
+            if not result.ok:
+                raise RuntimeError(f"the lab refused a submission: {result.error}")
+        return one_submit
 
     def connect_close(i: int) -> None:
         host = hosts[i % len(hosts)]
@@ -143,10 +152,11 @@ def measure(hosts: Sequence[SmartHostConfig], sender: str, recipient: str, count
 
     handshakes = Handshakes(hosts)
     return [
-        timed("submit(): the whole submit step", count, one_submit),
-        handshakes.cost("TLS handshake after STARTTLS, full", count, resume=False),
+        timed(SUBMIT_ROW, count, submitting(TlsSessions(max_age=0))),  # max_age 0: no session kept or resumed
+        timed(SUBMIT_RESUMING_ROW, count, submitting(TlsSessions())),
+        handshakes.cost(FULL_HANDSHAKE_ROW, count, resume=False),
         handshakes.cost("TLS handshake after STARTTLS, resumed", count, resume=True),
-        timed("TCP connect and close", count, connect_close),
+        timed(TCP_ROW, count, connect_close),
     ]
 
 

@@ -20,6 +20,9 @@ OUTPUT = Path(__file__).resolve().parent / "mailflow-probe.json"
 UID = "mailflow-probe"
 DATASOURCE: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
 ROUTE_SELECTOR = 'route=~"$route", smart_host=~"$smart_host"'
+# For a family whose route and smart_host labels are optional (the probe's metrics.per_pair): series without
+# them match too (an absent label is the empty string), series with them follow the variables.
+OPTIONAL_ROUTE_SELECTOR = 'route=~"$route|", smart_host=~"$smart_host|"'
 MAILBOX_SELECTOR = 'mailbox=~"$mailbox"'
 P = "mailflow_probe_"
 
@@ -62,9 +65,9 @@ def rate_sum(func: str, metric: str, by: str, window: str = "$__rate_interval") 
     return f"sum by ({by}) ({func}({sel(metric)}[{window}]))"
 
 
-def quantile(q: float, metric: str, by: str) -> str:
+def quantile(q: float, metric: str, by: str, selector: str = ROUTE_SELECTOR) -> str:
     """Return the q-quantile of a histogram family, per ``by``, over the rate interval."""
-    return f"histogram_quantile({q}, sum by (le, {by}) (rate({sel(metric + '_bucket')}[$__rate_interval])))"
+    return f"histogram_quantile({q}, sum by (le, {by}) (rate({sel(metric + '_bucket', selector)}[$__rate_interval])))"
 
 
 def mapping(values: dict[str, tuple[str, str]]) -> list[Json]:
@@ -167,9 +170,13 @@ def sending_panels() -> list[Panel]:
                      instant=True, table=True)], 12, 9,
               options={"sortBy": [{"displayName": "Value", "desc": True}]}),
         Panel("timeseries", "SMTP stage timings p50 / p95",
-              "Time spent in each SMTP stage (histogram_quantile over mailflow_probe_smtp_stage_seconds_bucket).",
-              [Query(quantile(q, "smtp_stage_seconds", "stage"), f"{{{{stage}}}} p{int(q * 100)}")
-               for q in (0.5, 0.95)], 12, 9, unit="s"),
+              "Time spent in each SMTP stage (histogram_quantile over mailflow_probe_smtp_stage_seconds_bucket), "
+              "over every smart host of the probe instances: by default the histograms have no route or "
+              "smart_host label (a few series in all, not 104 per pair). With metrics.per_pair: "
+              "[smtp_stage_seconds] in the probe's config they have, and this panel follows the route and smart "
+              "host chosen above.",
+              [Query(quantile(q, "smtp_stage_seconds", "stage", OPTIONAL_ROUTE_SELECTOR),
+                     f"{{{{stage}}}} p{int(q * 100)}") for q in (0.5, 0.95)], 12, 9, unit="s"),
         Panel("bargauge", "Days to certificate expiry",
               "(mailflow_probe_tls_cert_expiry_timestamp_seconds - time()) / 86400 for the certificate each "
               "smart host presented; red under 14 days (the MailflowCertificateExpiring alert).",

@@ -6,9 +6,13 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from probe import __version__
 from probe.report import FORMATS
+
+if TYPE_CHECKING:
+    from probe.shard import Shard
 
 EXIT_USAGE = 2
 
@@ -32,6 +36,15 @@ def _add_config_flag(parser: argparse.ArgumentParser, *, required: bool = True) 
                         help="the probe's YAML configuration")
 
 
+def _shard(text: str) -> Shard:
+    from probe.shard import Shard, ShardError
+
+    try:
+        return Shard.parse(text)
+    except ShardError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -51,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow POST /-/reload (SIGHUP reloads either way)")
     run.add_argument("--web.max-connections", dest="web_max_connections", type=int, default=None, metavar="N",
                      help="clients served at once (default 512, or half the open-files limit when lower)")
+    run.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                     help="probe only shard K of N of the (route, smart host) pairs (every pair is in exactly one "
+                          "shard; docs/deploy.md)")
     run.add_argument("--log.format", dest="log_format", choices=("logfmt", "json"), default="logfmt")
     run.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warn", "error"),
                      default="info")

@@ -38,6 +38,7 @@ from probe.mailbox.base import Mailbox, SearchResult, Watch
 from probe.metrics import ProbeMetrics
 from probe.pipeline import Target, confirm, expire, send_probe, targets
 from probe.runtime import limit_malloc_arenas, raise_open_files_limit
+from probe.shard import Shard
 from probe.signing import SigningKeyError, load_or_create_key
 from probe.smtp import SubmitResult
 from probe.vocabulary import LocalResource, UnknownReason
@@ -94,7 +95,9 @@ class _Observer:
     def _forged(self, mailbox: str, count: int) -> None:
         self._forged_seen[mailbox] = self._forged_seen.get(mailbox, 0) + count
         if self._throttle.admit(f"forged:{mailbox}") is not None:
-            log.warning("messages with a forged probe tag in the mailbox: not counted, not deleted",
+            log.warning("messages with a forged probe tag in the mailbox: not counted, not deleted (another "
+                        "mailflow-probe instance with a different signing key writing to this mailbox looks the "
+                        "same: give instances that share a mailbox one key, docs/deploy.md)",
                         extra={"mailbox": mailbox, "forged": self._forged_seen.pop(mailbox)})
 
     def on_delayed(self, probe_id: str, report: dict[str, Any]) -> None:
@@ -159,9 +162,10 @@ class Daemon:
     """The probing daemon: config, ledger, scheduler, watchers, metrics."""
 
     def __init__(self, config: Config, *, mailbox_factory: MailboxFactory | None = None,
-                 config_path: Path | None = None) -> None:
-        self.config = config
+                 config_path: Path | None = None, shard: Shard | None = None) -> None:
+        self.shard = shard
         self.config_path = config_path or config.source
+        self.config = config = self._share(config)
         self.metrics = ProbeMetrics(config)
         self.ledger = Ledger(config.state_file)
         self.key = load_or_create_key(config.signing_key_file)
@@ -239,7 +243,7 @@ class Daemon:
         if path is None:
             return False, "no configuration file to reload from"
         try:
-            new = load_config(path)
+            new = self._share(load_config(path))
         except ConfigError as exc:
             self.metrics.set_reload(False, None)
             log.error("reload refused: the running configuration is kept", extra={"error": exc.describe()})
@@ -251,6 +255,20 @@ class Daemon:
         self.metrics.set_reload(True, time.time())
         log.info("reloaded", extra={"pairs": len(self._pairs), "mailboxes": len(self._watchers)})
         return True, f"reloaded: {len(self._pairs)} pairs, {len(self._watchers)} mailboxes"
+
+    def _share(self, config: Config) -> Config:
+        """Return this instance's share of ``config`` (all of it without --shard)."""
+        if self.shard is None:
+            return config
+        share = self.shard.share(config)
+        pairs = sum(len(r.smart_hosts) for r in share.routes)
+        facts = {"shard": str(self.shard), "pairs": pairs, "of_pairs": sum(len(r.smart_hosts) for r in config.routes),
+                 "mailboxes": len(share.mailboxes)}
+        if pairs:
+            log.info("this instance probes its shard of the pairs", extra=facts)
+        else:
+            log.warning("this instance's shard has no pair: it probes nothing (fewer shards would do)", extra=facts)
+        return share
 
     def _apply(self, config: Config, *, first: bool) -> None:
         """Bring watchers and send jobs in line with ``config``: the (slow) watchers first, then the jobs."""
@@ -467,8 +485,10 @@ def connection_cap(asked: int | None) -> int:
 
 
 def start_daemon(config_path: Path, *, listen_address: str, web_config_file: str | None = None,
-                 mailbox_factory: MailboxFactory | None = None, web: WebOptions | None = None) -> tuple[Daemon, Any]:
-    """Load the config, start the daemon and its web server; return both (errors raise ConfigError etc.)."""
+                 mailbox_factory: MailboxFactory | None = None, web: WebOptions | None = None,
+                 shard: Shard | None = None) -> tuple[Daemon, Any]:
+    """Load the config, start the daemon (on ``shard``'s share of the pairs, if given) and its web server; return
+    both (errors raise ConfigError etc.)."""
     from probe.http_server import Limits
     from probe.web import serve
     from probe.webconfig import load_web_config
@@ -478,7 +498,7 @@ def start_daemon(config_path: Path, *, listen_address: str, web_config_file: str
     for warning in loaded.warnings:
         log.warning(f"config: {warning}")
     web_config = load_web_config(Path(web.config_file)) if web.config_file else None
-    daemon = Daemon(loaded.config, mailbox_factory=mailbox_factory, config_path=config_path)
+    daemon = Daemon(loaded.config, mailbox_factory=mailbox_factory, config_path=config_path, shard=shard)
     server = serve(listen_address, source=_WebSource(daemon), metrics=daemon.metrics, web_config=web_config,
                    lifecycle=web.lifecycle, limits=Limits(max_connections=connection_cap(web.max_connections)),
                    on_local_fault=daemon.observe_local_fault)
@@ -517,7 +537,8 @@ def main(args: argparse.Namespace) -> int:
     log.info("limits", extra={"open_files": soft, "open_files_hard": hard,
                               "web_max_connections": connection_cap(web.max_connections)})
     try:
-        daemon, server = start_daemon(Path(args.config_file), listen_address=args.listen_address, web=web)
+        daemon, server = start_daemon(Path(args.config_file), listen_address=args.listen_address, web=web,
+                                      shard=args.shard)
     except ConfigError as exc:
         print(f"mailflow-probe run: {exc.describe()}", file=sys.stderr)
         return 2

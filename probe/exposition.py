@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
+
+from probe.prometheus_internals import escape_label_name, escape_metric_name, float_text
 
 _OM_SUFFIXES = ("_created", "_gsum", "_gcount")
 _TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
@@ -56,7 +56,7 @@ class _Names:
             return "-0.0"
         text = self.value.get(value)
         if text is None:
-            text = self.value[value] = floatToGoString(value)  # type: ignore[no-untyped-call]  # unannotated
+            text = self.value[value] = float_text(value)
         return text
 
 
@@ -134,7 +134,7 @@ class Values:
             return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
         text = self.known.get(value)
         if text is None:
-            text = self.known[value] = floatToGoString(value)  # type: ignore[no-untyped-call]  # unannotated
+            text = self.known[value] = float_text(value)
         return text
 
 

@@ -130,7 +130,7 @@ def submit_detail(result: SubmitResult) -> dict[str, Any]:
         "stage_seconds": {str(k): round(v, 6) for k, v in result.stage_seconds.items()},
         "tls": None if tls is None else {
             "version": tls.version, "cipher": tls.cipher,
-            "not_after": tls.not_after.isoformat() if tls.not_after else None,
+            "not_after": tls.not_after.isoformat() if tls.not_after else None, "resumed": tls.resumed,
         },
     }
 

@@ -31,12 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from probe.config import SmartHostConfig
 from probe.local_faults import explain, local_fault
 from probe.secret import REDACTED, redact
 from probe.tls_facts import TlsFacts, tls_facts_of
+from probe.tls_sessions import SESSIONS, TlsSessions
 from probe.vocabulary import LocalResource, SendReason, Stage
 
 if TYPE_CHECKING:
@@ -106,9 +107,12 @@ class _ProbeSMTP(smtplib.SMTP):
     """smtplib's client, recording a redacted transcript, stage times and reply times."""
 
     def __init__(self, *, host: SmartHostConfig, local_hostname: str, clock: Callable[[], float],
-                 implicit_tls: ssl.SSLContext | None) -> None:
+                 implicit_tls: ssl.SSLContext | None, sessions: TlsSessions) -> None:
         super().__init__(local_hostname=local_hostname, timeout=host.timeout)
         self._host = host.server_name or host.host  # what STARTTLS verifies the certificate against
+        self.tls_key = (host.host, host.port, self._host)  # whose TLS session may be resumed
+        self.tls_context: ssl.SSLContext | None = None
+        self._sessions = sessions
         self._implicit_tls = implicit_tls
         self._clock = clock
         self._in_putcmd = False
@@ -127,14 +131,46 @@ class _ProbeSMTP(smtplib.SMTP):
         return sock
 
     def _handshake(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
-        """Do the implicit TLS handshake on ``sock`` (under its timeout) and keep the TLS facts."""
+        """Do the TLS handshake on ``sock`` (under its timeout), resuming the smart host's session if it has a
+        fresh one (probe.tls_sessions), and keep the TLS facts."""
+        self.tls_context = context
         try:
-            tls = context.wrap_socket(sock, server_hostname=self._host)
+            session = self._sessions.offer(self.tls_key, context)
+            tls = context.wrap_socket(sock, server_hostname=self._host, session=session)
         except BaseException:
+            self._sessions.forget(self.tls_key)
             sock.close()
             raise
         self.tls = tls_facts_of(tls, verified=context.verify_mode != ssl.CERT_NONE)
         return tls
+
+    def starttls(self, keyfile: Any = None, certfile: Any = None, context: Any = None) -> tuple[int, bytes]:
+        """Switch to TLS as smtplib's ``starttls`` does (RFC 3207), the handshake being ``_handshake``'s."""
+        if not isinstance(context, ssl.SSLContext) or keyfile is not None or certfile is not None:
+            raise ValueError("the probe's STARTTLS takes an SSL context only")
+        if self.sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        self.ehlo_or_helo_if_needed()
+        if not self.has_extn("starttls"):
+            raise smtplib.SMTPNotSupportedError("STARTTLS extension not supported by server.")
+        resp, reply = self.docmd("STARTTLS")
+        if resp != 220:
+            raise smtplib.SMTPResponseException(resp, reply)
+        self.sock = self._handshake(self.sock, context)
+        self.file = None
+        # RFC 3207: forget what the server said before TLS.
+        self.helo_resp = self.ehlo_resp = None
+        self.esmtp_features = {}
+        self.does_esmtp = False
+        return resp, reply
+
+    def keep_tls_session(self) -> None:
+        """Remember this connection's TLS session for the smart host's next probes (after its tickets arrived),
+        when it came from a full handshake; a resumed one continues the session already kept."""
+        if not self._sessions.resumes or self.tls_context is None or not isinstance(self.sock, ssl.SSLSocket):
+            return
+        if not self.sock.session_reused:
+            self._sessions.keep(self.tls_key, self.tls_context, self.sock.session)
 
     def putcmd(self, cmd: str, args: str = "") -> None:
         self.lines.append("C: " + self._shown(cmd, args))
@@ -300,8 +336,6 @@ def _starttls(session: _ProbeSMTP, context: ssl.SSLContext) -> None:
         raise _SendFailedError(Stage.STARTTLS, SendReason.TLS_UNAVAILABLE,
                        "the smart host does not offer STARTTLS; no credentials were sent")
     session.starttls(context=context)  # the handshake runs under the socket's timeout
-    if isinstance(session.sock, ssl.SSLSocket):
-        session.tls = tls_facts_of(session.sock, verified=context.verify_mode != ssl.CERT_NONE)
     session.watch.enter(Stage.EHLO)
     _expect(Stage.EHLO, session.ehlo(), 250)
 
@@ -452,8 +486,12 @@ def _check_addresses(sender: str, recipient: str) -> None:
 
 
 def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes,
-           local_hostname: str | None = None, clock: Callable[[], float] = time.time) -> SubmitResult:
-    """Submit ``message`` from ``sender`` to ``recipient`` straight to ``host``; never raise for the network."""
+           local_hostname: str | None = None, clock: Callable[[], float] = time.time,
+           sessions: TlsSessions = SESSIONS) -> SubmitResult:
+    """Submit ``message`` from ``sender`` to ``recipient`` straight to ``host``; never raise for the network.
+
+    ``sessions``: where the smart host's TLS session is resumed from and kept (the process's, by default).
+    """
     _check_addresses(sender, recipient)
     refusal = _refusal(host)
     if refusal is not None:
@@ -469,7 +507,7 @@ def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes
     except MemoryError as exc:
         return _local_result(host, LocalResource.MEMORY, exc)
     session = _ProbeSMTP(host=host, local_hostname=local_hostname or host.helo or socket.gethostname(),
-                         clock=clock, implicit_tls=context if host.tls == "implicit" else None)
+                         clock=clock, implicit_tls=context if host.tls == "implicit" else None, sessions=sessions)
     failure: _SendFailedError | _LocalFaultError | None = None
     final: tuple[int, bytes] | None = None
     try:
@@ -482,6 +520,7 @@ def submit(*, host: SmartHostConfig, sender: str, recipient: str, message: bytes
     finally:
         session.watch.stop()
         accepted_at = session.reply_at
+        session.keep_tls_session()
         _quit(session)
     return _result(session, host, failure, final, accepted_at)
 

@@ -20,6 +20,7 @@ class TlsFacts:
     subject: str | None
     issuer: str | None
     verified: bool
+    resumed: bool = False  # the session of an earlier, verified, handshake was resumed (probe.tls_sessions)
 
 
 def tls_facts_of(sock: ssl.SSLSocket, *, verified: bool) -> TlsFacts:
@@ -33,6 +34,7 @@ def tls_facts_of(sock: ssl.SSLSocket, *, verified: bool) -> TlsFacts:
         subject=subject,
         issuer=issuer,
         verified=verified,
+        resumed=bool(sock.session_reused),
     )
 
 

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from probe.metric_families import Kind, PairFamily
+
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
 RULES = DASHBOARDS / "alerts.yml"
 RULE_TESTS = DASHBOARDS / "alerts_test.yml"
 
-# DESIGN.md "Contract" metric families, plus the additions the daemon's issue names.
-CONTRACT_METRICS = frozenset(f"mailflow_probe_{name}" for name in (
-    "sent_total", "send_failures_total", "delivered_total", "lost_total", "late_total", "unknown_total",
-    "delivery_seconds", "smtp_stage_seconds", "success", "last_success_timestamp_seconds", "in_flight",
-    "mailbox_up", "mailbox_errors_total", "tls_cert_expiry_timestamp_seconds", "build_info",
-    "config_last_reload_successful", "scheduler_lag_seconds", "mailbox_watcher_up",
-))
+# DESIGN.md "Contract" metric families: the pair families of the family table, and the others.
+CONTRACT_METRICS = frozenset(f.metric_name + ("_total" if f.row.kind is Kind.COUNTER else "") for f in PairFamily) | \
+    frozenset(f"mailflow_probe_{name}" for name in (
+        "mailbox_up", "mailbox_errors_total", "build_info", "config_last_reload_successful", "scheduler_lag_seconds",
+        "mailbox_watcher_up"))
 EXPECTED_ALERTS = {
     "MailflowRouteDown", "MailflowSmartHostFailing", "MailflowDeliverySlow", "MailflowMailboxUnobservable",
     "MailflowProbeStale", "MailflowCertificateExpiring", "MailflowLost",
@@ -80,7 +82,7 @@ def test_rules_are_the_expected_alerts_with_severity_and_annotations() -> None:
     assert sorted(found) == sorted(EXPECTED_ALERTS)
     for rule in rules():
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
-        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
+        assert {"summary", "description", "runbook", "runbook_url"} <= set(rule["annotations"]), rule["alert"]
 
 
 def test_runbooks_name_the_reason_label_to_read() -> None:
@@ -117,3 +119,28 @@ def test_header_documents_every_threshold() -> None:
                      if line.startswith("#"))
     for alert in EXPECTED_ALERTS:
         assert alert in header, alert
+
+
+def test_the_runbook_page_is_generated_from_the_rules_and_every_url_points_at_its_section() -> None:
+    """docs/runbook.md is what dashboards/runbook.py makes of alerts.yml; each runbook_url is its alert's section."""
+    result = subprocess.run([sys.executable, str(DASHBOARDS / "runbook.py"), "--check"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    page = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8")
+    for rule in rules():
+        url = rule["annotations"]["runbook_url"]
+        assert url.endswith(f"docs/runbook.md#{rule['alert'].lower()}"), rule["alert"]
+        assert f"\n## {rule['alert']}\n" in page
+
+
+def test_the_runbook_check_fails_on_a_url_that_points_elsewhere() -> None:
+    """The check can fail: a runbook_url naming another alert's section is reported, by alert."""
+    spec = importlib.util.spec_from_file_location("runbook", DASHBOARDS / "runbook.py")
+    assert spec is not None
+    assert spec.loader is not None
+    runbook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runbook)
+    text = RULES.read_text(encoding="utf-8").replace("#mailflowlost\"", "#mailflowroutedown\"")
+    assert runbook.url_problems(text) == [
+        f"MailflowLost: runbook_url is '{runbook.RUNBOOK_BASE}#mailflowroutedown', "
+        f"expected '{runbook.RUNBOOK_BASE}#mailflowlost'"]

@@ -17,8 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "benchmarks.md"
 SCRIPTS = {
-    "submit": (["bench/submit.py", "--quick", "--no-report"], "| submit(): the whole submit step |"),
-    "scale": (["bench/scale.py", "--quick", "--no-report"], "| 20 | 5 s x 1 |"),
+    "submit": (["bench/submit.py", "--quick", "--no-report"],
+               "| submit(): the whole submit step, a full TLS handshake each |"),
+    "scale": (["bench/scale.py", "--quick", "--no-report"], "| daemon / submit step |"),
     "batching": (["bench/batching.py", "--quick", "--no-report"], "| batched (the probe) |"),
     "accuracy": (["bench/accuracy.py", "--quick", "--no-report"], "| streaming |"),
     "metrics_render": (["bench/metrics_render.py", "--quick"], "| 500 |"),

@@ -22,7 +22,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from probe.lab import Lab
+from tests.alertmanager import Webhook, running_alertmanager, webhook_receiver
 from tests.daemon_harness import Samples, fetch, free_port, running_daemon, scrape, value, wait_for
 
 pytestmark = pytest.mark.prometheus
@@ -111,13 +112,17 @@ class Prometheus:
         return self.log.read_text(encoding="utf-8", errors="replace")[-3000:]
 
 
-def write_prometheus_config(folder: Path, target_port: int, *, with_rules: bool) -> Path:
-    """Write prometheus.yml scraping the daemon every second (and the shortened rules, if asked); return it."""
+def write_prometheus_config(folder: Path, target_port: int, *, with_rules: bool, more_targets: Sequence[int] = (),
+                            alertmanager: str | None = None) -> Path:
+    """Write prometheus.yml scraping the daemon (and ``more_targets``) every second, with the shortened rules and
+    an Alertmanager if asked; return it."""
+    targets = [f"127.0.0.1:{port}" for port in (target_port, *more_targets)]
     config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "mailflow-probe",
-                            "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
+        "scrape_configs": [{"job_name": "mailflow-probe", "static_configs": [{"targets": targets}]}],
     }
+    if alertmanager is not None:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     if with_rules:
         text, windows, fors = shortened_rules(RULES.read_text(encoding="utf-8"))
         assert windows >= 5, "alerts.yml has fewer range windows than expected: is the rewrite still right?"
@@ -156,9 +161,9 @@ def rules_evaluated(prometheus: Prometheus) -> bool:
     return bool(rules) and all(not r["lastEvaluation"].startswith("0001-") for r in rules)
 
 
-def load_rules(prometheus: Prometheus, folder: Path, target_port: int) -> None:
+def load_rules(prometheus: Prometheus, folder: Path, target_port: int, **more: Any) -> None:
     """Add the shortened rule file to the configuration and reload Prometheus with SIGHUP."""
-    write_prometheus_config(folder, target_port, with_rules=True)
+    write_prometheus_config(folder, target_port, with_rules=True, **more)
     prometheus.process.send_signal(signal.SIGHUP)
     try:
         wait_for(lambda: rules_evaluated(prometheus), timeout=15, what="the rules loaded and evaluated")
@@ -167,21 +172,28 @@ def load_rules(prometheus: Prometheus, folder: Path, target_port: int) -> None:
 
 
 @contextmanager
-def running_prometheus(folder: Path, target_port: int, *, pairs: int) -> Iterator[Prometheus]:
-    """Run Prometheus on the daemon until it is scraped and the rules are in force; stop it afterwards."""
+def running_prometheus(folder: Path, target_port: int, *, pairs: int, **more: Any) -> Iterator[Prometheus]:
+    """Run Prometheus on the daemon until it is scraped and the rules are in force; stop it afterwards.
+
+    ``more``: ``more_targets`` (other daemons' ports; ``pairs`` counts the pairs of all of them) and
+    ``alertmanager`` (host:port to send alerts to), as write_prometheus_config takes them.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    config = write_prometheus_config(folder, target_port, with_rules=False)
+    config = write_prometheus_config(folder, target_port, with_rules=False, **more)
     address = f"127.0.0.1:{free_port()}"
     log = folder / "prometheus.log"
     with log.open("wb") as out:
         process = subprocess.Popen([prometheus_binary(), f"--config.file={config}",
-                                    f"--storage.tsdb.path={folder / 'tsdb'}", f"--web.listen-address={address}"],
+                                    f"--storage.tsdb.path={folder / 'tsdb'}", f"--web.listen-address={address}",
+                                    # Firing alerts go to Alertmanager every second, not every minute: the first
+                                    # send may come before Prometheus has found its Alertmanager.
+                                    "--rules.alert.resend-delay=1s"],
                                    stdout=out, stderr=subprocess.STDOUT, cwd=folder)
     prometheus = Prometheus(url=f"http://{address}", log=log, process=process)
     try:
         wait_for(lambda: _ready(prometheus), timeout=30, what="prometheus /-/ready")
         wait_for(lambda: scraped(prometheus, pairs), timeout=30, what="the daemon scraped by prometheus")
-        load_rules(prometheus, folder, target_port)
+        load_rules(prometheus, folder, target_port, **more)
         yield prometheus
     finally:
         process.terminate()
@@ -263,3 +275,61 @@ def test_with_no_fault_no_alert_fires(lab: Lab, tmp_path: Path) -> None:
     assert len(evaluated) >= 7
     assert all(r["health"] == "ok" and not r["lastEvaluation"].startswith("0001-") for r in evaluated), evaluated
     assert sorted(s["value"][1] for s in successes) == ["1"] * len(pairs)
+
+
+NOTIFICATIONS = '{__name__=~"prometheus_notifications.*"}'
+
+
+def second_instance_config(path: Path, folder: Path) -> Path:
+    """Return a copy of a daemon config for a second instance: its own state file, the same signing key."""
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    folder.mkdir(parents=True, exist_ok=True)
+    config["state_file"] = str(folder / "state.db")
+    copy = folder / "probe.yaml"
+    copy.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return copy
+
+
+def notified(hook: Webhook, alertname: str) -> list[dict[str, Any]]:
+    """Return the firing notifications Alertmanager sent the webhook for ``alertname``."""
+    return [n for n in hook.received() if n["groupLabels"].get("alertname") == alertname and n["status"] == "firing"]
+
+
+@pytest.mark.slow
+def test_two_instances_and_a_failing_smart_host_make_one_alertmanager_notification(lab: Lab, tmp_path: Path) -> None:
+    """Two probe instances on the same routes, auth_reject on one smart host: Alertmanager (Debian's) notifies
+    the webhook once, with one MailflowSmartHostFailing alert carrying route, smart_host, severity and the
+    runbook URL, and sends nothing more for it while nothing changes."""
+    lab.add_fault(target=f"smarthost/{FAULTY_HOST}", kind="auth_reject")
+    first = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=5, jitter=0.2)
+    second = second_instance_config(first, tmp_path / "second")
+    with webhook_receiver() as hook, running_alertmanager(tmp_path / "alertmanager", hook) as alertmanager, \
+            running_daemon(first) as (daemon, server), running_daemon(second) as (_, other):
+        for port in (server.port, other.port):
+            wait_for(lambda port=port: value(scrape(port), "mailflow_probe_send_failures_total",  # type: ignore[misc]
+                                             smart_host=FAULTY_HOST, reason="auth_failed") >= 1,
+                     timeout=30, what=f"{FAULTY_HOST} failing on auth, seen by the instance on {port}")
+        pairs = sum(len(r.smart_hosts) for r in daemon.config.routes)
+        with running_prometheus(tmp_path / "prometheus", server.port, pairs=2 * pairs, more_targets=[other.port],
+                                alertmanager=alertmanager) as prometheus:
+            try:
+                wait_for(lambda: bool(notified(hook, "MailflowSmartHostFailing")), timeout=45,
+                         what="a MailflowSmartHostFailing notification at the webhook", every=0.25)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nprometheus alerts: {prometheus.alerts()}\nalertmanager alerts: "
+                                     f"{fetch(f'http://{alertmanager}/api/v2/alerts')}\nprometheus' alertmanagers: "
+                                     f"{prometheus.api('alertmanagers')}; notifications: "
+                                     f"{prometheus.api('query', query=NOTIFICATIONS)}") from None
+            time.sleep(QUIET_SECONDS)  # long enough for a second notification (group_interval 2s) to come
+            notifications = notified(hook, "MailflowSmartHostFailing")
+            print("notifications:", json.dumps(hook.received(), indent=1)[:3000])
+    assert len(notifications) == 1, notifications
+    alerts = notifications[0]["alerts"]
+    assert len(alerts) == 1, f"one alert per probe instance, not one for the pair: {alerts}"
+    (alert,) = alerts
+    assert alert["status"] == "firing"
+    assert alert["labels"] == {"alertname": "MailflowSmartHostFailing", "route": FAULTY_ROUTE,
+                               "smart_host": FAULTY_HOST, "severity": "warning"}
+    assert alert["annotations"]["runbook_url"].endswith("docs/runbook.md#mailflowsmarthostfailing")
+    assert alert["annotations"]["runbook_url"].startswith("https://")
+    assert FAULTY_HOST in alert["annotations"]["summary"]

@@ -349,6 +349,19 @@ def test_implicit_tls_with_auth_login(lab: Lab, implicit_server: _ImplicitServer
 
 
 @_AUTH_WITHOUT_TLS_WARNING
+def test_implicit_tls_resumes_the_hosts_session(lab: Lab, implicit_server: _ImplicitServer, recipient: str) -> None:
+    """With implicit TLS the handshake at connect resumes the host's session too (probe.tls_sessions), with the
+    same certificate facts as the full handshake that began it."""
+    config = SmartHostConfig(name="implicit-edge", host=implicit_server.host, port=implicit_server.port,
+                             tls="implicit", username=implicit_server.username,
+                             password=implicit_server.password, ca_file=lab.ca_file, timeout=5.0)
+    results = [_send(config, recipient) for _ in range(3)]
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [r.tls.resumed for r in results if r.tls] == [False, True, True]
+    assert len({(r.tls.not_after, r.tls.subject, r.tls.verified) for r in results if r.tls}) == 1
+
+
+@_AUTH_WITHOUT_TLS_WARNING
 def test_implicit_tls_checks_the_certificate(implicit_server: _ImplicitServer, recipient: str) -> None:
     """Implicit TLS without the lab CA trusted fails at starttls as tls_certificate, before any SMTP."""
     config = SmartHostConfig(name="implicit-edge", host=implicit_server.host, port=implicit_server.port,

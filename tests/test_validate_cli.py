@@ -89,7 +89,7 @@ def test_config_schema_prints_a_json_schema() -> None:
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert {"signing_key_file", "state_file", "defaults", "mailboxes", "routes"} == set(schema["properties"])
+    assert {"signing_key_file", "state_file", "defaults", "metrics", "mailboxes", "routes"} == set(schema["properties"])
 
 
 def test_validate_gives_every_invalid_config_its_expected_message(monkeypatch: pytest.MonkeyPatch,

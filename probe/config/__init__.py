@@ -25,7 +25,7 @@ from probe.config.fields import (
     Kind,
 )
 from probe.config.loader import LoadedConfig, load_config, load_config_with_warnings
-from probe.config.model import Config, Defaults, MailboxConfig, RouteConfig, SmartHostConfig
+from probe.config.model import Config, Defaults, MailboxConfig, MetricsConfig, RouteConfig, SmartHostConfig
 from probe.config.redaction import redacted_config, redacted_view
 from probe.config.schema import config_json_schema
 from probe.config.table import SECTION_DOCS, SECTIONS, Cleanup, TlsMode, WatchMode
@@ -34,6 +34,6 @@ __all__ = [
     "ADDRESS_PATTERN", "BACKENDS", "ENV_NAME_PATTERN", "HOSTNAME_PATTERN", "HOST_PATTERN", "MAX_CONFIG_BYTES",
     "MAX_DURATION", "NAME_PATTERN", "SECTIONS", "SECTION_DOCS", "SECTION_KINDS", "URL_PATTERN", "VERSION_PATTERN",
     "Backend", "BackendConfig", "Cleanup", "Config", "ConfigError", "Defaults", "EwsAuth", "EwsConfig", "FieldSpec",
-    "Kind", "LoadedConfig", "MailboxConfig", "RouteConfig", "SmartHostConfig", "TlsMode", "WatchMode",
+    "Kind", "LoadedConfig", "MailboxConfig", "MetricsConfig", "RouteConfig", "SmartHostConfig", "TlsMode", "WatchMode",
     "config_json_schema", "load_config", "load_config_with_warnings", "redacted_config", "redacted_view",
 ]

@@ -14,7 +14,7 @@ from probe.config.document import compose, read_text
 from probe.config.errors import ConfigError
 from probe.config.files import check_signing_key, check_state_file
 from probe.config.merges import prepare
-from probe.config.model import Config, Defaults, MailboxConfig, RouteConfig, SmartHostConfig
+from probe.config.model import Config, Defaults, MailboxConfig, MetricsConfig, RouteConfig, SmartHostConfig
 from probe.config.nodes import Context, Section, did_you_mean, show, warn_unverified
 from probe.config.reader import read_section
 from probe.config.table import IMPLICIT_TLS_PORT
@@ -138,7 +138,10 @@ def _build_config(ctx: Context, top: Section, *, uses_state_file: bool) -> Confi
     _check_unique(ctx, route_sections, "route")
     routes = tuple(_build_route(ctx, section, defaults, mailboxes) for section in route_sections)
     _warn_unused(ctx, top, routes)
-    return Config(defaults=defaults, mailboxes=mailboxes, routes=routes, source=ctx.file, **top.scalars())
+    metrics_item = top.items.get("metrics")
+    metrics = MetricsConfig(**metrics_item.value.scalars()) if metrics_item else MetricsConfig()
+    return Config(defaults=defaults, metrics=metrics, mailboxes=mailboxes, routes=routes, source=ctx.file,
+                  **top.scalars())
 
 
 @contextmanager

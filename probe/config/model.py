@@ -26,6 +26,13 @@ class Defaults:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """What /metrics exports beyond the default series."""
+
+    per_pair: tuple[str, ...] = DEFAULTS["metrics"]["per_pair"]  # families with optional pair labels, per pair
+
+
+@dataclass(frozen=True, kw_only=True)
 class MailboxConfig:
     """A probe mailbox that receives the probes of one or more routes."""
 
@@ -78,6 +85,7 @@ class Config:
     signing_key_file: Path
     state_file: Path
     defaults: Defaults = field(default_factory=Defaults)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     mailboxes: dict[str, MailboxConfig] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     source: Path | None = None  # the file it was loaded from

@@ -10,6 +10,7 @@ from typing import Any, Final, Literal, get_args
 
 from probe.config.backends import BACKENDS
 from probe.config.fields import FieldSpec, default_of
+from probe.metric_families import OPTIONAL_PAIR_LABELS
 from probe.vocabulary import SEARCHED_FOLDERS
 
 TlsMode = Literal["starttls", "implicit", "none"]
@@ -25,6 +26,7 @@ _TIMING = "interval, timeout and jitter"
 SECTION_DOCS: Final[dict[str, str]] = {
     "config": "The configuration of one mailflow-probe instance.",
     "defaults": f"Schedule defaults ({_TIMING}) that each route may override.",
+    "metrics": "What /metrics exports beyond the default series (each option costs a Prometheus more series).",
     "mailbox": "A probe mailbox that receives the probes of one or more routes.",
     **{backend.name: backend.doc for backend in BACKENDS},
     "route": "A direction of mail flow: a sender, a target mailbox, and the smart hosts to probe it through.",
@@ -36,6 +38,7 @@ _CONFIG: Final = (
        doc="The key that signs every probe's tag; created (mode 0600) if missing."),
     _F(key="state_file", kind="path", required=True, doc="The SQLite file of probes in flight and results."),
     _F(key="defaults", kind="section", section="defaults", doc=SECTION_DOCS["defaults"]),
+    _F(key="metrics", kind="section", section="metrics", doc=SECTION_DOCS["metrics"]),
     _F(key="mailboxes", kind="section_map", section="mailbox", required=True, noun="mailbox",
        doc="The probe mailboxes, by name."),
     _F(key="routes", kind="section_list", section="route", required=True, noun="route",
@@ -48,6 +51,12 @@ _SCHEDULE: Final = (
        doc="How long a probe may take to arrive before it is declared lost."),
     _F(key="jitter", kind="duration", default=10.0,
        doc="A random delay of up to this much, less than the interval."),
+)
+
+_METRICS: Final = (
+    _F(key="per_pair", kind="choice_list", choices=OPTIONAL_PAIR_LABELS, default=(),
+       doc="Families exported per (route, smart host) pair instead of summed over the pairs: smtp_stage_seconds "
+           "adds 104 series per pair (8 stages x 13)."),
 )
 
 _MAILBOX: Final = (
@@ -104,6 +113,7 @@ _SMART_HOST: Final = (
 SECTIONS: Final[dict[str, tuple[FieldSpec, ...]]] = {
     "config": _CONFIG,
     "defaults": _SCHEDULE,
+    "metrics": _METRICS,
     "mailbox": _MAILBOX,
     **{backend.name: backend.fields for backend in BACKENDS},
     "route": _ROUTE,
