@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from probe.config import connector
 from probe.config.backends import BackendConfig, backend_named
 from probe.config.document import compose, prepare, read_text
 from probe.config.errors import ConfigError
@@ -93,11 +94,18 @@ def _build_route(ctx: Context, section: Section, defaults: Defaults,
     host_sections: list[Section] = section.items["smart_hosts"].value
     _check_unique(ctx, host_sections, "smart host")
     hosts = tuple(_build_smart_host(ctx, host) for host in host_sections)
+    connector_item = section.items.get("connector")
+    if connector_item is not None:
+        values["connector"] = connector.build(ctx, connector_item.value, sender=values["sender"],
+                                              mailboxes=mailboxes)
     return RouteConfig(smart_hosts=hosts, **values)
 
 
-def _warn_unused(ctx: Context, top: Section, routes: tuple[RouteConfig, ...]) -> None:
-    used = {route.mailbox for route in routes}
+def _warn_unused(ctx: Context, top: Section, config: Config) -> None:
+    used = {route.mailbox for route in config.routes}
+    senders = (config.sender_mailbox(r) for r in config.routes
+               if r.connector is not None and r.connector.submit == "ews")
+    used |= {mailbox.name for mailbox in senders if mailbox is not None}  # a connector probe is sent from it
     mailbox_sections: dict[str, Section] = top.items["mailboxes"].value
     for name, section in mailbox_sections.items():
         if name not in used:
@@ -112,8 +120,9 @@ def _build_config(ctx: Context, top: Section) -> Config:
     route_sections: list[Section] = top.items["routes"].value
     _check_unique(ctx, route_sections, "route")
     routes = tuple(_build_route(ctx, section, defaults, mailboxes) for section in route_sections)
-    _warn_unused(ctx, top, routes)
-    return Config(defaults=defaults, mailboxes=mailboxes, routes=routes, source=ctx.file, **top.scalars())
+    config = Config(defaults=defaults, mailboxes=mailboxes, routes=routes, source=ctx.file, **top.scalars())
+    _warn_unused(ctx, top, config)
+    return config
 
 
 def load_config_with_warnings(path: Path, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:

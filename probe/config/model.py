@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probe.config.backends import BackendConfig
+from probe.config.connector import ConnectorConfig
 from probe.config.table import DEFAULTS, Cleanup, TlsMode, WatchMode
 from probe.secret import Secret
 from probe.vocabulary import MailboxFolder
@@ -65,6 +66,7 @@ class RouteConfig:
     mailbox: str
     smart_hosts: tuple[SmartHostConfig, ...]
     recipient: str | None = DEFAULTS["route"]["recipient"]  # None: the mailbox's address
+    connector: ConnectorConfig | None = DEFAULTS["route"]["connector"]  # None: no connector probe
     interval: float = DEFAULTS["route"]["interval"]  # the loader fills these three from ``defaults``
     timeout: float = DEFAULTS["route"]["timeout"]
     jitter: float = DEFAULTS["route"]["jitter"]
@@ -84,3 +86,7 @@ class Config:
     def recipient_of(self, route: RouteConfig) -> str:
         """Return the address a route's probes are sent to."""
         return route.recipient or self.mailboxes[route.mailbox].address
+
+    def sender_mailbox(self, route: RouteConfig) -> MailboxConfig | None:
+        """Return the configured mailbox whose address is the route's sender (a connector's ``submit: ews``)."""
+        return next((m for m in self.mailboxes.values() if m.address.lower() == route.sender.lower()), None)
