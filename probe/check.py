@@ -18,7 +18,7 @@ from probe.local_faults import explain, local_fault
 from probe.logs import configure_logging
 from probe.mailbox.backends import MailboxFactory, open_mailbox
 from probe.mailbox.base import Mailbox
-from probe.pipeline import NullObserver, Target, confirm, expire, send_probe, targets
+from probe.pipeline import Carriers, NullObserver, Target, carriers, confirm, expire, send_probe, targets
 from probe.report import EXIT_UNKNOWN, EXIT_USAGE, FORMATS, Format, Report
 from probe.secret import redact
 from probe.signing import SigningKeyError, load_or_create_key
@@ -54,7 +54,7 @@ def run_check(config: Config, options: CheckOptions, mailbox_factory: MailboxFac
     mailboxes = {name: factory(config.mailboxes[name], key) for name in sorted({t.mailbox.name for t in chosen})}
     try:
         decisions = _send_all(chosen, mailboxes, key=key, ledger=ledger, timeout=options.timeout)
-        decisions += _wait(mailboxes, ledger=ledger, options=options)
+        decisions += _wait(mailboxes, ledger=ledger, options=options, carried=carriers(config))
     finally:
         for mailbox in mailboxes.values():
             mailbox.close()
@@ -75,21 +75,21 @@ def _send_all(chosen: Sequence[Target], mailboxes: dict[str, Mailbox], *, key: b
     return [d for d in results if d is not None]
 
 
-def _wait(mailboxes: dict[str, Mailbox], *, ledger: Ledger, options: CheckOptions) -> list[Decision]:
+def _wait(mailboxes: dict[str, Mailbox], *, ledger: Ledger, options: CheckOptions, carried: Carriers) -> list[Decision]:
     decisions: list[Decision] = []
     observer = NullObserver()
     last_deadline = max((p.deadline for p in ledger.open_probes()), default=time.time())
     while ledger.open_probes() and time.time() < last_deadline:
         for name, mailbox in mailboxes.items():
             if ledger.open_probes(name):
-                decisions += confirm(name, mailbox, ledger=ledger, observer=observer, late_window=0)
+                decisions += confirm(name, mailbox, ledger=ledger, observer=observer, late_window=0, carriers=carried)
         _progress(options.progress, ledger, last_deadline)
         if ledger.open_probes():
             time.sleep(min(options.poll_seconds, max(0.0, last_deadline - time.time())))
     # One last look, started after every deadline: what it does not find is lost; if it fails, unknown.
     for name, mailbox in mailboxes.items():
         if ledger.open_probes(name):
-            decisions += confirm(name, mailbox, ledger=ledger, observer=observer, late_window=0)
+            decisions += confirm(name, mailbox, ledger=ledger, observer=observer, late_window=0, carriers=carried)
     decisions += expire(ledger, observer=observer, unknown_after=0.0, now=max(time.time(), last_deadline))
     _progress(options.progress, ledger, last_deadline, final=True)
     return decisions

@@ -36,7 +36,7 @@ from probe.logs import Throttle, configure_logging, log_decision
 from probe.mailbox.backends import MailboxFactory, open_mailbox
 from probe.mailbox.base import Mailbox, SearchResult, Watch
 from probe.metrics import ProbeMetrics
-from probe.pipeline import Target, confirm, expire, send_probe, targets
+from probe.pipeline import Target, carriers, confirm, expire, send_probe, targets
 from probe.runtime import limit_malloc_arenas, raise_open_files_limit
 from probe.signing import SigningKeyError, load_or_create_key
 from probe.smtp import SubmitResult
@@ -64,8 +64,8 @@ class _Observer:
 
     def on_submit(self, target: Target, result: SubmitResult) -> None:
         """Count a submission and time its stages."""
-        if self._daemon.has_pair(target.route.name, target.smart_host.name):
-            self._daemon.metrics.observe_submit(target.route.name, target.smart_host.name, result)
+        if self._daemon.has_pair(*target.key):
+            self._daemon.metrics.observe_submit(*target.key, result)
 
     def on_search(self, mailbox: str, result: SearchResult) -> None:
         """Record a mailbox's health (a search the host itself failed is a local fault, not the mailbox's)."""
@@ -296,7 +296,7 @@ class Daemon:
         except LedgerError as exc:
             self._ledger_failed(exc, "probe not sent: the state file cannot be written")
         except Exception as exc:  # a local fault outside the submission (building, recording), or a bug
-            self._job_failed(exc, f"sending through {target.smart_host.name}")
+            self._job_failed(exc, f"sending through {target.via}")
         watcher = self._watchers.get(target.mailbox.name)
         if watcher is not None and time.time() + target.route.timeout < watcher.wake_at:
             watcher.wake.set()  # its next deadline is sooner now
@@ -382,7 +382,7 @@ class Daemon:
         late_window = self._longest_timeout() * 2
         try:
             confirm(watcher.name, watcher.mailbox, ledger=self.ledger, observer=self._observer,
-                    late_window=late_window, cleanup=watcher.config.cleanup != "keep")
+                    late_window=late_window, cleanup=watcher.config.cleanup != "keep", carriers=carriers(self.config))
         except LedgerError as exc:
             self._ledger_failed(exc, "search results not recorded: the state file cannot be written")
         except Exception as exc:  # a bug must not kill the watcher thread; it is logged with its traceback

@@ -404,6 +404,18 @@ class Ledger:
                                     " GROUP BY route, smart_host", _OPEN_STATES).fetchall()
         return {(r[0], r[1]): r[2] for r in rows}
 
+    def pairs_of(self, probe_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Return the (route, smart host) of each of these probes that the ledger knows."""
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(probe_ids), 500):  # well under SQLite's limit of bound parameters
+            chunk = tuple(probe_ids[start:start + 500])
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT probe_id, route, smart_host FROM probes WHERE probe_id IN ({marks})"  # noqa: S608 - ? only
+            with self._lock:
+                rows = self._db.execute(query, chunk).fetchall()
+            found.update((r["probe_id"], (r["route"], r["smart_host"])) for r in rows)
+        return found
+
     def pending_cleanup(self, mailbox: str, *, limit: int = 100) -> list[ItemRef]:
         """Return the items of verified sightings in ``mailbox`` not yet cleaned up."""
         with self._lock:
