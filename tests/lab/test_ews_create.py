@@ -50,7 +50,8 @@ def test_sendonly_with_mime_content_sends_the_message_as_given_and_saves_nothing
     parsed = email.message_from_bytes(item.raw)
     assert parsed["X-Mailflow-Probe"].startswith("MFP-0123456789abcdef")
     assert parsed["Bcc"] is None
-    assert parsed["Date"] and parsed["Message-ID"]
+    assert parsed["Date"]
+    assert parsed["Message-ID"]
     assert "via Mailbox Transport" in parsed["Received"]
     assert received(ews, "send only", "sentitems") == []
     assert ews.stats.ews_requests("CreateItem") == 1
