@@ -107,6 +107,7 @@ class Decision:
     smtp_code: int | None = None
     latency: float | None = None
     decided_at: float = 0.0
+    carried_by: str | None = None  # a connector probe's: the smart host its Received chain names
 
     def to_json(self) -> dict[str, Any]:
         """Return the decision in the JSON shape of ``check --format json``."""
@@ -143,14 +144,15 @@ class Arrival:
     detail: dict[str, Any] | None = None
 
 
-_DECISION_COLUMNS: Final = "probe_id, route, smart_host, mailbox, message_id, state, stage, reason, smtp_code, latency"
+_DECISION_COLUMNS: Final = ("probe_id, route, smart_host, mailbox, message_id, state, stage, reason, smtp_code,"
+                            " latency, json_extract(detail, '$.carried_by') AS carried_by")
 
 
 def _decision(row: sqlite3.Row, decided_at: float) -> Decision:
     return Decision(
         probe_id=row["probe_id"], route=row["route"], smart_host=row["smart_host"], mailbox=row["mailbox"],
         message_id=row["message_id"], verdict=Verdict(row["state"]), stage=row["stage"], reason=row["reason"],
-        smtp_code=row["smtp_code"], latency=row["latency"], decided_at=decided_at,
+        smtp_code=row["smtp_code"], latency=row["latency"], decided_at=decided_at, carried_by=row["carried_by"],
     )
 
 

@@ -147,6 +147,8 @@ def log_decision(logger: logging.Logger, decision: Decision) -> None:
         "latency_seconds": decision.latency, "stage": decision.stage, "reason": decision.reason,
         "smtp_code": decision.smtp_code, "message_id": decision.message_id, "probe_id": decision.probe_id,
     }
+    if decision.carried_by is not None:
+        fields["carried_by"] = decision.carried_by  # a connector probe's: the smart host that carried it
     logger.log(_VERDICT_LEVELS.get(decision.verdict, logging.INFO), "probe %s", decision.verdict, extra=fields)
 
 

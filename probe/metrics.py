@@ -34,12 +34,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from probe import __version__
-from probe.config import Config, SmartHostConfig
+from probe.config import Config, RouteConfig, SmartHostConfig
 from probe.exposition import FamilyHead, Values, cached_parts, generate_text, label_value
 from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
 from probe.smtp import SubmitResult
-from probe.vocabulary import LocalResource, MailboxReason, Stage, Verdict
+from probe.submit.connector import submission_host
+from probe.vocabulary import CONNECTOR_PAIR, LocalResource, MailboxReason, Stage, Verdict
 
 PREFIX: Final = "mailflow_probe"
 PAIR: Final = ("route", "smart_host")
@@ -69,6 +70,11 @@ _FAILURES_ALWAYS: Final = {
 }
 _FAILURES_TLS: Final = ("tls_unavailable", "tls_certificate", "tls_handshake", *_REPLY)
 _FAILURES_AUTH: Final = ("auth_unavailable", "auth_failed", "timeout", "tempfail", "protocol")
+# What a connector probe's EWS submission (probe.submit.ews) can fail with, in the send vocabulary.
+_FAILURES_EWS: Final = (
+    ("connect", "refused"), ("connect", "timeout"), ("starttls", "tls_certificate"), ("starttls", "tls_handshake"),
+    ("auth", "auth_failed"), ("data", "timeout"), ("data", "tempfail"), ("data", "rejected"), ("data", "protocol"),
+)
 
 
 def possible_failures(host: SmartHostConfig) -> list[tuple[str, str]]:
@@ -79,6 +85,15 @@ def possible_failures(host: SmartHostConfig) -> list[tuple[str, str]]:
     if host.username is not None:
         pairs += [(str(Stage.AUTH), reason) for reason in _FAILURES_AUTH]
     return pairs
+
+
+def connector_failures(route: RouteConfig) -> list[tuple[str, str]]:
+    """Return the (stage, reason) pairs a route's connector probe can fail to be submitted with."""
+    if route.connector is None:
+        return []
+    if route.connector.submit == "ews":
+        return list(_FAILURES_EWS)
+    return possible_failures(submission_host(route.connector))
 
 
 def delivery_buckets(timeout: float) -> tuple[float, ...]:
@@ -105,6 +120,7 @@ class _Layout:
     failures: dict[tuple[str, str], list[tuple[str, str]]]
     mailboxes: frozenset[str]
     backends: dict[str, str]  # each mailbox's backend (ews, ...): mailbox_up's backend label
+    carriers: frozenset[tuple[str, str]] = frozenset()  # (route, smart host) of routes with a connector probe
 
     @classmethod
     def of(cls, config: Config) -> _Layout:
@@ -118,8 +134,15 @@ class _Layout:
                 failures[pair] = possible_failures(host)
                 if host.tls != "none":
                     tls_pairs.add(pair)
+            if route.connector is not None:
+                pair = (route.name, CONNECTOR_PAIR)
+                pairs[pair] = None
+                failures[pair] = connector_failures(route)
+                if route.connector.submit == "smtp" and route.connector.tls != "none":
+                    tls_pairs.add(pair)  # the submission server's certificate
         backends = {name: mailbox.backend.name for name, mailbox in config.mailboxes.items()}
-        return cls(tuple(pairs), frozenset(tls_pairs), failures, frozenset(config.mailboxes), backends)
+        carriers = frozenset((r.name, h.name) for r in config.routes if r.connector is not None for h in r.smart_hosts)
+        return cls(tuple(pairs), frozenset(tls_pairs), failures, frozenset(config.mailboxes), backends, carriers)
 
 
 # -- the families of the (route, smart host) pairs ------------------------------------------------------
@@ -326,6 +349,7 @@ class ProbeMetrics:
         self._children: dict[MetricWrapperBase, set[tuple[str, ...]]] = {}
         timeouts = [r.timeout for r in config.routes] or [config.defaults.timeout]
         host_timeouts = [h.timeout for r in config.routes for h in r.smart_hosts] or [30.0]
+        host_timeouts += [r.connector.timeout for r in config.routes if r.connector is not None]
         self._delivery_bounds = (*delivery_buckets(max(timeouts)), math.inf)
         self._stage_bounds = (*stage_buckets(max(host_timeouts)), math.inf)
         le: list[tuple[str, ...]] = [() for _ in _PAIR_HEADS]
@@ -374,6 +398,9 @@ class ProbeMetrics:
             self.local_errors.labels(str(resource))
         self.forged_tags = self._counter("forged_tags_total", "Messages in the mailbox whose probe tag does not "
                                          "verify (never counted as a probe, never deleted).", ["mailbox"])
+        self.connector_carried = self._counter(
+            "connector_carried_total", "Connector probes (smart_host=\"@connector\") delivered, by the smart host "
+            "the source forest's Send connector chose (read from the Received chain at the target).")
 
     # -- series bookkeeping ------------------------------------------------------------------------
 
@@ -404,6 +431,9 @@ class ProbeMetrics:
             mailboxes = frozenset((m,) for m in layout.mailboxes)
             for family in (self.mailbox_errors, self.watcher_up, self.forged_tags):
                 self._drop(family, mailboxes, 1)
+            for carrier in layout.carriers:
+                self._child(self.connector_carried, *carrier)
+            self._drop(self.connector_carried, layout.carriers, 2)
             self._layout = layout
 
     def _create_mailbox(self, mailbox: str, backend: str) -> None:
@@ -479,6 +509,12 @@ class ProbeMetrics:
             if not result.ok:
                 reason = str(result.error_reason) if result.error_reason is not None else "unknown"
                 self._child(self.mailbox_errors, mailbox, reason).inc()
+
+    def observe_carried(self, route: str, smart_host: str) -> None:
+        """Count a connector probe delivered through ``smart_host`` (a configured one of the route)."""
+        with self._lock:
+            if (route, smart_host) in self._layout.carriers:
+                self._child(self.connector_carried, route, smart_host).inc()
 
     def observe_local(self, resource: LocalResource) -> None:
         """Count a failure of the probe's own host (what ran out)."""
