@@ -21,17 +21,21 @@ CONTRACT_METRICS = frozenset(f"mailflow_probe_{name}" for name in (
     "sent_total", "send_failures_total", "delivered_total", "lost_total", "late_total", "unknown_total",
     "delivery_seconds", "smtp_stage_seconds", "success", "last_success_timestamp_seconds", "in_flight",
     "mailbox_up", "mailbox_errors_total", "tls_cert_expiry_timestamp_seconds", "build_info",
-    "config_last_reload_successful", "scheduler_lag_seconds", "mailbox_watcher_up",
+    "config_last_reload_successful", "scheduler_lag_seconds", "mailbox_watcher_up", "connector_carried_total",
 ))
 EXPECTED_ALERTS = {
     "MailflowRouteDown", "MailflowSmartHostFailing", "MailflowDeliverySlow", "MailflowMailboxUnobservable",
-    "MailflowProbeStale", "MailflowCertificateExpiring", "MailflowLost",
+    "MailflowProbeStale", "MailflowCertificateExpiring", "MailflowLost", "MailflowConnectorSourceSide",
+    "MailflowConnectorFailingOver", "MailflowConnectorTargetSide",
 }
 # Alerts whose cause is told by a reason label; their runbook must say which one to read.
 REASON_LABEL_ALERTS = {
     "MailflowRouteDown": "mailflow_probe_send_failures_total",
     "MailflowSmartHostFailing": "mailflow_probe_send_failures_total",
     "MailflowMailboxUnobservable": "mailflow_probe_mailbox_errors_total",
+    "MailflowConnectorSourceSide": "mailflow_probe_send_failures_total",
+    "MailflowConnectorFailingOver": "mailflow_probe_send_failures_total",
+    "MailflowConnectorTargetSide": "mailflow_probe_send_failures_total",
 }
 
 
