@@ -33,7 +33,7 @@ CONTRACT_METRICS = frozenset(f"mailflow_probe_{name}" for name in (
     "sent_total", "send_failures_total", "delivered_total", "lost_total", "late_total", "unknown_total",
     "delivery_seconds", "smtp_stage_seconds", "success", "last_success_timestamp_seconds", "in_flight",
     "mailbox_up", "mailbox_errors_total", "tls_cert_expiry_timestamp_seconds", "build_info",
-    "config_last_reload_successful", "scheduler_lag_seconds", "mailbox_watcher_up",
+    "config_last_reload_successful", "scheduler_lag_seconds", "mailbox_watcher_up", "connector_carried_total",
 ))
 MAILBOX_METRICS = frozenset(f"mailflow_probe_{n}" for n in ("mailbox_up", "mailbox_errors_total", "mailbox_watcher_up"))
 UNLABELLED_METRICS = frozenset(
@@ -267,7 +267,8 @@ def test_exposition_names_are_read_as_the_dashboard_names_them() -> None:
 
 def live_metrics(lab: Lab, tmp_path: Path) -> str:
     """Start the real daemon on the lab, read its /metrics over loopback once, and stop it."""
-    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=60.0, timeout=30.0, jitter=0.0)
+    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=60.0, timeout=30.0, jitter=0.0,
+                                    connector="ews")
     daemon, server = start_daemon(config, listen_address="127.0.0.1:0")
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
