@@ -4,6 +4,7 @@ says which one carried it, and the diagnosis reads both kinds of probe together.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -24,6 +25,7 @@ from probe.vocabulary import CONNECTOR_PAIR, Verdict
 from tests.daemon_harness import fetch, running_daemon, scrape, value, wait_for
 
 ROUTE = "contoso-to-fourthcoffee"
+SENDER = "mailflow.probe@contoso.test"
 EDGE_1, EDGE_2 = "fourthcoffee-edge-1", "fourthcoffee-edge-2"
 
 pytestmark = pytest.mark.usefixtures("fresh_exchangelib")
@@ -168,3 +170,39 @@ def test_a_route_without_a_connector_has_no_connector_row(lab: Lab, tmp_path: Pa
     decisions: list[Decision] = outcome.decisions
     assert {d.smart_host for d in decisions} == {EDGE_1, EDGE_2}
     assert all(d.verdict is Verdict.DELIVERED for d in decisions)
+
+
+def _forms(user: str, password: str) -> set[str]:
+    return {password, base64.b64encode(password.encode()).decode(),
+            base64.b64encode(f"\0{user}\0{password}".encode()).decode()}
+
+
+def test_no_password_of_the_connector_path_shows_in_logs_outputs_or_the_ledger(
+        lab: Lab, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Connector probes by submission (right and wrong password) and over EWS, every logger at DEBUG, --debug JSON:
+    neither the sender's password nor a wrong one, raw or as AUTH carries it, is in the log, the output or the
+    ledger's details; the submission's AUTH line shows <secret>."""
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-submission-password-1c2d"
+    smtp = lab.write_probe_config(tmp_path / "smtp.yaml", interval=60, timeout=6, jitter=1, routes=[ROUTE],
+                                  connector="smtp")
+    wrong_file = tmp_path / "wrong-password"
+    wrong_file.write_text(wrong)
+    wrong_file.chmod(0o600)
+    refused = tmp_path / "refused.yaml"
+    refused.write_text(smtp.read_text().replace(str(lab.secret_file("contoso-ews")), str(wrong_file)))
+    ews = lab.write_probe_config(tmp_path / "ews.yaml", interval=60, timeout=6, jitter=1, routes=[ROUTE],
+                                 connector="ews")
+    outputs = []
+    for path in (smtp, refused, ews):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            cli_main(["check", "-c", str(path), "--format", "json", "--debug"])
+        outputs.append(out.getvalue())
+    rows = {row["smart_host"]: row for row in json.loads(outputs[1])}
+    assert (rows[CONNECTOR_PAIR]["stage"], rows[CONNECTOR_PAIR]["reason"]) == ("auth", "auth_failed")
+    assert "C: AUTH PLAIN <secret>" in rows[CONNECTOR_PAIR]["debug"]["transcript"]
+    forest = lab.forests["contoso"]
+    forms = _forms(SENDER, forest.ews_password.reveal()) | _forms(SENDER, wrong)
+    everything = "\n".join([caplog.text, *outputs])
+    assert sorted(f"{form[:3]}..." for form in forms if form in everything) == []
