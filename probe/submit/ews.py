@@ -28,7 +28,7 @@ from exchangelib.transport import BASIC, NTLM
 
 from probe.config import EwsConfig, MailboxConfig
 from probe.local_faults import local_fault
-from probe.mailbox.ews import classify, describe
+from probe.mailbox.ews_errors import classify, describe
 from probe.mailbox.ews_internals import own_protocol
 from probe.secret import redact
 from probe.smtp import SubmitResult
