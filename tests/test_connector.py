@@ -43,6 +43,7 @@ def check_json(lab: Lab, tmp_path: Path, *, connector: str = "ews", timeout: str
     return rows
 
 
+@pytest.mark.slow
 def test_bad_stored_credentials_fail_the_connector_row_only_and_the_diagnosis_names_the_source_side(
         lab: Lab, tmp_path: Path) -> None:
     """connector/contoso bad_credentials: the connector row is not delivered (lost: the queue keeps retrying),
@@ -74,6 +75,7 @@ def test_a_refusing_first_smart_host_is_failed_over_and_the_diagnosis_says_so(la
                                            f"(carried by {EDGE_2})")
 
 
+@pytest.mark.slow
 def test_an_address_space_removed_is_lost_with_the_source_side_named(lab: Lab, tmp_path: Path) -> None:
     """address_space_removed: the transport owes the sender an NDR 5.4.4; without a DSN reader the connector row
     is lost, and the diagnosis names the source side."""
@@ -84,6 +86,7 @@ def test_an_address_space_removed_is_lost_with_the_source_side_named(lab: Lab, t
     assert any(n.status == "5.4.4" and n.action == "failed" for n in lab.recorded_notices.notices())
 
 
+@pytest.mark.slow
 def test_every_smart_host_down_is_the_target_side(lab: Lab, tmp_path: Path) -> None:
     """Both smart hosts refusing: both direct rows and the connector row fail; the diagnosis is the target side."""
     for host in (EDGE_1, EDGE_2):
@@ -135,6 +138,7 @@ def daemon(lab: Lab, tmp_path: Path) -> Iterator[tuple[Daemon, Any]]:
         yield started
 
 
+@pytest.mark.slow
 def test_the_daemon_exports_the_connector_pair_and_which_smart_host_carried_it(
         lab: Lab, daemon: tuple[Daemon, Any], caplog: pytest.LogCaptureFixture) -> None:
     """The connector pair's series and connector_carried_total for each smart host exist from start-up at 0;

@@ -138,6 +138,7 @@ def test_with_the_relayhost_refusing_postfix_falls_back_and_the_probe_says_which
     assert (found.diagnosis, found.failing) == (Diagnosis.FAILING_OVER, (EDGE_1,))
 
 
+@pytest.mark.slow
 def test_a_wrong_stored_password_at_postfix_fails_only_the_connector_row_and_names_the_source_side(rig: Rig) -> None:
     """Postfix's stored password wrong: every smart host answers 535 and Postfix keeps the probe queued; the
     connector row is not delivered while both direct rows are, and the diagnosis names the source side."""
