@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "benchmarks.md"
 SCRIPTS = {
     "submit": (["bench/submit.py", "--quick", "--no-report"], "| submit(): the whole submit step |"),
+    "connector": (["bench/connector.py", "--quick"], "| connector, submit: smtp |"),
     "scale": (["bench/scale.py", "--quick", "--no-report"], "| 20 | 5 s x 1 |"),
     "batching": (["bench/batching.py", "--quick", "--no-report"], "| batched (the probe) |"),
     "accuracy": (["bench/accuracy.py", "--quick", "--no-report"], "| streaming |"),

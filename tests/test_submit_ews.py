@@ -77,3 +77,15 @@ def test_a_mailbox_without_an_ews_section_is_a_callers_mistake(config: Config) -
     mailbox = replace(config.mailboxes["contoso"], backend=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="has no ews: section"):
         send_from_mailbox(mailbox, message=probe())
+
+
+def test_the_servers_version_is_guessed_once_per_endpoint(lab: Lab, config: Config) -> None:
+    """Without a configured version the first submission asks for it; the next ones reuse its answer (one EWS
+    request a submission: the CreateItem)."""
+    mailbox = config.mailboxes["contoso"]
+    counts = []
+    for _ in range(3):
+        before = lab.stats.ews_requests(forest="contoso")
+        assert send_from_mailbox(mailbox, message=probe()).ok
+        counts.append(lab.stats.ews_requests(forest="contoso") - before)
+    assert counts == [2, 1, 1]
