@@ -87,7 +87,7 @@ def flow_panels() -> list[Panel]:
     return [
         Panel("state-timeline", "Success per route and smart host",
               "1 (delivered) when the last finished probe through this smart host was delivered, 0 (failed) "
-              "when it failed to send or was lost. mailflow_probe_success.",
+              "when it failed to send, was lost or bounced. mailflow_probe_success.",
               [Query(sel("success"), "{{route}} / {{smart_host}}")], 24, 7,
               options={"showValue": "never", "mergeValues": True, "rowHeight": 0.8},
               field_config={"mappings": mapping({"0": ("failed", "red"), "1": ("delivered", "green")}),
@@ -120,7 +120,15 @@ def flow_panels() -> list[Panel]:
               "Verdicts that need a look: lost (accepted, never seen while the mailbox was observable), late "
               "(seen after being declared lost), unknown (the mailbox could not be observed long enough).",
               [Query(rate_sum("increase", f"{v}_total", "route, smart_host"), f"{v} {{{{route}}}} / {{{{smart_host}}}}")
-               for v in ("lost", "late", "unknown")], 24, 7,
+               for v in ("lost", "late", "unknown")], 12, 7,
+              options={"legend": {"displayMode": "table", "placement": "right", "calcs": ["sum"]}},
+              field_config={"custom": {"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal"}}}),
+        Panel("timeseries", "Bounced by reason",
+              "Probes a smart host accepted that came back as an NDR (mailflow_probe_bounced_total), by the class of "
+              "its status code: recipient (X.1.X), routing (X.4.X), size (X.3.4), policy (X.7.X), other. The debug "
+              "view shows the code, the server that refused and how to track the message in its logs.",
+              [Query(rate_sum("increase", "bounced_total", "route, smart_host, reason"),
+                     "{{reason}} {{route}} / {{smart_host}}")], 12, 7,
               options={"legend": {"displayMode": "table", "placement": "right", "calcs": ["sum"]}},
               field_config={"custom": {"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal"}}}),
     ]
@@ -142,6 +150,12 @@ def latency_panels() -> list[Panel]:
               options={"calculate": False, "yAxis": {"unit": "s"}, "cellGap": 1,
                        "color": {"mode": "scheme", "scheme": "Oranges", "fill": "dark-orange"},
                        "filterValues": {"le": 1e-9}, "rowsFrame": {"layout": "auto"}}),
+        Panel("timeseries", "Slowest hop",
+              "The longest delay between two Received stamps of the last delivered probe, labelled by the server "
+              "that received it (mailflow_probe_slowest_hop_seconds): where a rising latency is spent. Each server "
+              "stamps on its own clock, so a skewed clock shows here as a negative or inflated hop.",
+              [Query(f"max by (route, smart_host, hop) ({sel('slowest_hop_seconds')})",
+                     "{{route}} / {{smart_host}} at {{hop}}")], 24, 7, unit="s"),
     ]
 
 

@@ -22,7 +22,10 @@ from probe.pipeline import Carriers, NullObserver, Target, carriers, confirm, ex
 from probe.report import EXIT_UNKNOWN, EXIT_USAGE, FORMATS, Format, Report
 from probe.secret import redact
 from probe.signing import SigningKeyError, load_or_create_key
+from probe.tracking import tracking_hint
+from probe.vocabulary import Verdict
 
+TRACKED = frozenset({Verdict.LOST, Verdict.BOUNCED})  # verdicts whose debug output says how to follow the probe
 POLL_SECONDS = 1.0
 MAX_PARALLEL_SENDS = 32
 
@@ -51,10 +54,11 @@ def run_check(config: Config, options: CheckOptions, mailbox_factory: MailboxFac
     chosen = targets(config, options.routes)
     ledger = Ledger(":memory:")
     factory = mailbox_factory or (lambda mailbox, key: open_mailbox(mailbox, key=key))
-    mailboxes = {name: factory(config.mailboxes[name], key) for name in sorted({t.mailbox.name for t in chosen})}
+    names = {t.mailbox.name for t in chosen} | {t.bounces for t in chosen if t.bounces is not None}
+    mailboxes = {name: factory(config.mailboxes[name], key) for name in sorted(names)}
     try:
         decisions = _send_all(chosen, mailboxes, key=key, ledger=ledger, timeout=options.timeout)
-        decisions += _wait(mailboxes, ledger=ledger, options=options, carried=carriers(config))
+        decisions += _wait(mailboxes, key=key, ledger=ledger, options=options, carried=carriers(config))
     finally:
         for mailbox in mailboxes.values():
             mailbox.close()
@@ -75,21 +79,26 @@ def _send_all(chosen: Sequence[Target], mailboxes: dict[str, Mailbox], *, key: b
     return [d for d in results if d is not None]
 
 
-def _wait(mailboxes: dict[str, Mailbox], *, ledger: Ledger, options: CheckOptions, carried: Carriers) -> list[Decision]:
+def _wait(mailboxes: dict[str, Mailbox], *, key: bytes, ledger: Ledger, options: CheckOptions,
+          carried: Carriers) -> list[Decision]:
+    """Search each mailbox a probe waits on (its target, and its route's bounces mailbox) until every probe has a
+    verdict or the last deadline passed; then one last look, and the rest is lost or unknown."""
     decisions: list[Decision] = []
     observer = NullObserver()
     last_deadline = max((p.deadline for p in ledger.open_probes()), default=time.time())
     while ledger.open_probes() and time.time() < last_deadline:
         for name, mailbox in mailboxes.items():
-            if ledger.open_probes(name):
-                decisions += confirm(name, mailbox, ledger=ledger, observer=observer, late_window=0, carriers=carried)
+            if ledger.awaits(name):
+                decisions += confirm(name, mailbox, key=key, ledger=ledger, observer=observer, late_window=0,
+                                     carriers=carried)
         _progress(options.progress, ledger, last_deadline)
         if ledger.open_probes():
             time.sleep(min(options.poll_seconds, max(0.0, last_deadline - time.time())))
     # One last look, started after every deadline: what it does not find is lost; if it fails, unknown.
     for name, mailbox in mailboxes.items():
-        if ledger.open_probes(name):
-            decisions += confirm(name, mailbox, ledger=ledger, observer=observer, late_window=0, carriers=carried)
+        if ledger.awaits(name):
+            decisions += confirm(name, mailbox, key=key, ledger=ledger, observer=observer, late_window=0,
+                                 carriers=carried)
     decisions += expire(ledger, observer=observer, unknown_after=0.0, now=max(time.time(), last_deadline))
     _progress(options.progress, ledger, last_deadline, final=True)
     return decisions
@@ -142,7 +151,17 @@ def _fail(fmt: Format, message: str, code: int) -> int:
 
 
 def _details(outcome: CheckOutcome) -> dict[str, dict[str, Any]]:
-    return {d.probe_id: (outcome.ledger.probe(d.probe_id) or {}).get("detail", {}) for d in outcome.decisions}
+    """Return each probe's details from the ledger; a lost or bounced one's with how to track it further."""
+    details = {}
+    for decision in outcome.decisions:
+        row = outcome.ledger.probe(decision.probe_id) or {}
+        detail = dict(row.get("detail") or {})
+        if decision.verdict in TRACKED and row:
+            detail["tracking"] = tracking_hint(
+                detail=detail, message_id=decision.message_id, created_at=row["created_at"],
+                finished_at=max(row["deadline"], row.get("decided_at") or 0.0)).to_json()
+        details[decision.probe_id] = detail
+    return details
 
 
 def _options(args: argparse.Namespace, config: Config) -> CheckOptions:

@@ -98,6 +98,13 @@ class _Observer:
             log.warning("messages with a forged probe tag in the mailbox: not counted, not deleted",
                         extra={"mailbox": mailbox, "forged": self._forged_seen.pop(mailbox)})
 
+    def on_delayed(self, probe_id: str, report: dict[str, Any]) -> None:
+        """Log a delay notification of a probe (a warning; the verdict is still to come)."""
+        log.warning("delivery delayed: a delay notification came back; still waiting for the probe",
+                    extra={"probe_id": probe_id, "status_code": report.get("status"),
+                           "reporting_mta": report.get("reporting_mta"), "diagnostic": report.get("diagnostic"),
+                           "will_retry_until": report.get("will_retry_until")})
+
     def on_decision(self, decision: Decision) -> None:
         """Count a verdict and log its line; for a route with a connector probe, which smart host carried it and
         any change of the route's diagnosis."""
@@ -331,9 +338,10 @@ class Daemon:
             self._ledger_failed(exc, "probe not sent: the state file cannot be written")
         except Exception as exc:  # a local fault outside the submission (building, recording), or a bug
             self._job_failed(exc, f"sending through {target.via}")
-        watcher = self._watchers.get(target.mailbox.name)
-        if watcher is not None and time.time() + target.route.timeout < watcher.wake_at:
-            watcher.wake.set()  # its next deadline is sooner now
+        for name in (target.mailbox.name, target.bounces):  # the probe waits on both: to arrive, or its NDR
+            watcher = self._watchers.get(name) if name is not None else None
+            if watcher is not None and time.time() + target.route.timeout < watcher.wake_at:
+                watcher.wake.set()  # its next deadline is sooner now
 
     def _expire(self) -> None:
         try:
@@ -415,7 +423,7 @@ class Daemon:
     def _search(self, watcher: _MailboxWatcher) -> None:
         late_window = self._longest_timeout() * 2
         try:
-            confirm(watcher.name, watcher.mailbox, ledger=self.ledger, observer=self._observer,
+            confirm(watcher.name, watcher.mailbox, key=self.key, ledger=self.ledger, observer=self._observer,
                     late_window=late_window, cleanup=watcher.config.cleanup != "keep", carriers=carriers(self.config))
         except LedgerError as exc:
             self._ledger_failed(exc, "search results not recorded: the state file cannot be written")
@@ -470,6 +478,10 @@ class _WebSource:
     def history(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
         """Return the recent verdicts of one pair."""
         return self._daemon.ledger.history(route, smart_host, limit=limit)
+
+    def waiting(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
+        """Return the probes of one pair awaiting a verdict."""
+        return self._daemon.ledger.waiting(route, smart_host, limit=limit)
 
     def ready(self) -> bool:
         """Say whether the daemon is probing."""

@@ -17,18 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from probe.hops import slowest_hop
 from probe.local_faults import local_fault
 from probe.mailbox.base import ItemRef
 from probe.vocabulary import LocalResource, UnknownReason, Verdict
 
-SCHEMA_VERSION: Final = 2  # 2: a sighting's item is an opaque reference (was EWS's item id and change key)
+SCHEMA_VERSION: Final = 3  # 2: a sighting's item is an opaque reference (was EWS's item id and change key);
+# 3: a probe knows the mailbox its NDRs come back to (bounce_mailbox)
 # PRAGMA application_id of every state file (the bytes "MFLP" at offset 68 of the file; see sqlite.org/fileformat2):
 # a file that carries another id is another application's and is never opened for writing. `file state.db` shows
 # it as "SQLite 3.x database, application id 1296452688".
 APPLICATION_ID: Final = 0x4D464C50
 _TABLES: Final = frozenset({"probes", "sightings", "observations"})
 
-# Probe states: the five verdicts plus the two states before one.
+# Probe states: the six verdicts plus the two states before one.
 SUBMITTING: Final = "submitting"  # the row exists, the smart host has not answered yet
 IN_FLIGHT: Final = "in_flight"  # accepted by the smart host, not yet found
 _OPEN_STATES: Final = (SUBMITTING, IN_FLIGHT)
@@ -52,10 +54,12 @@ CREATE TABLE IF NOT EXISTS probes (
     folder       TEXT,
     decided_at   REAL,
     late_at      REAL,
-    detail       TEXT
+    detail       TEXT,
+    bounce_mailbox TEXT
 );
 CREATE INDEX IF NOT EXISTS probes_open ON probes (state, mailbox);
 CREATE INDEX IF NOT EXISTS probes_pair ON probes (route, smart_host, decided_at);
+CREATE INDEX IF NOT EXISTS probes_bounce ON probes (bounce_mailbox, state);
 """
 _SIGHTINGS: Final = """
 CREATE TABLE IF NOT EXISTS sightings (
@@ -108,6 +112,10 @@ class Decision:
     latency: float | None = None
     decided_at: float = 0.0
     carried_by: str | None = None  # a connector probe's: the smart host its Received chain names
+    status_code: str | None = None  # bounced: the NDR's enhanced status code, e.g. 5.1.1
+    reporting_mta: str | None = None  # bounced: the server that wrote the NDR
+    diagnostic: str | None = None  # bounced: the refusing server's words
+    slowest_hop: tuple[str, float] | None = None  # delivered or late: the Received chain's slowest hop (host, s)
 
     def to_json(self) -> dict[str, Any]:
         """Return the decision in the JSON shape of ``check --format json``."""
@@ -115,6 +123,7 @@ class Decision:
             "route": self.route, "smart_host": self.smart_host, "verdict": str(self.verdict),
             "stage": self.stage, "reason": self.reason, "smtp_code": self.smtp_code,
             "latency_seconds": self.latency, "message_id": self.message_id, "probe_id": self.probe_id,
+            "status_code": self.status_code, "reporting_mta": self.reporting_mta, "diagnostic": self.diagnostic,
         }
 
 
@@ -144,15 +153,45 @@ class Arrival:
     detail: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReportArrival:
+    """A delivery status report (probe.dsn) about one probe, its tag verified, as the confirm step found it."""
+
+    probe_id: str
+    mailbox: str  # the mailbox the report lies in (the route's bounces mailbox)
+    item: ItemRef
+    folder: str
+    received_at: float  # the report's arrival, on the probe's clock
+    seen_at: float
+    delayed: bool  # a delay notification (a warning), not a non-delivery report (the verdict bounced)
+    reason: str  # the bounce reason class (probe.vocabulary.BounceReason)
+    facts: dict[str, Any]  # what the report says (probe.dsn.DeliveryReport.to_json())
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportsRecorded:
+    """What recording a search's reports came to: the verdicts decided, and the probes newly warned of a delay."""
+
+    decisions: list[Decision]
+    delayed: list[str]
+
+
+_DETAILED: Final = frozenset({Verdict.BOUNCED, Verdict.DELIVERED, Verdict.LATE})  # decisions that carry detail
 _DECISION_COLUMNS: Final = ("probe_id, route, smart_host, mailbox, message_id, state, stage, reason, smtp_code,"
-                            " latency, json_extract(detail, '$.carried_by') AS carried_by")
+                            " latency, detail")
 
 
 def _decision(row: sqlite3.Row, decided_at: float) -> Decision:
+    state = row["state"]
+    detail = json.loads(row["detail"] or "{}") if state in _DETAILED else {}
+    bounce = detail.get("bounce") or {} if state == Verdict.BOUNCED else {}
+    hops = detail.get("hops") if state in (Verdict.DELIVERED, Verdict.LATE) else None
     return Decision(
         probe_id=row["probe_id"], route=row["route"], smart_host=row["smart_host"], mailbox=row["mailbox"],
         message_id=row["message_id"], verdict=Verdict(row["state"]), stage=row["stage"], reason=row["reason"],
-        smtp_code=row["smtp_code"], latency=row["latency"], decided_at=decided_at, carried_by=row["carried_by"],
+        smtp_code=row["smtp_code"], latency=row["latency"], decided_at=decided_at, carried_by=detail.get("carried_by"),
+        status_code=bounce.get("status"), reporting_mta=bounce.get("reporting_mta"),
+        diagnostic=bounce.get("diagnostic"), slowest_hop=slowest_hop(hops) if isinstance(hops, list) else None,
     )
 
 
@@ -208,13 +247,17 @@ class Ledger:
     # -- the life of a probe ------------------------------------------------------------------------
 
     def open_probe(self, *, probe_id: str, route: str, smart_host: str, mailbox: str, message_id: str,
-                   deadline: float) -> None:
-        """Record a probe before it is submitted, so a crash during submission never loses it."""
+                   deadline: float, bounce_mailbox: str | None = None) -> None:
+        """Record a probe before it is submitted, so a crash during submission never loses it.
+
+        ``bounce_mailbox`` is the mailbox its NDRs come back to (the route's sender's), when one is configured.
+        """
         with self._tx() as db:
             db.execute(
                 "INSERT INTO probes (probe_id, route, smart_host, mailbox, message_id, created_at, deadline,"
-                " state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (probe_id, route, smart_host, mailbox, message_id, self._clock(), deadline, SUBMITTING),
+                " state, bounce_mailbox) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (probe_id, route, smart_host, mailbox, message_id, self._clock(), deadline, SUBMITTING,
+                 bounce_mailbox),
             )
 
     def record_accepted(self, probe_id: str, *, accepted_at: float, smtp_code: int | None = 250,
@@ -231,7 +274,7 @@ class Ledger:
             merged = {**(detail or {}), **json.loads(row["detail"] or "{}")}
             db.execute("UPDATE probes SET state = ?, accepted_at = ?, smtp_code = ?, detail = ? WHERE probe_id = ?",
                        (IN_FLIGHT, accepted_at, smtp_code, _dump(merged), probe_id))
-            return self._decide_held_arrival(db, probe_id)
+            return self._decide_held(db, probe_id)
 
     def recover_interrupted(self) -> list[Decision]:
         """After a restart, open the probes whose submission was cut short; decide those already seen.
@@ -242,13 +285,15 @@ class Ledger:
         with self._tx() as db:
             ids = [r[0] for r in db.execute("SELECT probe_id FROM probes WHERE state = ?", (SUBMITTING,))]
             db.execute("UPDATE probes SET state = ? WHERE state = ?", (IN_FLIGHT, SUBMITTING))
-            decided = [self._decide_held_arrival(db, probe_id) for probe_id in ids]
+            decided = [self._decide_held(db, probe_id) for probe_id in ids]
         return [d for d in decided if d is not None]
 
-    def _decide_held_arrival(self, db: sqlite3.Connection, probe_id: str) -> Decision | None:
+    def _decide_held(self, db: sqlite3.Connection, probe_id: str) -> Decision | None:
+        """Decide what was seen of a probe before its 250 was recorded: its arrival, else an NDR of it."""
         row = db.execute("SELECT * FROM probes WHERE probe_id = ?", (probe_id,)).fetchone()
         if row["received_at"] is None:
-            return None
+            held = json.loads(row["detail"] or "{}").get("bounce")
+            return None if held is None else self._decide_bounce(db, row, held)
         held = Arrival(probe_id=probe_id, item=ItemRef(""), folder=row["folder"],
                        received_at=row["received_at"], seen_at=row["received_at"])
         verdict = _verdict_on_arrival(row, held)
@@ -331,6 +376,72 @@ class Ledger:
         )
         return self._fetch_decision(db, row["probe_id"], now) if cur.rowcount else None
 
+    def record_reports(self, reports: Iterable[ReportArrival]) -> ReportsRecorded:
+        """Record the verified delivery status reports of one search in one transaction.
+
+        A non-delivery report decides ``bounced`` for a probe in flight, lost or unknown (a lost one was counted
+        as lost already and now counts once as bounced); it wins over a later deadline, and never follows a
+        delivered, late, failed or bounced verdict. A delay notification is a warning kept on the probe. Every
+        report of a known probe is queued for cleanup, whatever it decided.
+        """
+        decisions: list[Decision] = []
+        delayed: list[str] = []
+        with self._tx() as db:
+            for report in reports:
+                row = self._report_sighting(db, report)
+                if row is None:
+                    continue
+                if report.delayed:
+                    if self._note_delay(db, row, report):
+                        delayed.append(report.probe_id)
+                    continue
+                decision = self._bounce(db, row, report)
+                if decision is not None:
+                    decisions.append(decision)
+        return ReportsRecorded(decisions=decisions, delayed=delayed)
+
+    def _report_sighting(self, db: sqlite3.Connection, report: ReportArrival) -> sqlite3.Row | None:
+        """Queue a report of a known probe for cleanup; return the probe's row (None: not a probe of this ledger)."""
+        row: sqlite3.Row | None = db.execute("SELECT * FROM probes WHERE probe_id = ?", (report.probe_id,)).fetchone()
+        if row is not None:
+            db.execute("INSERT OR IGNORE INTO sightings (mailbox, item_key, probe_id, item_ref, seen_at)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (report.mailbox, report.item.key, report.probe_id, report.item.dumps(), report.seen_at))
+        return row
+
+    def _note_delay(self, db: sqlite3.Connection, row: sqlite3.Row, report: ReportArrival) -> bool:
+        """Keep a delay notification on the probe (the latest, and how many); return whether it is the first."""
+        detail = json.loads(row["detail"] or "{}")
+        seen = detail.get("delayed_dsn") or {}
+        if seen.get("item") == report.item.key:
+            return False
+        detail["delayed_dsn"] = {**_report_facts(report), "count": int(seen.get("count", 0)) + 1}
+        db.execute("UPDATE probes SET detail = ? WHERE probe_id = ?", (_dump(detail), row["probe_id"]))
+        return not seen
+
+    def _bounce(self, db: sqlite3.Connection, row: sqlite3.Row, report: ReportArrival) -> Decision | None:
+        """Decide bounced now, or hold the NDR until the 250 is recorded; nothing after another verdict."""
+        facts = {**_report_facts(report), "reason": report.reason}
+        if row["state"] == SUBMITTING:
+            detail = json.loads(row["detail"] or "{}")
+            detail.setdefault("bounce", facts)
+            db.execute("UPDATE probes SET detail = ? WHERE probe_id = ? AND state = ?",
+                       (_dump(detail), row["probe_id"], SUBMITTING))
+            return None
+        if row["state"] not in (IN_FLIGHT, Verdict.LOST, Verdict.UNKNOWN):
+            return None
+        return self._decide_bounce(db, row, facts)
+
+    def _decide_bounce(self, db: sqlite3.Connection, row: sqlite3.Row, facts: dict[str, Any]) -> Decision | None:
+        now = self._clock()
+        detail = {**json.loads(row["detail"] or "{}"), "bounce": {**facts, "decided_at": now}}
+        cur = db.execute(
+            "UPDATE probes SET state = ?, stage = NULL, reason = ?, decided_at = COALESCE(decided_at, ?), detail = ?"
+            " WHERE probe_id = ? AND state = ?",
+            (str(Verdict.BOUNCED), facts["reason"], now, _dump(detail), row["probe_id"], row["state"]),
+        )
+        return self._fetch_decision(db, row["probe_id"], now) if cur.rowcount else None
+
     def record_observation(self, mailbox: str, *, ok: bool, started_at: float, finished_at: float,
                            reason: str | None = None) -> None:
         """Record that a search of ``mailbox`` ran from ``started_at`` to ``finished_at``, and whether it worked."""
@@ -348,14 +459,17 @@ class Ledger:
         """Decide probes past their deadline: lost if their mailbox was searched since, else unknown.
 
         A probe is lost only when a search of its mailbox that *started* after the deadline worked and
-        did not find it. While its mailbox cannot be observed it stays open for ``unknown_after`` more
-        seconds, then is declared unknown (never lost).
+        did not find it, and its bounces mailbox (if any) was searched after the deadline too, or is failing:
+        an NDR that came back in time makes it bounced, never lost. While its mailbox cannot be observed it
+        stays open for ``unknown_after`` more seconds, then is declared unknown (never lost).
         """
         now = self._clock() if now is None else now
         decided: list[Decision] = []
         with self._tx() as db:
             rows = db.execute(
-                "SELECT p.*, o.ok_started FROM probes p LEFT JOIN observations o ON o.mailbox = p.mailbox"
+                "SELECT p.*, o.ok_started, b.ok_started AS bounce_ok_started, b.error_at AS bounce_error_at"
+                " FROM probes p LEFT JOIN observations o ON o.mailbox = p.mailbox"
+                " LEFT JOIN observations b ON b.mailbox = p.bounce_mailbox"
                 " WHERE p.state IN (?, ?) AND p.deadline <= ?", (*_OPEN_STATES, now),
             ).fetchall()
             for row in rows:
@@ -392,11 +506,33 @@ class Ledger:
         oldest = min((float(r["created_at"]) for r in rows), default=None)
         return [r["probe_id"] for r in rows], oldest
 
-    def next_deadline(self, mailbox: str, *, after: float) -> float | None:
-        """Return the soonest deadline after ``after`` of the probes still open to ``mailbox``, if any."""
+    def report_watch_list(self, mailbox: str, *, late_window: float) -> tuple[list[str], float | None]:
+        """Return the probe ids whose NDRs a search of ``mailbox`` should look for (open ones, and recent lost or
+        unknown ones: an NDR may come after the deadline), and when the oldest of them was created."""
+        since = self._clock() - late_window
         with self._lock:
-            row = self._db.execute("SELECT MIN(deadline) FROM probes WHERE mailbox = ? AND state IN (?, ?)"
-                                   " AND deadline > ?", (mailbox, *_OPEN_STATES, after)).fetchone()
+            rows = self._db.execute(
+                "SELECT probe_id, created_at FROM probes WHERE bounce_mailbox = ? AND (state IN (?, ?)"
+                " OR (state IN (?, ?) AND decided_at >= ?))",
+                (mailbox, *_OPEN_STATES, str(Verdict.LOST), str(Verdict.UNKNOWN), since),
+            ).fetchall()
+        oldest = min((float(r["created_at"]) for r in rows), default=None)
+        return [r["probe_id"] for r in rows], oldest
+
+    def awaits(self, mailbox: str) -> bool:
+        """Say whether a probe without a verdict waits on ``mailbox``: to arrive there, or for its NDRs there."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM probes WHERE state IN (?, ?) AND (mailbox = ? OR bounce_mailbox = ?)"
+                                   " LIMIT 1", (*_OPEN_STATES, mailbox, mailbox)).fetchone()
+        return row is not None
+
+    def next_deadline(self, mailbox: str, *, after: float) -> float | None:
+        """Return the soonest deadline after ``after`` of the probes still open that wait on ``mailbox``
+        (sent to it, or bouncing to it), if any."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(deadline) FROM probes WHERE (mailbox = ? OR bounce_mailbox = ?)"
+                                   " AND state IN (?, ?) AND deadline > ?",
+                                   (mailbox, mailbox, *_OPEN_STATES, after)).fetchone()
         return None if row[0] is None else float(row[0])
 
     def open_counts(self) -> dict[tuple[str, str], int]:
@@ -449,6 +585,14 @@ class Ledger:
                 " ORDER BY decided_at DESC LIMIT ?", (route, smart_host, limit)).fetchall()
         return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
+    def waiting(self, route: str, smart_host: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """Return the probes of one (route, smart host) still awaiting a verdict, newest first, detail decoded."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM probes WHERE route = ? AND smart_host = ? AND state IN (?, ?)"
+                " ORDER BY created_at DESC LIMIT ?", (route, smart_host, *_OPEN_STATES, limit)).fetchall()
+        return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
     def counts(self) -> dict[str, int]:
         """Return how many probes are in each state."""
         with self._lock:
@@ -483,11 +627,28 @@ def _verdict_on_arrival(row: sqlite3.Row, arrival: Arrival) -> Verdict | None:
 def _verdict_at_expiry(row: sqlite3.Row, now: float, unknown_after: float) -> Verdict | None:
     observed_after_deadline = row["ok_started"] is not None and row["ok_started"] >= row["deadline"]
     accepted = row["accepted_at"] is not None  # an interrupted submission may never have been accepted
-    if row["state"] == IN_FLIGHT and accepted and observed_after_deadline:
+    if row["state"] == IN_FLIGHT and accepted and observed_after_deadline and _bounces_looked_at(row):
         return Verdict.LOST
     if now >= row["deadline"] + unknown_after:
         return Verdict.UNKNOWN
     return None
+
+
+def _bounces_looked_at(row: sqlite3.Row) -> bool:
+    """Say whether the probe's bounces mailbox (if any) was searched since the deadline, or is failing now: then
+    an NDR that came back in time would have been seen, and not finding the probe means lost."""
+    if row["bounce_mailbox"] is None:
+        return True
+    deadline, ok_started, error_at = row["deadline"], row["bounce_ok_started"], row["bounce_error_at"]
+    if ok_started is not None and ok_started >= deadline:
+        return True
+    return error_at is not None and error_at >= deadline and (ok_started is None or error_at > ok_started)
+
+
+def _report_facts(report: ReportArrival) -> dict[str, Any]:
+    """Return what the ledger keeps of a report: its facts, where it lies and when it came."""
+    return {**report.facts, "item": report.item.key, "mailbox": report.mailbox, "folder": report.folder,
+            "received_at": report.received_at}
 
 
 def _dump(detail: dict[str, Any] | None) -> str | None:
@@ -555,7 +716,15 @@ def _sightings_to_item_refs(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE sightings_v1")
 
 
-_UPGRADES: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {1: _sightings_to_item_refs}
+def _probes_know_their_bounce_mailbox(db: sqlite3.Connection) -> None:
+    """Schema 2 -> 3: probes get the mailbox their NDRs come back to (none for those made before)."""
+    db.execute("ALTER TABLE probes ADD COLUMN bounce_mailbox TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS probes_bounce ON probes (bounce_mailbox, state)")
+
+
+_UPGRADES: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
+    1: _sightings_to_item_refs, 2: _probes_know_their_bounce_mailbox,
+}
 """From each schema version, the step to the next; a step runs in the same transaction as the version bump."""
 
 

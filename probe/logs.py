@@ -137,15 +137,18 @@ def _thread_exception(args: threading.ExceptHookArgs) -> None:
 
 _VERDICT_LEVELS: Final = {Verdict.DELIVERED: logging.INFO, Verdict.LATE: logging.INFO,
                           Verdict.SEND_FAILED: logging.WARNING, Verdict.LOST: logging.WARNING,
-                          Verdict.UNKNOWN: logging.WARNING}
+                          Verdict.BOUNCED: logging.WARNING, Verdict.UNKNOWN: logging.WARNING}
 
 
 def log_decision(logger: logging.Logger, decision: Decision) -> None:
-    """Write the one line of a verdict: route, smart host, verdict, latency, stage, reason, ids."""
+    """Write the one line of a verdict: route, smart host, verdict, latency, stage, reason, ids (and a bounce's
+    status code, reporting MTA and diagnostic)."""
     fields = {
         "route": decision.route, "smart_host": decision.smart_host, "verdict": str(decision.verdict),
         "latency_seconds": decision.latency, "stage": decision.stage, "reason": decision.reason,
         "smtp_code": decision.smtp_code, "message_id": decision.message_id, "probe_id": decision.probe_id,
+        "status_code": decision.status_code, "reporting_mta": decision.reporting_mta,
+        "diagnostic": decision.diagnostic,
     }
     if decision.carried_by is not None:
         fields["carried_by"] = decision.carried_by  # a connector probe's: the smart host that carried it

@@ -40,7 +40,7 @@ from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
 from probe.smtp import SubmitResult
 from probe.submit.connector import submission_host
-from probe.vocabulary import CONNECTOR_PAIR, LocalResource, MailboxReason, Stage, Verdict
+from probe.vocabulary import CONNECTOR_PAIR, BounceReason, LocalResource, MailboxReason, Stage, Verdict
 
 PREFIX: Final = "mailflow_probe"
 PAIR: Final = ("route", "smart_host")
@@ -148,8 +148,8 @@ class _Layout:
 # -- the families of the (route, smart host) pairs ------------------------------------------------------
 
 # Their order in the exposition (the order the registry always had), as indexes into _PAIR_HEADS.
-_SENT, _FAILURES, _DELIVERED, _LOST, _LATE, _UNKNOWN, _DELIVERY, _STAGE, _SUCCESS, _LAST_SUCCESS, _IN_FLIGHT, _TLS = (
-    range(12))
+(_SENT, _FAILURES, _DELIVERED, _LOST, _LATE, _UNKNOWN, _DELIVERY, _STAGE, _SUCCESS, _LAST_SUCCESS, _IN_FLIGHT, _TLS,
+ _BOUNCED, _SLOWEST_HOP) = range(14)
 _PAIR_HEADS: Final = (
     FamilyHead(f"{PREFIX}_sent", "Probes submitted to a smart host (accepted or not).", "counter"),
     FamilyHead(f"{PREFIX}_send_failures", "Probes the smart host did not accept, by SMTP stage and reason.",
@@ -169,6 +169,11 @@ _PAIR_HEADS: Final = (
     FamilyHead(f"{PREFIX}_in_flight", "Probes accepted or being submitted, awaiting a verdict.", "gauge"),
     FamilyHead(f"{PREFIX}_tls_cert_expiry_timestamp_seconds",
                "Unix time the smart host's certificate expires (0: not seen yet).", "gauge"),
+    FamilyHead(f"{PREFIX}_bounced", "Probes accepted, then refused further on: an NDR carrying the probe's verified "
+               "tag came back, by reason (the class of its enhanced status code).", "counter"),
+    FamilyHead(f"{PREFIX}_slowest_hop_seconds", "Delay of the slowest hop of the last delivered probe's Received "
+               "chain, labelled by the hop's receiving host (one series per pair; hop=\"\" and 0 until a delivered "
+               "probe's chain has a timed hop).", "gauge"),
 )
 _COUNTER_FAMILIES: Final = (_SENT, _DELIVERED, _LOST, _LATE, _UNKNOWN)
 _GAUGE_FAMILIES: Final = (_SUCCESS, _LAST_SUCCESS, _IN_FLIGHT)
@@ -201,6 +206,8 @@ class _PairNumbers:
     labels: str  # route="...",smart_host="..." escaped
     scalars: dict[int, float]  # family -> value, for the families of one series per pair
     failures: tuple[tuple[tuple[str, str], float], ...]  # ((stage, reason), value)
+    bounces: tuple[tuple[str, float], ...]  # (reason, value)
+    slowest_hop: tuple[str, float] | None  # (receiving host, seconds)
     histograms: tuple[tuple[int, tuple[str, ...], tuple[float, ...], float], ...]  # family, stage, counts, sum
 
     def labels_of(self, key: tuple[str, ...]) -> Labels:
@@ -221,6 +228,8 @@ class _PairSeries:
         self.version = 0
         self.scalars: dict[int, float] = dict.fromkeys((*_COUNTER_FAMILIES, *_GAUGE_FAMILIES), 0.0)
         self.failures: dict[tuple[str, str], float] = {}
+        self.bounces: dict[str, float] = dict.fromkeys((str(reason) for reason in BounceReason), 0.0)
+        self.slowest_hop: tuple[str, float] | None = ("", 0.0)  # hop="" at 0 until a delivery tells
         self.delivery = _Histogram(delivery)
         self.stages = {str(each): _Histogram(stage) for each in Stage}
         self.rendered: list[bytes] = []
@@ -242,7 +251,8 @@ class _PairSeries:
         """Return a copy of the pair's numbers."""
         histograms = ((_DELIVERY, (), tuple(self.delivery.counts), self.delivery.total),
                       *((_STAGE, (stage,), tuple(h.counts), h.total) for stage, h in self.stages.items()))
-        return _PairNumbers(self.pair, self.labels, dict(self.scalars), tuple(self.failures.items()), histograms)
+        return _PairNumbers(self.pair, self.labels, dict(self.scalars), tuple(self.failures.items()),
+                            tuple(self.bounces.items()), self.slowest_hop, histograms)
 
 
 def _render_pair(numbers: _PairNumbers, le: Sequence[Sequence[str]], values: Values) -> list[bytes]:
@@ -257,6 +267,12 @@ def _render_pair(numbers: _PairNumbers, le: Sequence[Sequence[str]], values: Val
     rendered[_FAILURES] = "".join(
         f'{name}{{reason="{label_value(reason)}",{labels},stage="{label_value(stage)}"}} {values(value)}\n'
         for (stage, reason), value in numbers.failures).encode()
+    name = _PAIR_HEADS[_BOUNCED].sample_names[0]
+    rendered[_BOUNCED] = "".join(f'{name}{{reason="{label_value(reason)}",{labels}}} {values(value)}\n'
+                                 for reason, value in numbers.bounces).encode()
+    if numbers.slowest_hop is not None:  # "hop" sorts before "route"
+        name, (host, seconds) = _PAIR_HEADS[_SLOWEST_HOP].sample_names[0], numbers.slowest_hop
+        rendered[_SLOWEST_HOP] = f'{name}{{hop="{label_value(host)}",{labels}}} {values(seconds)}\n'.encode()
     known = values.known
     lines: dict[int, list[str]] = {}
     for family, series, counts, sum_value in numbers.histograms:
@@ -282,6 +298,11 @@ def _pair_metrics(pairs: Iterable[_PairNumbers], le: Sequence[Sequence[str]]) ->
         for key, value in numbers.failures:
             metrics[_FAILURES].add_sample(_PAIR_HEADS[_FAILURES].sample_names[0],
                                           {**base, **dict(numbers.labels_of(key))}, value)
+        for reason, value in numbers.bounces:
+            metrics[_BOUNCED].add_sample(_PAIR_HEADS[_BOUNCED].sample_names[0], {**base, "reason": reason}, value)
+        if numbers.slowest_hop is not None:
+            metrics[_SLOWEST_HOP].add_sample(_PAIR_HEADS[_SLOWEST_HOP].sample_names[0],
+                                             {**base, "hop": numbers.slowest_hop[0]}, numbers.slowest_hop[1])
         for family, series, counts, sum_value in numbers.histograms:
             bucket, count, total = _PAIR_HEADS[family].sample_names
             labels, acc = {**base, **dict(numbers.labels_of(series))}, 0.0
@@ -454,12 +475,14 @@ class ProbeMetrics:
     # -- observations ------------------------------------------------------------------------------
 
     def observe_decision(self, decision: Decision) -> None:
-        """Count one verdict; move ``success`` on delivered, send_failed and lost."""
+        """Count one verdict; move ``success`` on delivered, send_failed, lost and bounced; note the slowest hop."""
         with self._lock:
             series = self._changing(decision.route, decision.smart_host)
             if series is None:
                 return
             scalars, verdict = series.scalars, decision.verdict
+            if decision.slowest_hop is not None:
+                series.slowest_hop = decision.slowest_hop
             if verdict is Verdict.DELIVERED:
                 scalars[_DELIVERED] += 1.0
                 if decision.latency is not None:
@@ -472,6 +495,10 @@ class ProbeMetrics:
                 scalars[_SUCCESS] = 0.0
             elif verdict is Verdict.LOST:
                 scalars[_LOST] += 1.0
+                scalars[_SUCCESS] = 0.0
+            elif verdict is Verdict.BOUNCED:
+                reason = decision.reason or str(BounceReason.OTHER)
+                series.bounces[reason] = series.bounces.get(reason, 0.0) + 1.0
                 scalars[_SUCCESS] = 0.0
             else:
                 scalars[_LATE if verdict is Verdict.LATE else _UNKNOWN] += 1.0

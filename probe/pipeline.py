@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from probe.carrier import carried_by
 from probe.config import Config, MailboxConfig, RouteConfig, SmartHostConfig
-from probe.ledger import Arrival, Decision, Ledger
-from probe.mailbox.base import Mailbox, SearchResult, Sighting
+from probe.dsn import DsnAction, read_report
+from probe.ledger import Arrival, Decision, Ledger, ReportArrival
+from probe.mailbox.base import Mailbox, ReportCandidate, SearchResult, Sighting
 from probe.message import build_probe_message
 from probe.smtp import SubmitResult, submit
 from probe.submit.connector import Submission, submit_connector_probe
@@ -37,6 +38,7 @@ class Target:
     recipient: str
     smart_host: SmartHostConfig | None = None
     source: MailboxConfig | None = None  # the connector probe's sender mailbox (submit: ews)
+    bounces: str | None = None  # the mailbox the route's NDRs come back to (Config.bounces_mailbox_of)
 
     @property
     def via(self) -> str:
@@ -61,6 +63,9 @@ class Observer(Protocol):
     def on_decision(self, decision: Decision) -> None:
         """Hear a verdict the ledger has decided."""
 
+    def on_delayed(self, probe_id: str, report: dict[str, Any]) -> None:
+        """Hear that a probe's delivery was reported delayed (a warning, never a verdict)."""
+
     def on_local_fault(self, resource: LocalResource, what: str) -> None:
         """Hear that the probe's own host ran out of ``resource`` while doing ``what`` (probe.local_faults)."""
 
@@ -77,6 +82,9 @@ class NullObserver:
     def on_decision(self, decision: Decision) -> None:
         """Ignore a decision."""
 
+    def on_delayed(self, probe_id: str, report: dict[str, Any]) -> None:
+        """Ignore a delay notification."""
+
     def on_local_fault(self, resource: LocalResource, what: str) -> None:
         """Ignore a local fault."""
 
@@ -90,10 +98,11 @@ def targets(config: Config, routes: Iterable[str] | None = None) -> list[Target]
         if wanted is not None and route.name not in wanted:
             continue
         mailbox, recipient = config.mailboxes[route.mailbox], config.recipient_of(route)
-        chosen += [Target(route=route, smart_host=host, mailbox=mailbox, recipient=recipient)
+        bounces = config.bounces_mailbox_of(route)
+        chosen += [Target(route=route, smart_host=host, mailbox=mailbox, recipient=recipient, bounces=bounces)
                    for host in route.smart_hosts]
         if route.connector is not None:
-            chosen.append(Target(route=route, mailbox=mailbox, recipient=recipient,
+            chosen.append(Target(route=route, mailbox=mailbox, recipient=recipient, bounces=bounces,
                                  source=config.sender_mailbox(route)))
     return chosen
 
@@ -121,7 +130,8 @@ def send_probe(target: Target, *, key: bytes, ledger: Ledger, observer: Observer
                                   sender=target.route.sender, recipient=target.recipient)
     ledger.open_probe(probe_id=message.probe_id, route=target.route.name, smart_host=target.via,
                       mailbox=target.mailbox.name, message_id=message.message_id,
-                      deadline=clock() + (timeout if timeout is not None else target.route.timeout))
+                      deadline=clock() + (timeout if timeout is not None else target.route.timeout),
+                      bounce_mailbox=target.bounces)
     result = _submit(target, message.raw)
     detail = submit_detail(result)
     if result.local is not None:  # the host failed, not the smart host: unknown (local), no send counted
@@ -162,19 +172,24 @@ def submit_detail(result: SubmitResult) -> dict[str, Any]:
     }
 
 
-def confirm(mailbox_name: str, mailbox: Mailbox, *, ledger: Ledger, observer: Observer,
+def confirm(mailbox_name: str, mailbox: Mailbox, *, key: bytes, ledger: Ledger, observer: Observer,
             late_window: float, cleanup: bool = True, search_deadline: float | None = None,
             carriers: Carriers | None = None) -> list[Decision]:
-    """Search one mailbox once for every probe in flight to it; record what it saw; clean up.
+    """Search one mailbox once for every probe in flight to it and every report of the probes bouncing to it;
+    record what it saw; clean up.
 
     ``carriers`` (each route's smart hosts) lets a connector probe's arrival record which smart host carried it.
     """
     probe_ids, since = ledger.watch_list(mailbox_name, late_window=late_window)
+    report_ids, reports_since = ledger.report_watch_list(mailbox_name, late_window=late_window)
+    oldest = min((t for t in (since, reports_since) if t is not None), default=None)
     decisions: list[Decision] = []
-    if probe_ids and since is not None:
-        result = mailbox.search(probe_ids, since=since, deadline=search_deadline)
-        observer.on_search(mailbox_name, result)
+    if (probe_ids or report_ids) and oldest is not None:
+        result = mailbox.search(probe_ids, since=oldest, deadline=search_deadline, reports_for=report_ids)
+        reports, forged = _read_reports(result.reports, key)
+        observer.on_search(mailbox_name, replace(result, forged=result.forged + forged) if forged else result)
         decisions = _record_sightings(ledger, result.sightings, observer, carriers or {})
+        decisions += _record_reports(ledger, reports, observer)
         ledger.record_observation(mailbox_name, ok=result.ok, started_at=result.started_at,
                                   finished_at=result.finished_at,
                                   reason=_observation_reason(result))
@@ -210,6 +225,38 @@ def _carried(pair: tuple[str, str] | None, sighting: Sighting, carriers: Carrier
     if pair is None or pair[1] != CONNECTOR_PAIR or pair[0] not in carriers:
         return {}
     return {"carried_by": carried_by(sighting.hops, carriers[pair[0]])}
+
+
+def _read_reports(candidates: Sequence[ReportCandidate], key: bytes) -> tuple[list[ReportArrival], int]:
+    """Read each candidate as a DSN (probe.dsn); return the verified reports, and how many were forged."""
+    reports: list[ReportArrival] = []
+    forged = 0
+    for candidate in candidates:
+        reading = read_report(candidate.raw, key=key)
+        report = reading.report
+        if report is None or report.probe_id != candidate.probe_id:
+            if reading.forged or report is not None:  # a bad tag, or a report naming another probe than its subject
+                forged += 1
+            continue
+        reports.append(ReportArrival(
+            probe_id=report.probe_id, mailbox=candidate.mailbox, item=candidate.item, folder=str(candidate.folder),
+            received_at=candidate.received_local, seen_at=candidate.first_seen_local,
+            delayed=report.action is DsnAction.DELAYED, reason=str(report.reason),
+            facts={**report.to_json(), "received_server": candidate.received_server.isoformat()}))
+    return reports, forged
+
+
+def _record_reports(ledger: Ledger, reports: Sequence[ReportArrival], observer: Observer) -> list[Decision]:
+    """Record a search's verified reports in one transaction; report the verdicts and new delay warnings."""
+    if not reports:
+        return []
+    recorded = ledger.record_reports(reports)
+    facts = {r.probe_id: r.facts for r in reports if r.delayed}
+    for probe_id in recorded.delayed:
+        observer.on_delayed(probe_id, facts[probe_id])
+    for decision in recorded.decisions:
+        observer.on_decision(decision)
+    return recorded.decisions
 
 
 def clean_up(mailbox_name: str, mailbox: Mailbox, *, ledger: Ledger) -> int:

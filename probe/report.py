@@ -25,7 +25,7 @@ EXIT_USAGE = 2
 EXIT_UNKNOWN = 3
 
 _NAGIOS_STATES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
-_FAILED = frozenset({Verdict.SEND_FAILED, Verdict.LOST, Verdict.LATE})
+_FAILED = frozenset({Verdict.SEND_FAILED, Verdict.LOST, Verdict.LATE, Verdict.BOUNCED})
 _REPLY_WIDTH: Final = 60
 
 # C0 controls, DEL, C1 controls (\x9b is a CSI on some terminals) and the bidirectional overrides and
@@ -76,7 +76,7 @@ class Format:
 
 
 def exit_code(decisions: Sequence[Decision]) -> int:
-    """Return 0 when all were delivered, 1 when any failed or was lost, else 3 when any is unknown."""
+    """Return 0 when all were delivered, 1 when any failed, was lost, late or bounced, else 3 when any is unknown."""
     verdicts = {d.verdict for d in decisions}
     if verdicts & _FAILED:
         return EXIT_FAILED
@@ -86,9 +86,9 @@ def exit_code(decisions: Sequence[Decision]) -> int:
 
 
 def nagios_code(decisions: Sequence[Decision]) -> int:
-    """Return the Nagios state: OK, WARNING (late only), CRITICAL (send_failed or lost), UNKNOWN."""
+    """Return the Nagios state: OK, WARNING (late only), CRITICAL (send_failed, lost or bounced), UNKNOWN."""
     verdicts = {d.verdict for d in decisions}
-    if verdicts & {Verdict.SEND_FAILED, Verdict.LOST}:
+    if verdicts & {Verdict.SEND_FAILED, Verdict.LOST, Verdict.BOUNCED}:
         return 2
     if Verdict.UNKNOWN in verdicts or not decisions:
         return 3
@@ -102,15 +102,23 @@ def _latency(decision: Decision) -> str:
 
 
 def _why(decision: Decision) -> str:
+    if decision.verdict is Verdict.BOUNCED:  # where: the NDR's status code; why: its class
+        return f"{decision.status_code or '-'}/{decision.reason or '-'}"
     if decision.stage or decision.reason:
         return f"{decision.stage or '-'}/{decision.reason or '-'}"
     return "-"
 
 
 def _reply(report: Report, decision: Decision) -> str:
-    reply = report.detail(decision).get("smtp_reply")
+    if decision.verdict is Verdict.BOUNCED and decision.diagnostic:  # the refusing server's words, from the NDR
+        return terminal_safe(redact(decision.diagnostic))[:_REPLY_WIDTH]
+    detail = report.detail(decision)
+    reply, queue_id = detail.get("smtp_reply"), detail.get("queue_id")
     if reply and decision.smtp_code:
-        return terminal_safe(redact(f"{decision.smtp_code} {reply}"))[:_REPLY_WIDTH]
+        text = f"{decision.smtp_code} {reply}"
+        if len(text) > _REPLY_WIDTH and queue_id:  # Exchange's 250 names the Message-ID first: show what matters
+            text = f"{decision.smtp_code} {detail.get('enhanced_code') or ''} queued, id {queue_id}".replace("  ", " ")
+        return terminal_safe(redact(text))[:_REPLY_WIDTH]
     return str(decision.smtp_code) if decision.smtp_code else "-"
 
 
@@ -143,7 +151,35 @@ def _debug_lines(report: Report, decision: Decision) -> list[str]:
     lines += [f"    hop: {hop}" for hop in detail.get("hops", [])]
     if detail.get("error"):
         lines.append(f"    error: {detail['error']}")
+    lines += _report_lines(detail)
+    lines += _tracking_lines(detail.get("tracking"))
     return [terminal_safe(redact(line)) for line in lines]
+
+
+def _report_lines(detail: Mapping[str, Any]) -> list[str]:
+    """Return a probe's NDR and its delay warning, as the debug lines show them."""
+    lines = []
+    bounce = detail.get("bounce")
+    if isinstance(bounce, Mapping):
+        lines.append(f"    bounced: {bounce.get('status')} ({bounce.get('reason')}) reported by "
+                     f"{bounce.get('reporting_mta') or '?'}" + (f" for {bounce['remote_mta']}" if bounce.get(
+                         "remote_mta") else "") + f": {bounce.get('diagnostic') or '-'}")
+    delayed = detail.get("delayed_dsn")
+    if isinstance(delayed, Mapping):
+        lines.append(f"    warning: delivery delayed ({delayed.get('status')}, {delayed.get('count', 1)} notice(s)) "
+                     f"reported by {delayed.get('reporting_mta') or '?'}: {delayed.get('diagnostic') or '-'}"
+                     + (f"; retrying until {delayed['will_retry_until']}" if delayed.get("will_retry_until") else ""))
+    return lines
+
+
+def _tracking_lines(tracking: object) -> list[str]:
+    """Return where to follow a lost or bounced probe: queue id, Message-ID, the command to run."""
+    if not isinstance(tracking, Mapping):
+        return []
+    lines = [f"    track: Message-ID {tracking.get('message_id')}, queue id {tracking.get('queue_id') or '-'}"
+             + (f" at {tracking['server']}" if tracking.get("server") else "")]
+    lines += [f"    track: {command}" for command in tracking.get("commands") or []]
+    return lines
 
 
 # -- text ------------------------------------------------------------------------------------------------
@@ -176,7 +212,9 @@ def _debug_json(report: Report, decision: Decision) -> dict[str, Any]:
     detail = report.detail(decision)
     return {"transcript": [redact(str(line)) for line in detail.get("transcript", [])],
             "hops": detail.get("hops", []), "smtp_reply": redact(str(detail.get("smtp_reply") or "")) or None,
-            "error": redact(str(detail.get("error") or "")) or None}
+            "error": redact(str(detail.get("error") or "")) or None, "queue_id": detail.get("queue_id"),
+            "bounce": detail.get("bounce"), "delayed_dsn": detail.get("delayed_dsn"),
+            "tracking": detail.get("tracking")}
 
 
 def format_json(report: Report) -> str:

@@ -12,6 +12,7 @@ class Verdict(StrEnum):
     SEND_FAILED = "send_failed"
     LOST = "lost"
     LATE = "late"
+    BOUNCED = "bounced"
     UNKNOWN = "unknown"
 
 
@@ -54,6 +55,16 @@ class MailboxReason(StrEnum):
     THROTTLED = "throttled"
     SERVER_ERROR = "server_error"
     PROTOCOL = "protocol"
+
+
+class BounceReason(StrEnum):
+    """Why a probe bounced: the class of the enhanced status code of its NDR (RFC 3463)."""
+
+    RECIPIENT = "recipient"  # X.1.X: addressing (unknown recipient, bad address)
+    ROUTING = "routing"  # X.4.X: network and routing (loop, no route, expired in a queue, access denied at the edge)
+    SIZE = "size"  # X.3.4: message too big for the system
+    POLICY = "policy"  # X.7.X: security or policy (transport rule, not authorized)
+    OTHER = "other"
 
 
 class UnknownReason(StrEnum):

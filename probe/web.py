@@ -41,6 +41,10 @@ class StatusSource(Protocol):
         """Return the latest decided probes of a pair, newest first (probe.ledger.Ledger.history rows)."""
         ...
 
+    def waiting(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
+        """Return the probes of a pair still awaiting a verdict, newest first (probe.ledger.Ledger.waiting rows)."""
+        ...
+
     def ready(self) -> bool:
         """Return whether the daemon is probing."""
         ...

@@ -15,13 +15,15 @@ import yaml
 from probe.config import Config, ConnectorConfig, RouteConfig, SmartHostConfig, redacted_view
 from probe.diagnosis import RouteDiagnosis, diagnose_history
 from probe.secret import redact
+from probe.tracking import tracking_hint
 from probe.vocabulary import CONNECTOR_PAIR
 
 Via = SmartHostConfig | ConnectorConfig  # what a pair goes through: a smart host, or the route's connector
 
 HISTORY_LIMIT: Final = 20
 REFRESH_SECONDS: Final = 10
-_SYMBOLS: Final = {"delivered": "✓", "send_failed": "✗", "lost": "✗", "late": "!", "unknown": "?", "bounced": "✗"}
+_SYMBOLS: Final = {"delivered": "✓", "send_failed": "✗", "lost": "✗", "late": "!", "bounced": "↩", "unknown": "?"}
+_TRACKED: Final = frozenset({"lost", "bounced"})  # verdicts whose debug view says how to follow the probe
 
 _CSS: Final = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
@@ -33,7 +35,8 @@ th{background:#f0f0f0}
 .chip{display:inline-block;width:1.3em;height:1.3em;line-height:1.3em;margin:0 1px;text-align:center;
  border-radius:3px;color:#fff;text-decoration:none;font-size:.85em}
 .delivered{background:#2e7d32}.send_failed{background:#c62828}.lost{background:#6a1b9a}
-.late{background:#ef6c00}.unknown{background:#757575}.none{background:#bdbdbd}.bounced{background:#ad1457}
+.late{background:#ef6c00}.bounced{background:#ad1457}.unknown{background:#757575}.none{background:#bdbdbd}
+.warn{color:#e65100;font-size:.9em}
 .diagnosis{border-left:4px solid #c62828;background:#fff;padding:.3em .6em;margin:.3em 0}
 pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow-x:auto;font-size:12.5px}
 a{color:#1565c0}
@@ -49,6 +52,10 @@ class HistorySource(Protocol):
 
     def history(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
         """Return the latest decided probes of a pair, newest first (probe.ledger.Ledger.history rows)."""
+        ...
+
+    def waiting(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
+        """Return the probes of a pair still awaiting a verdict, newest first (probe.ledger.Ledger.waiting rows)."""
         ...
 
 
@@ -116,7 +123,7 @@ def _name_of(via: Via) -> str:
     return via.name if isinstance(via, SmartHostConfig) else CONNECTOR_PAIR
 
 
-def _where(via: Via) -> str:
+def _path(via: Via) -> str:
     """Return what a pair goes through, as the row's second line shows it."""
     if isinstance(via, SmartHostConfig):
         return f"{via.host}:{via.port} {via.tls}"
@@ -125,15 +132,35 @@ def _where(via: Via) -> str:
     return f"the Send connector, submitted to {via.host}:{via.port} {via.tls}"
 
 
-def _pair_row(route: RouteConfig, via: Via, rows: Sequence[Mapping[str, Any]], now: float) -> str:
+def _where(row: Mapping[str, Any]) -> str:
+    """Return a verdict's stage and reason (a bounce's: its NDR's status code and reason class)."""
+    bounce = (row.get("detail") or {}).get("bounce") if row.get("state") == "bounced" else None
+    first = bounce.get("status") if isinstance(bounce, Mapping) else row.get("stage")
+    return " / ".join(str(p) for p in (first, row.get("reason")) if p)
+
+
+def _delay_warning(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Return the warning line of the newest probe with a delay notification, if any."""
+    for row in rows:
+        delayed = (row.get("detail") or {}).get("delayed_dsn")
+        if isinstance(delayed, Mapping):
+            text = (f"delivery delayed: {delayed.get('status')} reported by {delayed.get('reporting_mta') or '?'}"
+                    f" (probe {row.get('probe_id')}, {row.get('state')})")
+            return f'<br><span class="warn" title="{_e(delayed.get("diagnostic"))}">{_e(text)}</span>'
+    return ""
+
+
+def _pair_row(source: HistorySource, route: RouteConfig, via: Via, rows: Sequence[Mapping[str, Any]],
+              now: float) -> str:
     name = _name_of(via)
     last: Mapping[str, Any] = rows[0] if rows else {}
-    where = " / ".join(str(p) for p in (last.get("stage"), last.get("reason")) if p)
+    where = _where(last)
+    warning = _delay_warning([*source.waiting(route.name, name, HISTORY_LIMIT), *rows[:1]])
     carried = ""
     if route.connector is not None:
         carried_by = ((last.get("detail") or {}).get("carried_by") or "") if name == CONNECTOR_PAIR else ""
         carried = f"<td>{_e(carried_by)}</td>"
-    return (f"<tr><td>{_e(name)}<br><span class=meta>{_e(_where(via))}</span></td>"
+    return (f"<tr><td>{_e(name)}<br><span class=meta>{_e(_path(via))}</span>{warning}</td>"
             f"<td>{_verdict(last.get('state'))}</td><td>{_e(_latency(last.get('latency')))}</td>{carried}"
             f"<td>{_e(where)}</td><td>{_e(last.get('smtp_code'))}</td>"
             f"<td>{_e(_when(last.get('decided_at'), now))}</td>"
@@ -156,7 +183,7 @@ def _route_section(source: HistorySource, config: Config, route: RouteConfig, no
              f" (mailbox {_e(route.mailbox)}), every {route.interval:g} s, timeout {route.timeout:g} s</p>",
              f"<table><tr><th>smart host</th><th>last verdict</th><th>latency</th>{carried}<th>stage / reason</th>"
              "<th>SMTP code</th><th>decided</th><th>recent (oldest → newest)</th><th></th></tr>"]
-    parts.extend(_pair_row(route, via, history[_name_of(via)], now) for via in vias)
+    parts.extend(_pair_row(source, route, via, history[_name_of(via)], now) for via in vias)
     parts.append("</table>")
     if route.connector is not None:
         parts.append(_diagnosis(diagnose_history(route.name, history)))
@@ -218,10 +245,31 @@ def _probe_section(row: Mapping[str, Any], now: float) -> str:
     parts.append("<h3>TLS</h3>")
     tls = detail.get("tls")
     parts.append(_table(tls) if isinstance(tls, Mapping) and tls else "<p>No TLS facts.</p>")
-    rest = {k: v for k, v in detail.items() if k not in ("transcript", "hops", "tls")}
+    parts += _report_sections(row, detail)
+    rest = {k: v for k, v in detail.items() if k not in ("transcript", "hops", "tls", "bounce", "delayed_dsn")}
     if rest:
         parts.append("<h3>Other details</h3>" + _table(rest))
     return "".join(parts)
+
+
+def _report_sections(row: Mapping[str, Any], detail: Mapping[str, Any]) -> list[str]:
+    """Return a probe's NDR, its delay warning, and (lost or bounced) how to follow it in the smart host's logs."""
+    parts = []
+    bounce, delayed = detail.get("bounce"), detail.get("delayed_dsn")
+    if isinstance(bounce, Mapping):
+        parts.append("<h3>Non-delivery report</h3>" + _table(bounce))
+    if isinstance(delayed, Mapping):
+        parts.append('<h3 class="warn">Warning: delivery delayed</h3>' + _table(delayed))
+    if row.get("state") in _TRACKED and row.get("created_at") is not None:
+        hint = tracking_hint(detail=detail, message_id=str(row.get("message_id") or ""),
+                             created_at=float(row["created_at"]),
+                             finished_at=max(float(row.get("deadline") or 0), float(row.get("decided_at") or 0)))
+        commands = "".join(f"<pre>{_e(command)}</pre>" for command in hint.commands) or (
+            "<p>The smart host's reply does not say which MTA it is; search its logs for the Message-ID.</p>")
+        facts = {"Message-ID": hint.message_id, "queue id": hint.queue_id, "server": hint.server,
+                 "MTA": hint.mta, "window": f"{hint.to_json()['start']} to {hint.to_json()['end']}"}
+        parts.append("<h3>Track it in the smart host's logs</h3>" + _table(facts) + commands)
+    return parts
 
 
 def _effective_config(config: Config, route: RouteConfig, host: Via) -> str:

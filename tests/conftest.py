@@ -105,6 +105,6 @@ def fresh_exchangelib() -> Iterator[None]:
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     """Yield a started two-forest lab on ephemeral loopback ports; stop it afterwards."""
-    with Lab.start(tmp_path / "lab") as started:
+    with Lab.start(tmp_path / "lab", tarpit_seconds=0.5) as started:
         yield started
 

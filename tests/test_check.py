@@ -219,7 +219,8 @@ def test_a_forged_probe_is_neither_counted_nor_deleted_and_foreign_mail_is_left_
 
 
 def test_delay_beyond_the_timeout_is_lost_then_late_when_it_lands(lab: Any, tmp_path: Path) -> None:
-    """delay_delivery past the timeout: lost at the deadline; the same probe found later is late."""
+    """delay_delivery past the timeout: lost at the deadline (its mailbox and its bounces mailbox searched since);
+    the same probe found later is late."""
     from probe.ledger import Ledger
     from probe.mailbox.ews import EwsMailbox
     from probe.pipeline import NullObserver, confirm, expire, send_probe, targets
@@ -230,16 +231,21 @@ def test_delay_beyond_the_timeout_is_lost_then_late_when_it_lands(lab: Any, tmp_
     key = load_or_create_key(config.signing_key_file)
     ledger = Ledger(":memory:")
     target = next(t for t in targets(config) if t.via == EDGE_1)
+    assert target.bounces is not None
     mailbox = EwsMailbox(config.mailboxes[target.mailbox.name], key=key)
+    bounces = EwsMailbox(config.mailboxes[target.bounces], key=key)
     try:
         assert send_probe(target, key=key, ledger=ledger, observer=NullObserver()) is None
         time.sleep(1.1)
-        confirm(target.mailbox.name, mailbox, ledger=ledger, observer=NullObserver(), late_window=60)
+        confirm(target.mailbox.name, mailbox, key=key, ledger=ledger, observer=NullObserver(), late_window=60)
+        assert expire(ledger, observer=NullObserver(), unknown_after=60) == []  # NDRs not looked for yet
+        confirm(target.bounces, bounces, key=key, ledger=ledger, observer=NullObserver(), late_window=60)
         assert [d.verdict for d in expire(ledger, observer=NullObserver(), unknown_after=60)] == [Verdict.LOST]
         time.sleep(2.5)
-        late = confirm(target.mailbox.name, mailbox, ledger=ledger, observer=NullObserver(), late_window=60)
+        late = confirm(target.mailbox.name, mailbox, key=key, ledger=ledger, observer=NullObserver(), late_window=60)
     finally:
         mailbox.close()
+        bounces.close()
     assert [d.verdict for d in late] == [Verdict.LATE]
     assert late[0].latency is not None
     assert late[0].latency == pytest.approx(3.0, abs=0.5)

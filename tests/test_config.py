@@ -22,6 +22,7 @@ from probe.config import (
     SECTIONS,
     Config,
     ConfigError,
+    LoadedConfig,
     config_json_schema,
     load_config,
     load_config_with_warnings,
@@ -37,6 +38,13 @@ EXAMPLE = REPO / "config" / "example.yaml"
 SMTP_SECRET = "smtp-secret-7c1e"
 EWS_SECRET = "ews-secret-42ab"
 ENV = {"CONTOSO_SMTP_PASSWORD": SMTP_SECRET, "FC_EWS_PASSWORD": EWS_SECRET}
+def warnings_besides_bounces(loaded: LoadedConfig) -> tuple[str, ...]:
+    """Return the warnings other than the minimal config's own (its sender has no mailbox for NDRs)."""
+    return tuple(w for w in loaded.warnings if not w.endswith(NO_BOUNCES))
+
+
+NO_BOUNCES = ("routes[0].sender: no mailbox has this address and bounces_mailbox is not set: the route's NDRs are not"
+              " read (a probe refused after its 250 reads lost, not bounced)")
 EXAMPLE_ENV = {
     "CONTOSO_SMTP_PASSWORD": "example-smtp-contoso-1",
     "FOURTHCOFFEE_SMTP_PASSWORD": "example-smtp-fourthcoffee-2",
@@ -92,9 +100,10 @@ def test_errors_never_show_a_secret(name: str) -> None:
 
 
 def test_the_minimal_config_is_valid() -> None:
-    """The config the invalid ones are made from loads, so each invalid one fails for its one change."""
+    """The config the invalid ones are made from loads, so each invalid one fails for its one change (its one
+    warning: the sender's NDRs have no mailbox to come back to)."""
     loaded = load_config_with_warnings(MINIMAL, environ=ENV)
-    assert loaded.warnings == ()
+    assert [w.split(": ", 1)[1] for w in loaded.warnings] == [NO_BOUNCES]
     assert [route.name for route in loaded.config.routes] == ["contoso-to-fourthcoffee"]
 
 
@@ -213,7 +222,39 @@ def test_an_unused_mailbox_is_warned_about(tmp_path: Path) -> None:
                         "      url: https://mail.fourthcoffee.com/EWS/Exchange.asmx\n      username: u\n"
                         "      password_env: FC_EWS_PASSWORD\nroutes:\n")
     loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
-    assert [w.split(": ", 1)[1] for w in loaded.warnings] == ["mailboxes.spare: no route sends to this mailbox"]
+    assert [w.split(": ", 1)[1] for w in warnings_besides_bounces(loaded)] == [
+        "mailboxes.spare: no route sends to this mailbox"]
+
+
+CONTOSO_MAILBOX = ("  contoso:\n    address: Probe@Contoso.com\n    ews:\n"
+                   "      url: https://mail.contoso.com/EWS/Exchange.asmx\n      username: u\n"
+                   "      password_env: FC_EWS_PASSWORD\nroutes:\n")
+
+
+def test_the_mailbox_of_the_senders_address_receives_the_routes_ndrs(tmp_path: Path) -> None:
+    """The mailbox whose address is the sender (case aside) is the route's bounces mailbox: no warning, and it is
+    not unused though no route sends to it."""
+    loaded = load_config_with_warnings(write(tmp_path, minimal_with("routes:\n", CONTOSO_MAILBOX)), environ=ENV)
+    config = loaded.config
+    assert loaded.warnings == ()
+    assert config.bounces_mailbox_of(config.routes[0]) == "contoso"
+
+
+def test_bounces_mailbox_names_another_mailbox_for_the_ndrs(tmp_path: Path) -> None:
+    """An explicit bounces_mailbox wins over the sender's address."""
+    text = minimal_with("routes:\n", CONTOSO_MAILBOX.replace("Probe@Contoso.com", "ndr@contoso.com"))
+    text = text.replace("    mailbox: fourthcoffee\n", "    mailbox: fourthcoffee\n    bounces_mailbox: contoso\n")
+    loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
+    assert loaded.warnings == ()
+    assert loaded.config.bounces_mailbox_of(loaded.config.routes[0]) == "contoso"
+
+
+def test_a_route_whose_ndrs_no_mailbox_receives_is_warned_about(tmp_path: Path) -> None:
+    """Without a mailbox for the sender's address or a bounces_mailbox, the route loads with a warning that says
+    what is lost: its NDRs are not read."""
+    loaded = load_config_with_warnings(MINIMAL, environ=ENV)
+    assert loaded.config.bounces_mailbox_of(loaded.config.routes[0]) is None
+    assert loaded.warnings == (f"{MINIMAL}:13: {NO_BOUNCES}",)
 
 
 def test_environ_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,7 +273,7 @@ def test_an_inline_password_is_accepted_and_warned_without_showing_it(tmp_path: 
     path = write(tmp_path, text)
     loaded = load_config_with_warnings(path, environ=ENV)
     assert loaded.config.routes[0].smart_hosts[0].password == Secret("inline-pass-9d2f")
-    assert loaded.warnings == (
+    assert warnings_besides_bounces(loaded) == (
         f"{path}:19: routes[0].smart_hosts[0].password: a password written in the config file; "
         "prefer password_env or password_file",
     )
@@ -246,7 +287,7 @@ def test_a_password_file_is_read_without_its_trailing_newline(tmp_path: Path) ->
     text = minimal_with("      password_env: FC_EWS_PASSWORD\n", "      password_file: fc-ews.pass\n")
     loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
     assert loaded.config.mailboxes["fourthcoffee"].backend.password == Secret("file-pass-31c7")
-    assert loaded.warnings == ()
+    assert warnings_besides_bounces(loaded) == ()
 
 
 def test_a_password_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
@@ -256,9 +297,9 @@ def test_a_password_file_others_can_read_is_warned_about(tmp_path: Path) -> None
     secret_file.chmod(0o644)
     text = minimal_with("      password_env: FC_EWS_PASSWORD\n", "      password_file: fc-ews.pass\n")
     loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
-    assert len(loaded.warnings) == 1
-    assert f"{secret_file} can be read by every user" in loaded.warnings[0]
-    assert "file-pass-31c7" not in loaded.warnings[0]
+    assert len(warnings_besides_bounces(loaded)) == 1
+    assert f"{secret_file} can be read by every user" in warnings_besides_bounces(loaded)[0]
+    assert "file-pass-31c7" not in warnings_besides_bounces(loaded)[0]
 
 
 def test_an_empty_password_file_or_env_var_is_an_error(tmp_path: Path) -> None:

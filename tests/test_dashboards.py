@@ -33,7 +33,8 @@ CONTRACT_METRICS = frozenset(f"mailflow_probe_{name}" for name in (
     "sent_total", "send_failures_total", "delivered_total", "lost_total", "late_total", "unknown_total",
     "delivery_seconds", "smtp_stage_seconds", "success", "last_success_timestamp_seconds", "in_flight",
     "mailbox_up", "mailbox_errors_total", "tls_cert_expiry_timestamp_seconds", "build_info",
-    "config_last_reload_successful", "scheduler_lag_seconds", "mailbox_watcher_up", "connector_carried_total",
+    "config_last_reload_successful", "scheduler_lag_seconds", "mailbox_watcher_up", "bounced_total",
+    "slowest_hop_seconds", "connector_carried_total",
 ))
 MAILBOX_METRICS = frozenset(f"mailflow_probe_{n}" for n in ("mailbox_up", "mailbox_errors_total", "mailbox_watcher_up"))
 UNLABELLED_METRICS = frozenset(
@@ -220,7 +221,8 @@ def test_required_panels_are_present() -> None:
     assert "(mailflow_probe_tls_cert_expiry_timestamp_seconds" in exprs["Days to certificate expiry"][0]
     assert "/ 86400" in exprs["Days to certificate expiry"][0]
     assert "stage, reason" in exprs["Send failures by stage and reason"][0]
-    assert {"In flight", "Lost, late and unknown", "Mailbox observable", "Mailbox errors by reason",
+    assert {"In flight", "Lost, late and unknown", "Bounced by reason", "Slowest hop", "Mailbox observable",
+            "Mailbox errors by reason",
             "SMTP stage timings p50 / p95", "Build", "Configuration last reload",
             "Scheduler lag p99 and mean", "Mailbox watcher running"} <= set(kinds)
 

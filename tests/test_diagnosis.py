@@ -190,6 +190,9 @@ class Source:
     def history(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
         return self._rows.get(smart_host, [])[:limit]
 
+    def waiting(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
+        return []
+
 
 def test_the_status_page_shows_the_connector_row_its_carrier_and_the_diagnosis() -> None:
     """The status page lists the connector row beside the smart hosts, with the smart host that carried it,

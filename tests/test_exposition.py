@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
@@ -40,6 +41,9 @@ def observe_everything(m: ProbeMetrics, route: str = "c2f", host: str = "edge-1"
     m.observe_decision(decision(Verdict.LOST, route=route, host=host))
     m.observe_decision(decision(Verdict.LATE, route=route, host=host))
     m.observe_decision(decision(Verdict.UNKNOWN, route=route, host=host))
+    m.observe_decision(decision(Verdict.BOUNCED, route=route, host=host, reason="recipient"))
+    m.observe_decision(replace(decision(Verdict.DELIVERED, route=route, host=host, latency=latency),
+                               slowest_hop=(f"MBX-1.{route}", 0.75)))
     m.set_in_flight(route, host, 2)
     m.observe_search("fc", searched(ok=False, error_reason=MailboxReason.THROTTLED))
     m.set_watcher("fc", "streaming", True)

@@ -53,7 +53,7 @@ class Scenario:
     @property
     def expected(self) -> str:
         """Return the expected verdict as the table shows it."""
-        text = self.verdict + (f" {self.stage}/{self.reason}" if self.stage else "")
+        text = self.verdict + (f" {self.stage or '-'}/{self.reason}" if self.stage or self.reason else "")
         return text + (f" (mailbox error {self.mailbox_reason})" if self.mailbox_reason else "")
 
 
@@ -93,6 +93,10 @@ SMART_HOST_ROWS: Final = (
              faults=(sh(fc(7), "reject", stage="data", code=554),),
              verdict="send_failed", stage="data", reason="rejected"),
     Scenario(name="no fault (control)", route=C2F, smart_host=fc(8), faults=(), verdict="delivered"),
+    Scenario(name="bounce 5.1.1 after 1 s", route=C2F, smart_host=fc(9),
+             faults=(sh(fc(9), "bounce", status="5.1.1", seconds=1),), verdict="bounced", reason="recipient"),
+    Scenario(name="transport rules: [EXTERNAL] subject and a disclaimer", route=C2F, smart_host=fc(10),
+             faults=(sh(fc(10), "subject_prefix"), sh(fc(10), "disclaimer")), verdict="delivered"),
     Scenario(name="slow data 8 s (timeout 3 s)", route=F2C, smart_host=co(1),
              faults=(sh(co(1), "slow", stage="data", seconds=8),),
              verdict="send_failed", stage="data", reason="timeout"),
@@ -105,6 +109,11 @@ SMART_HOST_ROWS: Final = (
     Scenario(name="delay_delivery 18 s (past the 10 s timeout)", route=F2C, smart_host=co(6),
              faults=(sh(co(6), "delay_delivery", seconds=18),), verdict="lost", daemon_verdicts=("lost", "late")),
     Scenario(name="no fault (control)", route=F2C, smart_host=co(7), faults=(), verdict="delivered"),
+    Scenario(name="bounce 5.7.1 after 1 s", route=F2C, smart_host=co(9),
+             faults=(sh(co(9), "bounce", status="5.7.1", seconds=1),), verdict="bounced", reason="policy"),
+    Scenario(name="delay_delivery 3 s, a delay notification after 1 s", route=F2C, smart_host=co(10),
+             faults=(sh(co(10), "delay_delivery", seconds=3, notify_after=1),), verdict="delivered",
+             latency_at_least=2.5),
 )
 
 # Each mailbox scenario has a forest of its own (its EWS endpoint), probed from contoso through 2 smart hosts.
@@ -145,8 +154,9 @@ _observed: dict[tuple[str, str], dict[str, str]] = {}  # (route, smart host) -> 
 
 @contextlib.contextmanager
 def faulty_lab_at(directory: Path) -> Iterator[Lab]:
-    """Start a lab of ten forests (8 smart hosts each) with every fault of the matrix in force."""
-    with Lab.start(directory, forests=("contoso", "fourthcoffee", *MAILBOX_FORESTS), smart_hosts_per_forest=8) as lab:
+    """Start a lab of ten forests (10 smart hosts each) with every fault of the matrix in force."""
+    with Lab.start(directory, forests=("contoso", "fourthcoffee", *MAILBOX_FORESTS), smart_hosts_per_forest=10,
+                   tarpit_seconds=1.0) as lab:
         apply_faults(lab)
         yield lab
 
@@ -203,7 +213,7 @@ def write_table() -> str:
 
 
 def describe(verdict: str, stage: str | None, reason: str | None, latency: float | None = None) -> str:
-    text = verdict + (f" {stage}/{reason}" if stage else "")
+    text = verdict + (f" {stage or '-'}/{reason}" if stage or reason else "")
     return text + (f" {latency:.1f}s" if latency is not None else "")
 
 
@@ -302,6 +312,8 @@ def daemon_done(row: Scenario, view: PairView) -> bool:
         return view.metric("delivered_total") >= 1
     if row.verdict == "lost":
         return view.metric("lost_total") >= 1
+    if row.verdict == "bounced":
+        return view.metric("bounced_total", reason=str(row.reason)) >= 1
     return row.verdict in view.states
 
 
@@ -333,6 +345,12 @@ def daemon_problems(row: Scenario, view: PairView) -> list[str]:  # noqa: PLR091
             problems.append(f"mean latency {mean:.2f} outside 0..{row.latency_below}")
     if (row.verdict == "lost") != (view.metric("lost_total") >= 1):
         problems.append(f"lost_total is {view.metric('lost_total')}")
+    if row.verdict == "bounced" and (view.metric("bounced_total", reason=str(row.reason)) < 1
+                                     or view.metric("success") != 0 or set(view.states) != {"bounced"}):
+        problems.append(f"bounced_total{{reason={row.reason}}} did not move, success is not 0, or states "
+                        f"{sorted(set(view.states))}")
+    if row.verdict != "bounced" and view.metric("bounced_total"):
+        problems.append(f"bounced_total is {view.metric('bounced_total')}")
     if row.daemon_verdicts and ("late" not in view.states or view.metric("late_total") < 1):
         problems.append("no probe turned late")
     if row.verdict == "unknown" and set(view.states) != {"unknown"}:
@@ -347,12 +365,13 @@ def daemon_problems(row: Scenario, view: PairView) -> list[str]:  # noqa: PLR091
 
 def daemon_summary(view: PairView) -> str:
     """Return the daemon's observed verdicts and metric movement of a pair, for the table."""
-    seen = "+".join(v for v in ("delivered", "send_failed", "lost", "late", "unknown") if v in view.states) or "none"
+    seen = "+".join(v for v in ("delivered", "send_failed", "lost", "late", "bounced", "unknown")
+                    if v in view.states) or "none"
     last = view.history[0] if view.history else {}
     if last.get("stage"):
         seen += f" {last['stage']}/{last['reason']}"
     moved = [f"{name}={int(view.metric(f'{name}_total'))}" for name in ("sent", "delivered", "lost", "late",
-                                                                        "send_failures")]
+                                                                        "bounced", "send_failures")]
     errors = int(view.mailbox_metric("mailbox_errors_total"))
     return (f"{seen}; {' '.join(moved)} success={int(view.metric('success'))}"
             f" mailbox_up={int(view.mailbox_metric('mailbox_up'))} mailbox_errors={errors}")

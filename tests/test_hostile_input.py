@@ -286,7 +286,7 @@ def test_ten_thousand_foreign_items_cost_one_find_item_per_search_and_none_is_de
             assert send_probe(target, key=key, ledger=ledger, observer=NullObserver()) is None
         for _ in range(40):
             before = lab.stats.ews_requests("FindItem", forest="fourthcoffee")
-            confirm(chosen[0].mailbox.name, mailbox, ledger=ledger, observer=NullObserver(), late_window=60)
+            confirm(chosen[0].mailbox.name, mailbox, key=key, ledger=ledger, observer=NullObserver(), late_window=60)
             per_search.append(lab.stats.ews_requests("FindItem", forest="fourthcoffee") - before)
             if not ledger.open_probes():
                 break

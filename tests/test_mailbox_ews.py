@@ -15,9 +15,11 @@ import exchangelib.protocol
 import pytest
 
 from probe.config import Cleanup, EwsAuth, EwsConfig, MailboxConfig
+from probe.dsn import DsnAction, read_report
 from probe.lab.ca import LabCA
 from probe.lab.ews.server import EwsServer
 from probe.lab.faults import EwsFault, FaultRegistry, parse_fault
+from probe.lab.ndr import Notice, delay_notification, non_delivery_report
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
 from probe.mailbox.base import ItemRef, Mailbox
@@ -363,3 +365,74 @@ def test_ews_mailbox_is_a_mailbox(mailbox: EwsMailbox):
     """EwsMailbox satisfies the mailbox interface the pipeline depends on."""
     box: Mailbox = mailbox
     assert box.search([], since=time.time()).ok
+
+
+# -- delivery status reports: handed over raw, in the same FindItem and GetItem as the probes ---------------------
+
+REPORT_SENDER = "mailflow.probe@contoso.com"
+
+
+def _report(probe_key: bytes = KEY, *, delayed: bool = False) -> tuple[str, bytes]:
+    """Return a probe id and an Exchange NDR (or delay notification) of its message, as if sent from this mailbox."""
+    original = build_probe_message(key=probe_key, route="fourthcoffee-to-contoso", smart_host="co-edge-1",
+                                   sender=ADDRESS, recipient=REPORT_SENDER)
+    now = datetime.now(UTC)
+    notice = Notice(status="4.4.7" if delayed else "5.1.1", recipient=REPORT_SENDER, sender=ADDRESS,
+                    postmaster="postmaster@contoso.com", reporting_mta="CO-MBX-1.contoso.com", arrival=now, when=now)
+    build = delay_notification if delayed else non_delivery_report
+    return original.probe_id, build(original.raw, notice)
+
+
+def test_probes_and_reports_come_from_one_find_item_and_one_get_item(world: World) -> None:
+    """A probe sent here and the NDR and delay notification of two probes bouncing here: one FindItem, one GetItem;
+    the reports come back raw (MIME content) for probe.dsn, the probe as a sighting."""
+    probe_id, _ = world.deliver()
+    bounced, ndr = _report()
+    delayed, notice = _report(delayed=True)
+    for raw in (ndr, notice):
+        world.store.deliver(ADDRESS, raw)
+    box = world.mailbox()
+    try:
+        result = box.search([probe_id], since=time.time() - 60, reports_for=[bounced, delayed])
+    finally:
+        box.close()
+    assert result.ok, result.error
+    assert [s.probe_id for s in result.sightings] == [probe_id]
+    assert sorted(r.probe_id for r in result.reports) == sorted([bounced, delayed])
+    assert (world.stats.ews_requests("FindItem"), world.stats.ews_requests("GetItem")) == (1, 1)
+    actions = {r.probe_id: read_report(r.raw, key=KEY).report for r in result.reports}
+    assert {p: (a.action if a else None) for p, a in actions.items()} == {
+        bounced: DsnAction.FAILED, delayed: DsnAction.DELAYED}
+    report = next(r for r in result.reports if r.probe_id == bounced)
+    assert abs(report.received_local - time.time()) < 30
+
+
+def test_a_report_is_neither_a_probe_nor_wanted_unless_asked_for(world: World, mailbox: EwsMailbox) -> None:
+    """An NDR is never taken for the probe it names, and a search that asks for no reports returns none."""
+    bounced, ndr = _report()
+    world.store.deliver(ADDRESS, ndr)
+    result = mailbox.search([bounced], since=time.time() - 60)
+    assert (result.sightings, result.reports) == ([], [])
+    assert world.stats.ews_requests("GetItem") == 0
+
+
+def test_a_report_whose_subject_tag_is_forged_is_counted_and_not_fetched(world: World, mailbox: EwsMailbox) -> None:
+    """A report under another key's tag is forged: counted, never fetched, never handed over."""
+    bounced, ndr = _report(OTHER_KEY)
+    world.store.deliver(ADDRESS, ndr)
+    result = mailbox.search([], since=time.time() - 60, reports_for=[bounced])
+    assert (result.reports, result.forged) == ([], 1)
+    assert world.stats.ews_requests("GetItem") == 0
+
+
+def test_verified_reports_are_cleaned_up_without_another_read(world: World, mailbox: EwsMailbox) -> None:
+    """A report this mailbox handed over (its subject's tag verified) is deleted the configured way when asked."""
+    bounced, ndr = _report()
+    item = world.store.deliver(ADDRESS, ndr)
+    [report] = mailbox.search([], since=time.time() - 60, reports_for=[bounced]).reports
+    gets = world.stats.ews_requests("GetItem")
+    cleaned = mailbox.cleanup([report.item])
+    assert (cleaned.ok, cleaned.deleted) == (True, 1)
+    assert world.stats.ews_requests("GetItem") == gets
+    moved = world.store.items(ADDRESS, ["deleteditems"])
+    assert [i.message_id for i in moved] == [item.message_id]

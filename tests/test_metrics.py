@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from probe.metrics import ProbeMetrics, delivery_buckets, possible_failures
 from probe.secret import Secret
 from probe.smtp import SubmitResult
 from probe.tls_facts import TlsFacts
-from probe.vocabulary import MailboxReason, Stage, Verdict
+from probe.vocabulary import BounceReason, MailboxReason, Stage, Verdict
 
 P = "mailflow_probe_"
 
@@ -282,3 +283,49 @@ def test_name_filter_renders_only_the_named_samples():
     assert lines
     assert all(line.startswith("mailflow_probe_scheduler_lag_seconds_bucket{") for line in lines)
     assert 'le="0.25"} 1.0' in body.decode()
+
+
+def test_every_pair_has_its_bounced_series_by_reason_from_start_up():
+    """bounced_total{reason} exists at 0 for each reason class of each pair, and slowest_hop_seconds at 0 with an
+    empty hop until a delivery names one."""
+    v = Snapshot(ProbeMetrics(make_config()))
+    for host in ("edge-1", "edge-2"):
+        for reason in BounceReason:
+            assert v("bounced_total", route="c2f", smart_host=host, reason=str(reason)) == 0.0
+        assert v("slowest_hop_seconds", route="c2f", smart_host=host, hop="") == 0.0
+
+
+def test_bounced_counts_its_reason_and_sets_success_to_zero():
+    """A bounced verdict counts under its reason only and moves success to 0; nothing else counts it."""
+    m = ProbeMetrics(make_config())
+    pair = {"route": "c2f", "smart_host": "edge-1"}
+    m.observe_decision(decision(Verdict.DELIVERED, latency=1.0))
+    m.observe_decision(decision(Verdict.BOUNCED, reason="policy"))
+    v = Snapshot(m)
+    assert v("bounced_total", **pair, reason="policy") == 1.0
+    assert [v("bounced_total", **pair, reason=str(r)) for r in BounceReason if r is not BounceReason.POLICY] == [
+        0.0] * 4
+    assert v("success", **pair) == 0.0
+    assert (v("lost_total", **pair), v("unknown_total", **pair), v("delivered_total", **pair)) == (0.0, 0.0, 1.0)
+
+
+def test_lost_then_bounced_counts_once_each():
+    """A probe declared lost whose NDR came later counts once as lost and once as bounced."""
+    m = ProbeMetrics(make_config())
+    pair = {"route": "c2f", "smart_host": "edge-1"}
+    m.observe_decision(decision(Verdict.LOST))
+    m.observe_decision(decision(Verdict.BOUNCED, reason="routing"))
+    v = Snapshot(m)
+    assert (v("lost_total", **pair), v("bounced_total", **pair, reason="routing")) == (1.0, 1.0)
+
+
+def test_the_slowest_hop_is_one_series_labelled_by_its_receiving_host():
+    """The slowest hop's delay of the last delivered probe: one series per pair, its hop label following it."""
+    m = ProbeMetrics(make_config())
+    pair = {"route": "c2f", "smart_host": "edge-1"}
+    m.observe_decision(replace(decision(Verdict.DELIVERED, latency=1.0), slowest_hop=("MBX-1.fourthcoffee.com", 0.8)))
+    assert Snapshot(m)("slowest_hop_seconds", **pair, hop="MBX-1.fourthcoffee.com") == 0.8
+    m.observe_decision(replace(decision(Verdict.LATE), slowest_hop=("edge-2.fourthcoffee.com", 42.0)))
+    hops = [dict(lbls) for name, lbls in samples(m) if name == P + "slowest_hop_seconds"
+            and dict(lbls)["smart_host"] == "edge-1"]
+    assert hops == [{**pair, "hop": "edge-2.fourthcoffee.com"}]

@@ -20,8 +20,8 @@ class _OneSightingMailbox:
 
     clock_uncertainty = 0.0
 
-    def search(self, probe_ids: Collection[str], *, since: float | None = None,
-               deadline: float | None = None) -> SearchResult:
+    def search(self, probe_ids: Collection[str], *, since: float | None = None, deadline: float | None = None,
+               reports_for: Collection[str] = ()) -> SearchResult:
         sighting = Sighting(probe_id="p1", tag="MFP-p1", mailbox="fc", folder=MailboxFolder.INBOX,
                             item=ItemRef("i1", "ck"), message_id="<p1@x>", subject="s",
                             received_server=datetime.fromtimestamp(1_001.0, tz=UTC), received_precise=True,
@@ -65,5 +65,5 @@ def test_a_verdict_is_reported_even_when_recording_the_search_then_fails() -> No
     ledger.record_accepted("p1", accepted_at=1_000.5)
     observer = _Collect()
     with pytest.raises(LedgerError):
-        confirm("fc", _OneSightingMailbox(), ledger=ledger, observer=observer, late_window=60)
+        confirm("fc", _OneSightingMailbox(), key=b"K" * 32, ledger=ledger, observer=observer, late_window=60)
     assert [d.verdict for d in observer.decisions] == [Verdict.DELIVERED]

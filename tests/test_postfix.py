@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import secrets
+import shlex
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -26,9 +28,11 @@ from probe.config import SmartHostConfig, load_config
 from probe.lab import Lab
 from probe.lab.store import StoredItem
 from probe.message import ProbeMessage, build_probe_message
+from probe.pipeline import submit_detail
 from probe.secret import Secret
 from probe.smtp import MECHANISMS as PLAIN_FIRST
 from probe.smtp import SubmitResult, submit
+from probe.tracking import tracking_hint
 from probe.vocabulary import SendReason, Stage, Verdict
 from tests.postfix import (
     DovecotAuth,
@@ -150,6 +154,24 @@ def test_the_probe_delivers_through_postfix_to_the_lab(rig: Rig) -> None:
     sent = wait_for(lambda: re.search(rf"{result.queue_id}: to=<{RECIPIENT}>, relay=.*status=sent",
                                       rig.postfix.maillog()), "relay line in the maillog")
     assert f"[{rig.lab.smart_host(RELAY_TARGET).host}]" in sent.group(0)
+
+
+def test_the_tracking_handoff_finds_the_probe_in_postfixs_log(rig: Rig) -> None:
+    """For a Postfix smart host the handoff's log search (its grep, run on this Postfix's maillog) finds the
+    probe by its queue id: received, relayed to the (Exchange-speaking) lab with Exchange's queued reply."""
+    message, result = send(rig, smart_host(rig, rig.postfix))
+    assert result.ok, result
+    hint = tracking_hint(detail=submit_detail(result), message_id=message.message_id, created_at=time.time(),
+                         finished_at=time.time())
+    assert (hint.mta, hint.queue_id) == ("postfix", result.queue_id)
+    grep = shlex.split(hint.commands[1])
+    assert grep[:3] == ["grep", "-F", result.queue_id]
+    wait_for(lambda: re.search(rf"{result.queue_id}: to=.*status=sent", rig.postfix.maillog()), "the relay line")
+    found = subprocess.run([*grep[:3], str(rig.postfix.maillog_file)], capture_output=True, text=True, timeout=30,
+                           check=False)
+    assert found.returncode == 0, found.stderr
+    assert f"message-id={message.message_id}" in found.stdout
+    assert re.search(r"status=sent \(250 2\.6\.0 <[^>]+> \[InternalId=\d+, Hostname=", found.stdout)
 
 
 def test_check_delivers_through_postfix(rig: Rig) -> None:

@@ -29,7 +29,7 @@ SENDER = "mailflow.probe@contoso.test"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Start one lab for the module; each test clears the faults it set."""
-    with Lab.start(tmp_path_factory.mktemp("lab")) as started:
+    with Lab.start(tmp_path_factory.mktemp("lab"), tarpit_seconds=0.5) as started:
         yield started
 
 
@@ -98,11 +98,11 @@ def test_delivers_with_facts_timings_and_queue_id(lab: Lab, config: SmartHostCon
     assert result.ok, result.error
     assert (result.stage, result.reason, result.error) == (None, None, None)
     assert result.smtp_code == 250
-    assert result.enhanced_code == "2.0.0"
+    assert result.enhanced_code == "2.6.0"
     assert result.accepted_at is not None
     assert before <= result.accepted_at <= after
     assert result.queue_id is not None
-    assert f"queued as {result.queue_id}" in (result.smtp_reply or "")
+    assert f"[InternalId={result.queue_id}, Hostname={config.name}.fourthcoffee.test]" in (result.smtp_reply or "")
     assert set(result.stage_seconds) == set(Stage)
     assert all(seconds >= 0 for seconds in result.stage_seconds.values())
     tls = result.tls
@@ -119,14 +119,15 @@ def test_delivers_with_facts_timings_and_queue_id(lab: Lab, config: SmartHostCon
     assert item is not None
     assert result.transcript[0].startswith("S: 220 ")
     assert "C: STARTTLS" in result.transcript
-    assert result.transcript[-2:] == ("C: quit", "S: 221 Bye")
+    assert result.transcript[-2:] == ("C: quit", "S: 221 2.0.0 Service closing transmission channel")
 
 
 def test_transcript_redacts_auth(config: SmartHostConfig, recipient: str, edge: LabSmartHost) -> None:
     """The transcript shows the AUTH command but neither the password nor the base64 AUTH payload."""
     result = _send(config, recipient)
     assert result.ok, result.error
-    assert "C: AUTH PLAIN <secret>" in result.transcript
+    assert "C: AUTH LOGIN <secret>" in result.transcript  # Exchange offers LOGIN, not PLAIN
+    assert result.transcript[result.transcript.index("C: AUTH LOGIN <secret>") + 2] == "C: <secret>"
     _assert_no_secrets(result, edge.username, edge.password.reveal())
 
 
@@ -167,7 +168,7 @@ def test_auth_reject(lab: Lab, config: SmartHostConfig, recipient: str, edge: La
     lab.add_fault(target=edge.target, kind="auth_reject")
     result = _send(config, recipient)
     assert (result.ok, result.stage, result.reason) == (False, Stage.AUTH, SendReason.AUTH_FAILED)
-    assert (result.smtp_code, result.enhanced_code) == (535, "5.7.8")
+    assert (result.smtp_code, result.enhanced_code) == (535, "5.7.3")
     _assert_no_secrets(result, edge.username, edge.password.reveal())
 
 
@@ -176,9 +177,10 @@ def test_tempfail_at_rcpt(lab: Lab, config: SmartHostConfig, recipient: str, edg
     lab.add_fault(target=edge.target, kind="tempfail", stage="rcpt", code=451)
     result = _send(config, recipient)
     assert (result.ok, result.stage, result.reason) == (False, Stage.RCPT, SendReason.TEMPFAIL)
-    assert (result.smtp_code, result.enhanced_code) == (451, "4.3.0")
+    assert (result.smtp_code, result.enhanced_code) == (451, "4.7.0")
     assert result.accepted_at is None
-    assert result.transcript[-2:] == ("C: quit", "S: 221 Bye")  # it still said goodbye
+    # it still said goodbye
+    assert result.transcript[-2:] == ("C: quit", "S: 221 2.0.0 Service closing transmission channel")
 
 
 def test_reject_at_data(lab: Lab, config: SmartHostConfig, recipient: str, edge: LabSmartHost) -> None:
@@ -255,6 +257,12 @@ def test_unreadable_ca_file_is_a_result(config: SmartHostConfig, recipient: str,
     ("OK id=1rAbCd-000Xyz-7Q", "1rAbCd-000Xyz-7Q"),
     ("2.6.0 <a1@probe.contoso.test> [InternalId=98784247809, Hostname=EX01.fourthcoffee.com] "
      "Queued mail for delivery", "98784247809"),
+    # Exchange 2016/2019 and Exchange Online: size and rate after the brackets
+    ("2.6.0 <a1@probe.contoso.test> [InternalId=105849469029151, Hostname=AS8PR07MB7669.eurprd07.prod.outlook.com] "
+     "29353 bytes in 0.060, 472.320 KB/sec Queued mail for delivery", "105849469029151"),
+    # Exchange 2010: the InternalId alone
+    ("2.6.0 <20111025103822.7F94E1C0299@nagios.fourthcoffee.com> [InternalId=274498] Queued mail for delivery",
+     "274498"),
     ("2.0.0 OK", None),
 ])
 def test_queue_id_forms(reply: str, queue_id: str | None) -> None:

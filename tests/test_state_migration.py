@@ -78,7 +78,7 @@ def test_a_schema_1_file_opens_and_its_probes_and_cleanups_carry_on(tmp_path: Pa
                    sightings=[("AAMkOld=", "p0", "fc", "CQAAABYA")])
     ledger = Ledger(path, clock=lambda: 1_000.0)
     try:
-        assert user_version(path) == SCHEMA_VERSION == 2
+        assert user_version(path) == SCHEMA_VERSION == 3
         assert ledger.pending_cleanup("fc") == [ItemRef("AAMkOld=", "CQAAABYA")]
         decision = ledger.record_arrival(Arrival(probe_id="p1", item=ItemRef("AAMkNew=", "CQAAAAB"), folder="inbox",
                                                  received_at=1_001.5, seen_at=1_001.6))
@@ -91,7 +91,7 @@ def test_a_schema_1_file_opens_and_its_probes_and_cleanups_carry_on(tmp_path: Pa
         ledger.close()
     again = Ledger(path)  # a second opening migrates nothing more
     try:
-        assert user_version(path) == 2
+        assert user_version(path) == SCHEMA_VERSION
         assert again.pending_cleanup("fc") == [ItemRef("AAMkNew=", "CQAAAAB")]
     finally:
         again.close()
@@ -103,6 +103,29 @@ def test_in_flight_probes_of_a_schema_1_file_expire_as_they_would_have(tmp_path:
     write_schema_1(path, probes=[probe_row("p1", state="in_flight", accepted_at=999.0)], sightings=[])
     ledger = Ledger(path, clock=lambda: 1_400.0)
     try:
+        ledger.record_observation("fc", ok=True, started_at=1_350.0, finished_at=1_351.0)
+        assert [(d.probe_id, d.verdict) for d in ledger.expire()] == [("p1", Verdict.LOST)]
+    finally:
+        ledger.close()
+
+
+def test_a_schema_2_file_gains_bounce_mailboxes_and_its_probes_expire_as_before(tmp_path: Path) -> None:
+    """2 -> 3: the probes of an older file have no bounces mailbox; lost after a search of their own mailbox."""
+    path = tmp_path / "state.db"
+    write_schema_1(path, probes=[probe_row("p1", state="in_flight", accepted_at=999.0)], sightings=[])
+    Ledger(path).close()
+    db = sqlite3.connect(path)  # step it back to a schema-2 file, as the previous release wrote it
+    try:
+        db.execute("DROP INDEX probes_bounce")
+        db.execute("ALTER TABLE probes DROP COLUMN bounce_mailbox")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+    finally:
+        db.close()
+    ledger = Ledger(path, clock=lambda: 1_400.0)
+    try:
+        assert user_version(path) == SCHEMA_VERSION
+        assert ledger.report_watch_list("fc", late_window=600) == ([], None)
         ledger.record_observation("fc", ok=True, started_at=1_350.0, finished_at=1_351.0)
         assert [(d.probe_id, d.verdict) for d in ledger.expire()] == [("p1", Verdict.LOST)]
     finally:
@@ -151,5 +174,5 @@ def test_the_daemon_resolves_the_probes_of_a_schema_1_file_on_the_lab(lab: Lab, 
                  what="the old file's in-flight probe delivered")
         wait_for(lambda: (lab.store.get(stored[1].item_id) or stored[1]).folder == "deleteditems", timeout=30,
                  what="the old file's sighting cleaned up")
-    assert user_version(config.state_file) == 2
+    assert user_version(config.state_file) == SCHEMA_VERSION
     assert [item.item_id for item in lab.store.items(address, ["inbox"])] == []  # the new sighting cleaned too

@@ -110,7 +110,8 @@ def test_validate_gives_every_invalid_config_its_expected_message(monkeypatch: p
 
 
 def test_validate_prints_warnings_to_stderr_and_still_succeeds(tmp_path: Path) -> None:
-    """An inline password is accepted with a warning on stderr that does not show it; exit 0."""
+    """An inline password is accepted with a warning on stderr that does not show it (and the minimal config's own
+    warning: its sender's NDRs have no mailbox to come back to); exit 0."""
     text = (REPO / "tests" / "config" / "valid" / "minimal.yaml").read_text().replace(
         "        password_env: CONTOSO_SMTP_PASSWORD\n", "        password: inline-cli-pass-0c9\n")
     config = tmp_path / "probe.yaml"
@@ -119,5 +120,8 @@ def test_validate_prints_warnings_to_stderr_and_still_succeeds(tmp_path: Path) -
     assert result.returncode == 0
     assert result.stdout == "config OK: 1 route, 1 smart host, 1 mailbox\n"
     assert result.stderr == (f"warning: {config}:19: routes[0].smart_hosts[0].password: a password written in "
-                             "the config file; prefer password_env or password_file\n")
+                             "the config file; prefer password_env or password_file\n"
+                             f"warning: {config}:13: routes[0].sender: no mailbox has this address and "
+                             "bounces_mailbox is not set: the route's NDRs are not read (a probe refused after its 250 "
+                             "reads lost, not bounced)\n")
     assert_no_secret(result.stdout, result.stderr)

@@ -58,6 +58,7 @@ class FakeSource:
     rows: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=lambda: {
         ("contoso-to-fourthcoffee", "fc-edge-1"): [DELIVERED, OLDER],
         ("contoso-to-fourthcoffee", "fc-edge-<2>"): [FAILED]})
+    open_rows: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     is_ready: bool = False
     outcome: tuple[bool, str] = (True, "reloaded: 2 pairs")
     reloads: int = 0
@@ -67,6 +68,9 @@ class FakeSource:
 
     def history(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
         return self.rows.get((route, smart_host), [])[:limit]
+
+    def waiting(self, route: str, smart_host: str, limit: int) -> list[dict[str, Any]]:
+        return self.open_rows.get((route, smart_host), [])[:limit]
 
     def ready(self) -> bool:
         return self.is_ready

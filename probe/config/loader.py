@@ -77,11 +77,24 @@ def _check_unique(ctx: Context, sections: list[Section], what: str) -> None:
         first[item.value] = item.node.start_mark.line + 1
 
 
-def _check_mailbox_known(ctx: Context, section: Section, mailboxes: Mapping[str, MailboxConfig]) -> None:
-    name = section.items["mailbox"].value
+def _check_mailbox_known(ctx: Context, section: Section, mailboxes: Mapping[str, MailboxConfig],
+                         key: str = "mailbox") -> None:
+    name = section.items[key].value
     if name not in mailboxes:
         hint = did_you_mean(name, list(mailboxes)) or f"; the mailboxes are: {', '.join(mailboxes)}"
-        raise ctx.error(section.node_of("mailbox"), section.at("mailbox"), f"no mailbox named {show(name)}{hint}")
+        raise ctx.error(section.node_of(key), section.at(key), f"no mailbox named {show(name)}{hint}")
+
+
+def _check_bounces_mailbox(ctx: Context, section: Section, mailboxes: Mapping[str, MailboxConfig]) -> None:
+    """Refuse an unknown ``bounces_mailbox``; warn when no mailbox will receive the route's NDRs."""
+    if "bounces_mailbox" in section.items:
+        _check_mailbox_known(ctx, section, mailboxes, "bounces_mailbox")
+        return
+    sender = str(section.items["sender"].value).casefold()
+    if not any(box.address.casefold() == sender for box in mailboxes.values()):
+        ctx.warn(section.node_of("sender"), section.at("sender"),
+                 "no mailbox has this address and bounces_mailbox is not set: the route's NDRs are not read "
+                 "(a probe refused after its 250 reads lost, not bounced)")
 
 
 def _build_route(ctx: Context, section: Section, defaults: Defaults,
@@ -91,6 +104,7 @@ def _build_route(ctx: Context, section: Section, defaults: Defaults,
         values.setdefault(key, getattr(defaults, key))
     _check_jitter(ctx, section, values["interval"], values["jitter"])
     _check_mailbox_known(ctx, section, mailboxes)
+    _check_bounces_mailbox(ctx, section, mailboxes)
     host_sections: list[Section] = section.items["smart_hosts"].value
     _check_unique(ctx, host_sections, "smart host")
     hosts = tuple(_build_smart_host(ctx, host) for host in host_sections)
@@ -101,14 +115,12 @@ def _build_route(ctx: Context, section: Section, defaults: Defaults,
     return RouteConfig(smart_hosts=hosts, **values)
 
 
-def _warn_unused(ctx: Context, top: Section, config: Config) -> None:
-    used = {route.mailbox for route in config.routes}
-    senders = (config.sender_mailbox(r) for r in config.routes
-               if r.connector is not None and r.connector.submit == "ews")
-    used |= {mailbox.name for mailbox in senders if mailbox is not None}  # a connector probe is sent from it
+def _warn_unused(ctx: Context, top: Section, routes: tuple[RouteConfig, ...]) -> None:
+    used = {route.mailbox for route in routes} | {route.bounces_mailbox for route in routes}
+    senders = {route.sender.casefold() for route in routes}
     mailbox_sections: dict[str, Section] = top.items["mailboxes"].value
     for name, section in mailbox_sections.items():
-        if name not in used:
+        if name not in used and str(section.items["address"].value).casefold() not in senders:
             ctx.warn(section.node, section.path, "no route sends to this mailbox")
 
 
@@ -121,7 +133,7 @@ def _build_config(ctx: Context, top: Section) -> Config:
     _check_unique(ctx, route_sections, "route")
     routes = tuple(_build_route(ctx, section, defaults, mailboxes) for section in route_sections)
     config = Config(defaults=defaults, mailboxes=mailboxes, routes=routes, source=ctx.file, **top.scalars())
-    _warn_unused(ctx, top, config)
+    _warn_unused(ctx, top, routes)
     return config
 
 

@@ -67,6 +67,7 @@ class RouteConfig:
     smart_hosts: tuple[SmartHostConfig, ...]
     recipient: str | None = DEFAULTS["route"]["recipient"]  # None: the mailbox's address
     connector: ConnectorConfig | None = DEFAULTS["route"]["connector"]  # None: no connector probe
+    bounces_mailbox: str | None = DEFAULTS["route"]["bounces_mailbox"]  # None: the mailbox of the sender's address
     interval: float = DEFAULTS["route"]["interval"]  # the loader fills these three from ``defaults``
     timeout: float = DEFAULTS["route"]["timeout"]
     jitter: float = DEFAULTS["route"]["jitter"]
@@ -90,3 +91,10 @@ class Config:
     def sender_mailbox(self, route: RouteConfig) -> MailboxConfig | None:
         """Return the configured mailbox whose address is the route's sender (a connector's ``submit: ews``)."""
         return next((m for m in self.mailboxes.values() if m.address.lower() == route.sender.lower()), None)
+    def bounces_mailbox_of(self, route: RouteConfig) -> str | None:
+        """Return the name of the mailbox a route's NDRs come back to: its ``bounces_mailbox``, else the mailbox
+        whose address is the route's sender; None when there is none (its NDRs are not read)."""
+        if route.bounces_mailbox is not None:
+            return route.bounces_mailbox
+        sender = route.sender.casefold()
+        return next((name for name, box in self.mailboxes.items() if box.address.casefold() == sender), None)

@@ -70,6 +70,9 @@ _ROUTE: Final = (
     _F(key="sender", kind="address", required=True, doc="The envelope and header sender of the probes."),
     _F(key="mailbox", kind="name", required=True, doc="The name of the mailbox (under mailboxes) probes go to."),
     _F(key="recipient", kind="address", doc="The recipient address; default: the mailbox's address."),
+    _F(key="bounces_mailbox", kind="name",
+       doc="The name of the mailbox (under mailboxes) the route's non-delivery reports come back to; default: the "
+           "mailbox whose address is the sender."),
     _F(key="smart_hosts", kind="section_list", section="smart_host", required=True, noun="smart host",
        doc="The smart hosts to probe the route through, each on its own."),
     _F(key="connector", kind="section", section="connector", doc=SECTION_DOCS["connector"]),

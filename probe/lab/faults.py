@@ -9,12 +9,14 @@ its kind by enum member, never by string.
 from __future__ import annotations
 
 import math
+import re
 import threading
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final, Self
 
 SMTP_STAGES: Final = ("connect", "banner", "ehlo", "starttls", "auth", "mail", "rcpt", "data")
+_STATUS: Final = re.compile(r"[45]\.\d{1,3}\.\d{1,3}")
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,13 @@ class SmartHostFault(FaultKind):
     TEMPFAIL = "tempfail", STAGE, Param("code", default=451)
     REJECT = "reject", STAGE, Param("code", default=554)
     SLOW = "slow", SECONDS, STAGE
-    DELAY_DELIVERY = "delay_delivery", SECONDS
+    DELAY_DELIVERY = "delay_delivery", SECONDS, Param("notify_after")  # notify_after: a delay notification then
     DROP = "drop"
     DUPLICATE = "duplicate"
     TO_JUNK = "to_junk"
+    BOUNCE = "bounce", Param("status", required=True), Param("seconds", default=0.0)  # accepted, then an NDR
+    SUBJECT_PREFIX = "subject_prefix"  # a transport rule: "[EXTERNAL] " before the subject
+    DISCLAIMER = "disclaimer"  # a transport rule: a disclaimer after the body
 
 
 class ConnectorFault(FaultKind):
@@ -116,6 +121,8 @@ class Fault:
     seconds: float | None = None
     back_off_ms: int | None = None
     smart_host: str | None = None
+    status: str | None = None
+    notify_after: float | None = None
 
     @property
     def target_type(self) -> str:
@@ -180,7 +187,9 @@ def _check(kind: FaultKind, param: Param, value: object) -> None:
     valid = {"stage": value in SMTP_STAGES, "code": isinstance(value, int) and not isinstance(value, bool)
              and 200 <= value <= 599, "seconds": _is_number(value),
              "back_off_ms": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-             "smart_host": isinstance(value, str) and bool(value)}
+             "smart_host": isinstance(value, str) and bool(value),
+             "status": isinstance(value, str) and _STATUS.fullmatch(value) is not None,
+             "notify_after": _is_number(value) and float(str(value)) >= 0}
     if not valid[param.name]:
         raise FaultError(f"{kind}: {param.name} must be {_MUST[param.name]}")
 
@@ -191,8 +200,11 @@ _MUST: Final = {
     "seconds": "a number",
     "back_off_ms": "a whole number of milliseconds (0 or more)",
     "smart_host": "the name of a smart host of the lab",
+    "status": 'an enhanced status code of a failure, such as "5.1.1" or "4.4.7"',
+    "notify_after": "a number of seconds (0 or more)",
 }
 _NEEDS: Final = {"stage": f"stage, {_MUST['stage']}", "seconds": "seconds (a number)",
+                 "status": f"status, {_MUST['status']}",
                  "smart_host": "smart_host, the name of a smart host of the lab"}
 
 

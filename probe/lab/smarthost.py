@@ -1,17 +1,21 @@
-"""The lab's smart hosts: aiosmtpd servers on their own loopback addresses, all on one event loop.
+"""The lab's smart hosts: aiosmtpd servers on their own loopback addresses, all on one event loop, speaking Exchange.
 
 Every smart host of a lab listens on its own 127.x.y.z address and shares one asyncio loop in one
-background thread, so a lab of thousands of smart hosts costs sockets, not threads. Each one offers
-STARTTLS, allows AUTH only after it, accepts only its forest's recipients, stamps a Received header,
-and hands the message to the mailbox store. Faults (probe.lab.faults) are read per connection and
-per command, so they can change while the lab runs.
+background thread, so a lab of thousands of smart hosts costs sockets, not threads. Each one is an Exchange
+2019 Receive connector with Basic authentication offered only after TLS: it speaks in Exchange's words
+(probe.lab.exchange), holds a failed AUTH's reply back (the tarpit), accepts only its forest's recipients,
+stamps a Message-ID on a message without one, drops the X-MS-Exchange-Organization-* headers a message
+brings in (the header firewall), and stamps a ``Received`` header in Exchange's form on each of two hops: its
+own (the edge, on its clock) and the forest's mailbox server's (on the forest's clock) when the message is
+delivered into the mailbox store, after the transport rules in force. A ``bounce`` fault accepts the message
+and then sends the sender's mailbox Exchange's NDR instead (probe.lab.ndr). Faults (probe.lab.faults) are read
+per connection and per command, so they can change while the lab runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import errno
 import logging
 import random
@@ -24,29 +28,30 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException
 
+from probe.lab import exchange
 from probe.lab.ca import LabCA
 from probe.lab.faults import Fault, FaultRegistry, SmartHostFault
+from probe.lab.ndr import Notice, delay_notification, non_delivery_report
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
 from probe.secret import Secret
 
 log = logging.getLogger(__name__)
 
-MUST_STARTTLS: Final = "530 5.7.0 Must issue a STARTTLS command first"
-RELAY_DENIED: Final = "550 5.7.1 relay denied"
-AUTH_INVALID: Final = "535 5.7.8 Authentication credentials invalid"
-TLS_UNAVAILABLE: Final = "454 4.7.0 TLS not available"
 MAX_FORESTS: Final = 239  # second octets 16..254
 MAX_SMART_HOSTS_PER_FOREST: Final = 256 * 254
+MAILBOX_SERVER_IP: Final = "127.0.0.1"  # where a forest's mailbox server (its EWS endpoint) listens
 _FIRST_OCTET: Final = 16
 _BANNER_STAGES: Final = ("connect", "banner")
-_IDENT: Final = "ESMTP mailflow-probe lab"
+_AUTH: Final = ("LOGIN",)  # Basic authentication: Exchange offers AUTH LOGIN, not PLAIN
+_INTERNAL_TLS: Final = "version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"  # edge -> mailbox server
+_RETRY_FOR: Final = timedelta(days=2)  # a queue's MessageExpirationTimeout: a delay notification's end of retries
 
 
 def smart_host_address(forest_index: int, host_index: int) -> str:
@@ -56,6 +61,11 @@ def smart_host_address(forest_index: int, host_index: int) -> str:
     if not 0 <= host_index < MAX_SMART_HOSTS_PER_FOREST:
         raise ValueError(f"a forest holds at most {MAX_SMART_HOSTS_PER_FOREST} smart hosts")
     return f"127.{_FIRST_OCTET + forest_index}.{host_index // 254}.{host_index % 254 + 1}"
+
+
+def mailbox_server(forest: str, domain: str) -> str:
+    """Return the FQDN of a forest's mailbox server, e.g. ``FOURTHCOFFEE-MBX-1.fourthcoffee.test``."""
+    return f"{forest.upper()}-MBX-1.{domain}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +100,11 @@ class LabSmartHost:
         """Return its fault target, ``smarthost/NAME``."""
         return f"smarthost/{self.name}"
 
+    @property
+    def mailbox_server(self) -> str:
+        """Return its forest's mailbox server, the second hop of what it delivers."""
+        return mailbox_server(self.forest, self.domain)
+
 
 class _Certificates:
     """The TLS contexts one smart host can present, issued on first use."""
@@ -120,57 +135,41 @@ class _Certificates:
 
 @dataclass(frozen=True, kw_only=True)
 class _Pending:
-    """A message accepted at DATA, waiting for its 250 to be sent."""
+    """A message accepted at DATA, waiting for its 250 to be sent: what becomes of it then."""
 
-    raw: bytes
+    raw: bytes  # with the edge's Received header, after the header firewall
+    sender: str
     recipients: tuple[str, ...]
     folder: str
     copies: int
     delay: float | None
+    notify_after: float | None = None  # a delay notification to the sender this long after the 250
+    bounce: Fault | None = None  # an NDR to the sender instead of a delivery
+    rules: tuple[SmartHostFault, ...] = ()  # the transport rules in force
 
 
-def received_header(*, helo: str, peer_ip: str, by: str, protocol: str, queue_id: str,
-                    recipients: Sequence[str], tls: str | None, when: datetime) -> bytes:
-    """Return a Received header as Postfix writes one (CRLF line ends, folded)."""
-    lines = [f"Received: from {helo} (unknown [{peer_ip}])"]
-    if tls:
-        lines.append(f"\t({tls})")
-    lines.append(f"\tby {by} (mailflow-probe lab) with {protocol} id {queue_id}")
-    date = email.utils.format_datetime(when)
-    if len(recipients) == 1:
-        lines.append(f"\tfor <{recipients[0]}>; {date}")
-    else:
-        lines[-1] += f"; {date}"
-    return ("\r\n".join(lines) + "\r\n").encode()
-
-
-def _tls_comment(session: Any) -> str | None:
+def _tls_fields(session: Any) -> str | None:
     cipher = (session.ssl or {}).get("cipher")
-    if not cipher:
-        return None
-    name, version, bits = cipher
-    return f"using {version} with cipher {name} ({bits}/{bits} bits)"
+    return exchange.tls_fields(cipher[1], cipher[0]) if cipher else None
 
 
-def _stage_reply(fault: Fault, stage: str) -> str:
-    code = fault.code or 554  # parse_fault gives tempfail and reject their default code
-    klass = str(code)[0]
-    what = "temporary failure" if fault.kind is SmartHostFault.TEMPFAIL else "rejected"
-    detail = "4.3.0" if klass == "4" else f"{klass}.7.1" if klass == "5" else f"{klass}.0.0"
-    return f"{code} {detail} lab fault: {what} at {stage}"
+_RULES: Final[dict[SmartHostFault, Callable[[bytes], bytes]]] = {
+    SmartHostFault.SUBJECT_PREFIX: exchange.tag_external, SmartHostFault.DISCLAIMER: exchange.append_disclaimer,
+}
 
 
 class SmartHost:
     """The behaviour of one smart host, shared by all its connections (they run on one loop)."""
 
     def __init__(self, spec: LabSmartHost, *, store: MailboxStore, faults: FaultRegistry, stats: LabStats,
-                 certificates: _Certificates, loop: asyncio.AbstractEventLoop) -> None:
+                 certificates: _Certificates, loop: asyncio.AbstractEventLoop, tarpit: float) -> None:
         self.spec = spec
         self.store = store
         self.faults = faults
         self.stats = stats
         self.certificates = certificates
         self.loop = loop
+        self.tarpit = tarpit
 
     def count(self, event: str) -> None:
         """Count an event at this smart host."""
@@ -189,111 +188,193 @@ class SmartHost:
         if failing is None:
             return None
         self.count("rejected")
-        return _stage_reply(failing, stage)
+        return exchange.fault_reply(failing.code or 554)  # parse_fault gives tempfail and reject their default
 
     # aiosmtpd handler hooks: called with the connection's SMTP instance as ``server``.
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,  # noqa: N802
                           responses: list[str]) -> list[str]:
-        """Drop STARTTLS from the EHLO reply while ``no_starttls`` is in force."""
+        """Answer EHLO as Exchange does: STARTTLS before TLS (unless ``no_starttls``), AUTH LOGIN after it."""
         session.host_name = hostname
-        if self.fault(SmartHostFault.NO_STARTTLS):
-            return [r for r in responses if r != "250-STARTTLS"]
-        return responses
+        secure = server.tls_active
+        return exchange.ehlo_lines(self.spec.fqdn, str(session.peer[0]), auth=_AUTH if secure else (),
+                                   starttls=not secure and self.fault(SmartHostFault.NO_STARTTLS) is None)
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
+                          mail_options: list[str]) -> str:
+        """Take the sender."""
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return exchange.SENDER_OK
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
                           rcpt_options: list[str]) -> str:
-        """Accept only recipients of this forest's domain that have a mailbox."""
+        """Accept only recipients of this forest's domain that have a mailbox (recipient filtering)."""
         if address.rpartition("@")[2].lower() != self.spec.domain:
             self.count("rejected")
-            return RELAY_DENIED
+            return exchange.RELAY_DENIED
         if not self.store.has_mailbox(address):
             self.count("rejected")
-            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+            return exchange.RECIPIENT_NOT_FOUND
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Ok"
+        return exchange.RECIPIENT_OK
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        """Take the message: stamp a Received header and leave it for delivery after the 250."""
+        """Take the message: stamp its Message-ID, firewall its headers, stamp the edge's Received, and leave it
+        for delivery after the 250 (which names the Message-ID, the InternalId and this server)."""
         failure = await self.stage_fault("data")
         if failure is not None:
             return failure
-        queue_id = secrets.token_hex(5).upper()
-        recipients = tuple(envelope.rcpt_tos)
-        header = received_header(
-            helo=session.host_name or "unknown", peer_ip=str(session.peer[0]), by=self.spec.fqdn,
-            protocol=_protocol_name(session), queue_id=queue_id, recipients=recipients,
-            tls=_tls_comment(session), when=datetime.now(UTC),
-        )
+        content = bytes(envelope.original_content or b"")
+        raw, message_id = exchange.stamp_message_id(exchange.firewall(content), self.spec.fqdn)
+        received = exchange.received_header(
+            from_host=session.host_name or "unknown", from_ip=str(session.peer[0]), by_host=self.spec.fqdn,
+            by_ip=self.spec.host, tls=_tls_fields(session), when=datetime.now(UTC))
+        server.pending = self._pending(received + raw, envelope)
+        return exchange.queued_reply(message_id=message_id, internal_id=exchange.new_internal_id(),
+                                     fqdn=self.spec.fqdn, size=len(content),
+                                     seconds=time.monotonic() - server.data_started)
+
+    def _pending(self, raw: bytes, envelope: Any) -> _Pending:
         delay = self.fault(SmartHostFault.DELAY_DELIVERY)
-        server.pending = _Pending(
-            raw=header + bytes(envelope.original_content or b""), recipients=recipients,
+        return _Pending(
+            raw=raw, sender=str(envelope.mail_from or ""), recipients=tuple(envelope.rcpt_tos),
             folder="junkemail" if self.fault(SmartHostFault.TO_JUNK) else "inbox",
             copies=0 if self.fault(SmartHostFault.DROP) else 2 if self.fault(SmartHostFault.DUPLICATE) else 1,
             delay=delay.seconds if delay is not None else self.spec.transit_delay(),
-        )
-        return f"250 2.0.0 Ok: queued as {queue_id}"
+            notify_after=delay.notify_after if delay is not None else None,
+            bounce=self.fault(SmartHostFault.BOUNCE), rules=tuple(k for k in _RULES if self.fault(k)))
 
     async def handle_exception(self, error: Exception) -> str:
-        """Answer an unexpected error as a real MTA would, without a traceback to the client."""
+        """Answer an unexpected error as Exchange would, without a traceback to the client."""
         if isinstance(error, TLSSetupException):  # the client gave up on the handshake: its choice
             log.debug("smart host %s: TLS handshake failed: %s", self.spec.name, error.__cause__)
-            return "454 4.7.0 TLS handshake failed"
+            return exchange.TLS_UNAVAILABLE
         log.warning("smart host %s: %s: %s", self.spec.name, type(error).__name__, error)
-        return "451 4.3.0 Error: internal lab error"
+        return exchange.INTERNAL_ERROR
 
     def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str,
                      auth_data: Any) -> AuthResult:
         """Accept only this forest's account, unless ``auth_reject`` is in force."""
         ok = (isinstance(auth_data, LoginPassword) and self.fault(SmartHostFault.AUTH_REJECT) is None
               and auth_data.login.decode(errors="replace") == self.spec.username
-              and secrets.compare_digest(auth_data.password, self.spec.password.reveal().encode()))
+              and secrets_match(auth_data.password, self.spec.password))
         self.count("auth_success" if ok else "auth_failures")
         if ok:
             return AuthResult(success=True, handled=False, auth_data=auth_data)
-        return AuthResult(success=False, handled=False, message=AUTH_INVALID)
+        return AuthResult(success=False, handled=False, message=exchange.AUTH_UNSUCCESSFUL)
 
     def accepted(self, pending: _Pending, accepted_at: float) -> None:
         """Deliver a message whose 250 was sent at ``accepted_at``, as the faults in force say."""
         self.count("accepted")
-        if pending.copies == 0:
+        if pending.bounce is not None:
+            self.loop.call_later(max(0.0, pending.bounce.seconds or 0.0), self._bounce, pending, accepted_at)
+        elif pending.copies == 0:
             self.count("dropped")
         elif pending.delay:
             self.loop.call_later(pending.delay, self._deliver, pending, accepted_at)
+            if pending.notify_after is not None and pending.notify_after < pending.delay:
+                self.loop.call_later(pending.notify_after, self._notify_delay, pending, accepted_at)
         else:
             self._deliver(pending, accepted_at)
 
     def _deliver(self, pending: _Pending, accepted_at: float) -> None:
+        raw = pending.raw
+        for kind in pending.rules:
+            raw = _RULES[kind](raw)
         for address in pending.recipients:
             for _ in range(pending.copies):
                 try:
-                    self.store.deliver(address, pending.raw, folder=pending.folder, accepted_at=accepted_at)
+                    self.store.deliver(address, self._mailbox_hop(raw), folder=pending.folder,
+                                       accepted_at=accepted_at)
                 except KeyError:
                     log.warning("smart host %s: mailbox %s is gone; message lost", self.spec.name, address)
                     continue
                 self.count("delivered")
 
+    def _mailbox_hop(self, raw: bytes) -> bytes:
+        """Return the message as the forest's mailbox server takes it from this edge: its Received, on the forest's
+        clock, and the organization's headers."""
+        when = datetime.fromtimestamp(self.store.server_time(self.spec.forest), UTC)
+        received = exchange.received_header(from_host=self.spec.fqdn, from_ip=self.spec.host,
+                                            by_host=self.spec.mailbox_server, by_ip=MAILBOX_SERVER_IP,
+                                            tls=_INTERNAL_TLS, when=when)
+        return received + exchange.organization_headers(auth_source=self.spec.fqdn) + raw
 
-def _protocol_name(session: Any) -> str:
-    if not session.extended_smtp:
-        return "SMTP"
-    return "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
+    def _bounce(self, pending: _Pending, accepted_at: float) -> None:
+        """Send the sender's mailbox Exchange's NDR of the message, for each recipient."""
+        fault = pending.bounce
+        assert fault is not None
+        assert fault.status is not None
+        routing = fault.status.split(".")[1] == "4"  # the edge itself refuses on routing; the mailbox server else
+        for address in pending.recipients:
+            notice = self._notice(pending, address, accepted_at, status=fault.status,
+                                  reporter=self.spec.fqdn if routing else self.spec.mailbox_server)
+            self._send_back(pending, non_delivery_report(self._mailbox_hop(pending.raw), notice), "bounced")
+
+    def _notify_delay(self, pending: _Pending, accepted_at: float) -> None:
+        """Send the sender's mailbox Exchange's delay notification: this edge's queue still holds the message."""
+        for address in pending.recipients:
+            notice = replace(self._notice(pending, address, accepted_at, status="4.4.7", reporter=self.spec.fqdn),
+                             will_retry_until=datetime.fromtimestamp(accepted_at, UTC) + _RETRY_FOR)
+            self._send_back(pending, delay_notification(pending.raw, notice), "delay_notified")
+
+    def _notice(self, pending: _Pending, recipient: str, accepted_at: float, *, status: str,
+                reporter: str) -> Notice:
+        now = datetime.fromtimestamp(self.store.server_time(self.spec.forest), UTC)
+        return Notice(status=status, recipient=recipient, sender=pending.sender,
+                      postmaster=f"postmaster@{self.spec.domain}", reporting_mta=reporter,
+                      arrival=datetime.fromtimestamp(accepted_at, UTC), when=now,
+                      received_from_mta=self.spec.fqdn if reporter != self.spec.fqdn else None)
+
+    def _send_back(self, pending: _Pending, report: bytes, event: str) -> None:
+        """Deliver a report into the sender's mailbox (when the lab has it): out through this edge, into its forest's
+        mailbox server."""
+        if not self.store.has_mailbox(pending.sender):
+            log.info("smart host %s: no mailbox for the sender %s; report dropped", self.spec.name, pending.sender)
+            self.count("reports_dropped")
+            return
+        forest = self.store.forest_of(pending.sender)
+        domain = pending.sender.rpartition("@")[2].lower()
+        now = datetime.now(UTC)
+        out = exchange.received_header(from_host=self.spec.mailbox_server, from_ip=MAILBOX_SERVER_IP,
+                                       by_host=self.spec.fqdn, by_ip=self.spec.host, tls=_INTERNAL_TLS, when=now)
+        back = exchange.received_header(
+            from_host=self.spec.fqdn, from_ip=self.spec.host, by_host=mailbox_server(forest, domain),
+            by_ip=MAILBOX_SERVER_IP, tls=_INTERNAL_TLS,
+            when=datetime.fromtimestamp(self.store.server_time(forest), UTC))
+        self.count(event)
+        self.store.deliver(pending.sender, back + out + report, folder="inbox")
+
+
+def secrets_match(given: bytes, password: Secret) -> bool:
+    """Compare a password in constant time."""
+    return secrets.compare_digest(given, password.reveal().encode())
 
 
 class LabSMTP(SMTP):
-    """One SMTP connection to a lab smart host: aiosmtpd with the lab's rules and faults."""
+    """One SMTP connection to a lab smart host: aiosmtpd with the lab's rules, faults and Exchange's words."""
+
+    AuthLoginUsernameChallenge, AuthLoginPasswordChallenge = exchange.LOGIN_CHALLENGES
 
     def __init__(self, host: SmartHost, live: set[LabSMTP]) -> None:
         super().__init__(
-            host, hostname=host.spec.fqdn, ident=_IDENT, tls_context=None, auth_required=True,
-            auth_require_tls=True, authenticator=host.authenticate, timeout=120, loop=host.loop,
+            host, hostname=host.spec.fqdn, tls_context=None, auth_required=True, auth_require_tls=True,
+            authenticator=host.authenticate, timeout=120, loop=host.loop, data_size_limit=exchange.MAX_MESSAGE_SIZE,
+            auth_exclude_mechanism=["PLAIN"],
         )
         self.host = host
         self.pending: _Pending | None = None
+        self.data_started = 0.0
         self._live = live
         self._greeted = False
         self._refused = False
+
+    @property
+    def tls_active(self) -> bool:
+        """Say whether STARTTLS has completed on this connection."""
+        return self._tls_protocol is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection, or reset it at once while ``refuse_connections`` is in force."""
@@ -315,12 +396,16 @@ class LabSMTP(SMTP):
             super().connection_lost(error)
 
     async def push(self, status: str | bytes) -> None:
-        """Send a reply; delay or replace the banner as faults say; note the moment of the final 250."""
+        """Send a reply in Exchange's words: the banner (or a fault's reply instead), a failed AUTH's after the
+        tarpit; note the moment of the final 250."""
         text = status if isinstance(status, str) else status.decode()
         close = False
         if not self._greeted:
             self._greeted = True
-            text, close = await self._banner(text)
+            text, close = await self._banner()
+        text = exchange.REPLIES.get(text, text)
+        if text.startswith("535 "):
+            await asyncio.sleep(self.host.tarpit)  # Exchange's tarpit: a failed AUTH's reply waits
         pending, self.pending = self.pending, None
         if pending is None or not text.startswith("250"):
             await super().push(text)
@@ -331,12 +416,12 @@ class LabSMTP(SMTP):
         if close and self.transport is not None:
             self.transport.close()
 
-    async def _banner(self, text: str) -> tuple[str, bool]:
+    async def _banner(self) -> tuple[str, bool]:
         for stage in _BANNER_STAGES:
             failure = await self.host.stage_fault(stage)
             if failure is not None:
                 return failure, True
-        return text, False
+        return exchange.banner(self.host.spec.fqdn, datetime.now(UTC)), False
 
     async def _refused_at(self, stage: str) -> bool:
         failure = await self.host.stage_fault(stage)
@@ -344,9 +429,10 @@ class LabSMTP(SMTP):
             await self.push(failure)
         return failure is not None
 
-    async def _needs_tls(self) -> bool:
+    async def _needs_tls(self, refusal: str = exchange.NOT_AUTHENTICATED) -> bool:
+        """Refuse a command before STARTTLS (no credentials can have been given yet)."""
         if self._tls_protocol is None:
-            await self.push(MUST_STARTTLS)
+            await self.push(refusal)
             return True
         return False
 
@@ -359,10 +445,10 @@ class LabSMTP(SMTP):
     async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802
         """STARTTLS with the certificate the faults in force call for, or refused under ``no_starttls``."""
         if self._tls_protocol is not None:
-            await self.push("554 5.5.1 Error: TLS already active")
+            await self.push(exchange.TLS_ALREADY_ACTIVE)
             return
         if self.host.fault(SmartHostFault.NO_STARTTLS):
-            await self.push(TLS_UNAVAILABLE)
+            await self.push(exchange.TLS_UNAVAILABLE)
             return
         self.host.count("starttls")
         if await self._refused_at("starttls"):
@@ -371,9 +457,9 @@ class LabSMTP(SMTP):
         await super().smtp_STARTTLS(arg)
 
     async def smtp_AUTH(self, arg: str) -> None:  # noqa: N802
-        """AUTH, counted whatever happens next, refused before STARTTLS."""
+        """AUTH, counted whatever happens next; before STARTTLS no mechanism is offered, so none is known."""
         self.host.count("auth_attempts")
-        if await self._needs_tls() or await self._refused_at("auth"):
+        if await self._needs_tls(exchange.UNRECOGNIZED_AUTH) or await self._refused_at("auth"):
             return
         await super().smtp_AUTH(arg)
 
@@ -390,9 +476,10 @@ class LabSMTP(SMTP):
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802
-        """DATA, refused before STARTTLS (its stage faults apply to the final reply)."""
+        """DATA, refused before STARTTLS (its stage faults apply to the final reply); its transfer is timed."""
         if await self._needs_tls():
             return
+        self.data_started = time.monotonic()
         await super().smtp_DATA(arg)
 
 
@@ -422,8 +509,9 @@ class SmartHostFleet:
     """Every smart host of one lab, served from one event loop in one background thread."""
 
     def __init__(self, *, ca: LabCA, store: MailboxStore, faults: FaultRegistry, stats: LabStats,
-                 untrusted_dir: Path) -> None:
+                 untrusted_dir: Path, tarpit: float = exchange.TARPIT_SECONDS) -> None:
         self._ca = ca
+        self._tarpit = tarpit
         self._store = store
         self._faults = faults
         self._stats = stats
@@ -481,7 +569,7 @@ class SmartHostFleet:
     async def _bind(self, spec: LabSmartHost) -> LabSmartHost:
         certificates = _Certificates(spec, self._ca, self._untrusted_ca)
         host = SmartHost(spec, store=self._store, faults=self._faults, stats=self._stats,
-                         certificates=certificates, loop=self._loop)
+                         certificates=certificates, loop=self._loop, tarpit=self._tarpit)
         server = await self._loop.create_server(lambda: LabSMTP(host, self._live), spec.host, spec.port,
                                                 reuse_address=True)
         self._servers.append(server)

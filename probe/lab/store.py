@@ -98,10 +98,20 @@ def _text_of(msg: email.message.Message, content_type: str) -> str | None:
 
 
 def _item_class(msg: email.message.Message) -> str:
-    """Return the item class Exchange gives a message: an NDR is ``REPORT.IPM.Note.NDR``."""
+    """Return the item class Exchange gives a message: an NDR is ``REPORT.IPM.Note.NDR``, a delay notification
+    ``REPORT.IPM.Note.Delayed`` (MS-OXCMAIL 2.1.3.2.1: the class follows the DSN's Action)."""
     if msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status":
-        return "REPORT.IPM.Note.NDR"
+        return "REPORT.IPM.Note.Delayed" if _only_delayed(msg) else "REPORT.IPM.Note.NDR"
     return "IPM.Note"
+
+
+def _only_delayed(report: email.message.Message) -> bool:
+    """Say whether a delivery status report's recipients were all delayed (none failed)."""
+    actions = [str(block.get("Action", "")).strip().lower()
+               for part in report.get_payload() if isinstance(part, email.message.Message)
+               and part.get_content_type() == "message/delivery-status"
+               for block in part.get_payload() if isinstance(block, email.message.Message)]
+    return bool(actions) and all(action == "delayed" for action in actions if action)
 
 
 def _parse(raw: bytes) -> _Parsed:
@@ -151,6 +161,10 @@ class MailboxStore:
         with self._lock:
             self._mailboxes.setdefault(address.lower(), _Mailbox(address.lower(), forest))
             self._by_guid[ids.mailbox_guid(address)] = address.lower()
+
+    def server_time(self, forest: str) -> float:
+        """Return the forest's server clock now (time.time() plus any clock offset in force)."""
+        return self._clock(forest)
 
     def has_mailbox(self, address: str) -> bool:
         """Say whether ``address`` is a mailbox of the lab."""

@@ -27,12 +27,20 @@ import yaml
 from probe.lab.admin import AdminServer
 from probe.lab.ca import LabCA
 from probe.lab.ews.server import EwsServer
+from probe.lab.exchange import TARPIT_SECONDS
 from probe.lab.faults import EwsFault, Fault, FaultError, FaultRegistry, parse_fault
 from probe.lab.smarthost import MAX_FORESTS, LabSmartHost, SmartHostFleet, smart_host_address
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
 from probe.lab.submission import SubmissionPort, SubmissionServers
-from probe.lab.transport import NoticeSink, RecordedNotices, SendConnector, SourceTransport, TransportTiming
+from probe.lab.transport import (
+    MailboxNotices,
+    NoticeSink,
+    RecordedNotices,
+    SendConnector,
+    SourceTransport,
+    TransportTiming,
+)
 from probe.secret import Secret
 
 FIXED_SMTP_PORT: Final = 2525  # every smart host, each on its own loopback address
@@ -192,8 +200,10 @@ class Lab:
     def __init__(self, state_dir: Path, *, forests: Sequence[str], smart_hosts_per_forest: int,
                  mailboxes_per_forest: int, fixed_ports: bool, ews_auth: EwsAuth,
                  smtp_password: str | None = None, transit: Transit | None = None,
-                 transport_timing: TransportTiming | None = None, notify: NoticeSink | None = None) -> None:
+                 tarpit_seconds: float = TARPIT_SECONDS, transport_timing: TransportTiming | None = None,
+                 notify: NoticeSink | None = None) -> None:
         _check_request(forests, smart_hosts_per_forest, mailboxes_per_forest, ews_auth)
+        self.tarpit_seconds = tarpit_seconds
         self.state_dir = Path(state_dir).resolve()
         self.fixed_ports = fixed_ports
         self.ews_auth: EwsAuth = ews_auth
@@ -209,7 +219,7 @@ class Lab:
         self.store = MailboxStore(clock=self._clock)
         self.transport_timing = transport_timing or TransportTiming()
         self.recorded_notices = RecordedNotices()
-        self.notify: NoticeSink = notify or self.recorded_notices
+        self.notify: NoticeSink = notify or MailboxNotices(self.store, self.recorded_notices)
         self._parts = _Parts()
         self._ca: LabCA | None = None
 
@@ -217,18 +227,21 @@ class Lab:
     def start(cls, state_dir: Path, *, forests: Sequence[str] = ("contoso", "fourthcoffee"),
               smart_hosts_per_forest: int = 2, mailboxes_per_forest: int = 1, fixed_ports: bool = False,
               ews_auth: EwsAuth = "ntlm", smtp_password: str | None = None,
-              transit: Transit | None = None, transport_timing: TransportTiming | None = None,
-              notify: NoticeSink | None = None) -> Lab:
+              transit: Transit | None = None, tarpit_seconds: float = TARPIT_SECONDS,
+              transport_timing: TransportTiming | None = None, notify: NoticeSink | None = None) -> Lab:
         """Start a lab and return it (use it as a context manager to stop it).
 
         ``smtp_password`` sets the smart hosts' account password (default: a random one), e.g. a non-ASCII one.
         ``transit`` maps smart host names to the range of seconds their deliveries take (default: none).
+        ``tarpit_seconds`` is how long a smart host holds a failed AUTH's reply back (Exchange's 5 s by default).
         ``transport_timing`` sets the source transports' retry, delay-notice and expiry times; ``notify`` is where
-        their delayed DSNs and NDRs go (default: recorded in ``recorded_notices``, nothing delivered).
+        their delayed DSNs and NDRs go (default: delivered to the sender's mailbox as Exchange writes them, and
+        recorded in ``recorded_notices``).
         """
         lab = cls(state_dir, forests=forests, smart_hosts_per_forest=smart_hosts_per_forest,
                   mailboxes_per_forest=mailboxes_per_forest, fixed_ports=fixed_ports, ews_auth=ews_auth,
-                  smtp_password=smtp_password, transit=transit, transport_timing=transport_timing, notify=notify)
+                  smtp_password=smtp_password, transit=transit, tarpit_seconds=tarpit_seconds,
+                  transport_timing=transport_timing, notify=notify)
         try:
             lab._start()
         except BaseException:
@@ -360,7 +373,7 @@ class Lab:
 
     def _start_smart_hosts(self, ca: LabCA) -> None:
         fleet = SmartHostFleet(ca=ca, store=self.store, faults=self.faults, stats=self.stats,
-                               untrusted_dir=self.state_dir / "untrusted-ca")
+                               untrusted_dir=self.state_dir / "untrusted-ca", tarpit=self.tarpit_seconds)
         self._parts.fleet = fleet
         fleet.start()
         try:
@@ -504,18 +517,17 @@ class Lab:
                            routes: list[str] | None = None, connector: ConnectorSubmit | None = None) -> Path:
         """Write a probe configuration for this lab (DESIGN.md "Config") and return its path.
 
-        ``connector`` gives every route a connector probe submitted that way (``ews``: its sender's mailbox is
-        configured too; ``smtp``: the source forest's submission port).
+        Its mailboxes are the chosen routes' targets and their senders' (where their NDRs come back).
+        ``connector`` gives every route a connector probe submitted that way (``ews``: from its sender's mailbox;
+        ``smtp``: to the source forest's submission port).
         """
         chosen = self.routes if routes is None else self._chosen_routes(routes)
-        keys = {r.mailbox for r in chosen}
-        if connector == "ews":
-            keys |= {self.forests[r.source].mailbox_names[0] for r in chosen}
+        keys = {r.mailbox for r in chosen} | {r.source for r in chosen}  # a sender's mailbox key is its forest's
         mailboxes = {
             key: self._mailbox_yaml(forest, address, watch=watch, poll_interval=poll_interval)
             for forest in self.forests.values()
             for key, address in zip(forest.mailbox_names, forest.mailboxes, strict=True)
-            if (routes is None and connector is None) or key in keys
+            if routes is None or key in keys
         }
         config = {
             "signing_key_file": str(self.state_dir / "signing.key"),

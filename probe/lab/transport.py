@@ -17,9 +17,9 @@ expires), ``address_space_removed`` empties their address spaces (no route: NDR 
 retrying), ``tls_unavailable_required`` leaves TLS required but impossible (no attempt sends credentials),
 ``pin`` keeps them on one smart host (no failover).
 
-What the transport owes a sender (a delayed DSN, an NDR) goes to a ``NoticeSink``: the seam where a DSN
-builder turns each ``DeliveryNotice`` into a message for the sender's mailbox. Without one, notices are
-recorded (``RecordedNotices``) and counted, and nothing is delivered.
+What the transport owes a sender (a delayed DSN, an NDR) goes to a ``NoticeSink``. The lab's is
+``MailboxNotices``: each notice written as Exchange writes it (probe.lab.ndr) into the sender's mailbox, where
+the probe reads it like any NDR; ``RecordedNotices`` only keeps them.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from typing import Final, Literal
 
 from probe.config import SmartHostConfig
 from probe.lab.faults import ConnectorFault, Fault, FaultRegistry
+from probe.lab.ndr import Notice, delay_notification, non_delivery_report
 from probe.lab.smarthost import LabSmartHost
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
@@ -91,6 +92,7 @@ class DeliveryNotice:
     reporting_mta: str  # this transport's host name
     original: bytes  # the message as it was queued
     arrived: float  # when it entered the queue
+    retry_until: float | None = None  # a delayed one's: when the queue gives up (it expires)
 
 
 NoticeSink = Callable[[DeliveryNotice], None]
@@ -112,6 +114,31 @@ class RecordedNotices:
         """Return the notices so far."""
         with self._lock:
             return list(self._notices)
+
+
+class MailboxNotices:
+    """A notice sink that delivers each notice to the sender's mailbox as Exchange writes it (an NDR, or a
+    "Delivery delayed:" notification, from the sender's own forest's postmaster), and keeps it in ``record``."""
+
+    def __init__(self, store: MailboxStore, record: RecordedNotices) -> None:
+        self._store, self._record = store, record
+
+    def __call__(self, notice: DeliveryNotice) -> None:
+        """Keep ``notice``; deliver its report to the sender's mailbox when the lab has it."""
+        self._record(notice)
+        if not self._store.has_mailbox(notice.sender):
+            log.info("transport: no mailbox for the sender %s; its %s notice is dropped", notice.sender, notice.action)
+            return
+        forest = self._store.forest_of(notice.sender)
+        stamp = datetime.fromtimestamp
+        report = Notice(status=notice.status, recipient=notice.recipient, sender=notice.sender,
+                        postmaster=f"postmaster@{notice.sender.rpartition('@')[2].lower()}",
+                        reporting_mta=notice.reporting_mta, arrival=stamp(notice.arrived, UTC),
+                        when=stamp(self._store.server_time(forest), UTC), remote_mta=notice.remote_mta,
+                        diagnostic=notice.diagnostic,
+                        will_retry_until=None if notice.retry_until is None else stamp(notice.retry_until, UTC))
+        build = non_delivery_report if notice.action == "failed" else delay_notification
+        self._store.deliver(notice.sender, build(notice.original, report))
 
 
 @dataclass(kw_only=True)
@@ -289,7 +316,8 @@ class SourceTransport:
         self.stats.count_transport(self.forest, "ndr" if action == "failed" else "delayed_dsn")
         notice = DeliveryNotice(action=action, sender=item.sender, recipient=item.recipient, status=status,
                                 diagnostic=diagnostic, remote_mta=remote, reporting_mta=self.fqdn,
-                                original=item.raw, arrived=item.arrived)
+                                original=item.raw, arrived=item.arrived,
+                                retry_until=item.arrived + self.timing.expire_seconds if action == "delayed" else None)
         try:
             self.notify(notice)
         except Exception:  # a sink's failure loses that notice only

@@ -62,6 +62,22 @@ class Sighting:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReportCandidate:
+    """An item that may be a delivery status report about a probe: its subject's tag verifies and names a probe
+    whose NDRs come back to this mailbox. The backend only fetches its raw MIME content; probe.dsn reads it and
+    decides (the backend never parses a DSN)."""
+
+    probe_id: str  # the probe the subject's tag names
+    mailbox: str
+    folder: MailboxFolder
+    item: ItemRef
+    raw: bytes  # the whole message as MIME (EWS MimeContent, IMAP BODY[], Graph $value)
+    received_server: datetime  # the server's receipt stamp, UTC, on the server's clock
+    received_local: float  # the arrival on the probe's clock, offset-corrected
+    first_seen_local: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class SearchResult:
     """What one search of a mailbox found, or why it could not look."""
 
@@ -69,6 +85,7 @@ class SearchResult:
     started_at: float
     finished_at: float
     sightings: list[Sighting] = field(default_factory=list)
+    reports: list[ReportCandidate] = field(default_factory=list)  # for the probes of ``reports_for``
     error_reason: MailboxReason | None = None
     error: str | None = None  # redacted
     foreign_skipped: int = 0  # matched the search but carry no tag at all
@@ -109,12 +126,14 @@ class Watch(Protocol):
 class Mailbox(Protocol):
     """A probe mailbox the confirm step can search."""
 
-    def search(self, probe_ids: Collection[str], *, since: float | None = None,
-               deadline: float | None = None) -> SearchResult:
+    def search(self, probe_ids: Collection[str], *, since: float | None = None, deadline: float | None = None,
+               reports_for: Collection[str] = ()) -> SearchResult:
         """Find the probes in flight in the configured folders with one search; never raise.
 
         ``since`` is the local time the oldest of them was sent (default: a day ago); ``deadline`` a local
-        time to give up retrying by.
+        time to give up retrying by. The same search also returns, as ``reports``, the raw content of the
+        items whose subject carries a verified tag of a probe in ``reports_for`` (the probes whose NDRs come
+        back to this mailbox): an NDR's subject is ``Undeliverable: <the probe's subject>``.
         """
 
     def cleanup(self, items: Sequence[ItemRef]) -> CleanupResult:

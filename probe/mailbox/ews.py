@@ -1,7 +1,11 @@
 """The confirm step over Exchange Web Services, with exchangelib 5.6 (DESIGN.md, "What one probe is", step 3).
 
 One search per mailbox covers every probe in flight: one FindItem over Inbox and Junk (subject contains
-the tag prefix, received since the oldest send), then one GetItem for the verified matches. Requests ask
+the tag prefix, received since the oldest send), then one GetItem for the verified matches. The same two
+requests cover the delivery status reports of the probes whose NDRs come back here (``reports_for``): an
+NDR's subject is ``Undeliverable: <the probe's subject>``, its item class ``REPORT.IPM.Note.NDR`` (a delay
+notification's ``REPORT.IPM.Note.Delayed``); when there are such candidates, the GetItem also asks for the
+MIME content, handed over raw for probe.dsn to read. Requests ask
 for millisecond receipt stamps (SOAP header ``t:DateTimePrecision``) and are parsed here, because
 exchangelib 5.6 neither sends the header nor parses fractional-second UTC stamps.
 
@@ -16,6 +20,8 @@ this module uses their public API only (tests/test_ews_internals.py holds both t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import re
@@ -23,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final, TypeVar
 
@@ -47,7 +53,7 @@ from exchangelib.util import TNS
 from probe import message as probe_message
 from probe.config import EwsConfig, MailboxConfig
 from probe.local_faults import local_fault
-from probe.mailbox.base import CleanupResult, ItemRef, SearchResult, Sighting
+from probe.mailbox.base import CleanupResult, ItemRef, ReportCandidate, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
 from probe.mailbox.ews_errors import classify, describe
 from probe.mailbox.ews_internals import (
@@ -80,6 +86,7 @@ _NEUTRAL_FOLDERS: Final = {ews_id: folder for folder, ews_id in _EWS_FOLDERS.ite
 _DELETE_TYPES: Final = {
     "move_to_deleted_items": "MoveToDeletedItems", "soft_delete": "SoftDelete", "hard_delete": "HardDelete",
 }
+_REPORT_CLASS: Final = "REPORT."  # the item classes of delivery status reports (REPORT.IPM.Note.NDR, ...)
 _STAMP: Final = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)?")
 
 
@@ -112,6 +119,13 @@ class _RawItem:
     received: str | None
     message_id: str
     headers: tuple[tuple[str, str], ...]
+    item_class: str = ""
+    mime: bytes | None = None  # the MIME content, when it was asked for
+
+    @property
+    def is_report(self) -> bool:
+        """Say whether the item is a delivery status report (an NDR, a delay notification, a receipt)."""
+        return self.item_class.upper().startswith(_REPORT_CLASS)
 
     @property
     def ref(self) -> ItemRef:
@@ -132,8 +146,19 @@ def _raw_item(elem: Any, folder: str = "") -> _RawItem:
         subject=elem.findtext(f"{{{TNS}}}Subject") or "",
         received=elem.findtext(f"{{{TNS}}}DateTimeReceived"),
         message_id=(elem.findtext(f"{{{TNS}}}InternetMessageId") or "").strip(),
-        headers=headers,
+        headers=headers, item_class=elem.findtext(f"{{{TNS}}}ItemClass") or "",
+        mime=_mime(elem.findtext(f"{{{TNS}}}MimeContent")),
     )
+
+
+def _mime(text: str | None) -> bytes | None:
+    """Return an item's MimeContent (base64 in the XML) as bytes; None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        return base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError):
+        return None
 
 
 class _Pacer(threading.local):
@@ -279,24 +304,28 @@ class EwsMailbox:
 
     # -- search ---------------------------------------------------------------------------------------
 
-    def search(self, probe_ids: Collection[str], *, since: float | None = None,
-               deadline: float | None = None) -> SearchResult:
-        """Find the probes in flight in Inbox and Junk with one FindItem and one GetItem; never raise."""
+    def search(self, probe_ids: Collection[str], *, since: float | None = None, deadline: float | None = None,
+               reports_for: Collection[str] = ()) -> SearchResult:
+        """Find the probes in flight (and the reports about ``reports_for``) in Inbox and Junk with one FindItem
+        and one GetItem; never raise."""
         started = time.time()
         deadline = deadline if deadline is not None else started + 2 * self._ews.timeout
         since = since if since is not None else started - DEFAULT_LOOKBACK
         try:
             found = self._retrying(lambda: self._find(since), deadline)
             seen_at = time.time()
-            wanted, foreign, forged = self._screen(found, set(probe_ids))
-            details = self._retrying(lambda: self._get([w.item for w in wanted]), deadline) if wanted else []
+            screened = self._screen(found, set(probe_ids), set(reports_for))
+            wanted, reports = screened.probes, screened.reports
+            details = self._retrying(lambda: self._get([w.item for w in (*wanted, *reports)], mime=bool(reports)),
+                                     deadline) if wanted or reports else []
             sightings = self._sightings(wanted, details, seen_at)
+            candidates = self._report_candidates(reports, details, seen_at)
         except Exception as exc:  # a failed search is a result, never a raise
             return self._failed(started, exc)
         estimate = self.clock.estimate()
         return SearchResult(
-            ok=True, started_at=started, finished_at=time.time(), sightings=sightings,
-            foreign_skipped=foreign, forged=forged,
+            ok=True, started_at=started, finished_at=time.time(), sightings=sightings, reports=candidates,
+            foreign_skipped=screened.foreign, forged=screened.forged,
             clock_offset=None if estimate is None else estimate.offset,
             clock_uncertainty=None if estimate is None else estimate.uncertainty,
         )
@@ -316,7 +345,8 @@ class EwsMailbox:
         query = Q(subject__contains=self._subject_term()) & Q(
             datetime_received__gte=EWSDateTime.from_datetime(floor))
         service = FindTagged(account=self._account, page_size=PAGE_SIZE)
-        fields = [FieldPath(field=Message.get_field_by_fieldname(n)) for n in ("subject", "datetime_received")]
+        names = ("subject", "datetime_received", "item_class")
+        fields = [FieldPath(field=Message.get_field_by_fieldname(n)) for n in names]
         found = _raise_first(service.call(
             folders=self._folders, additional_fields=fields,
             restriction=Restriction(query, folders=[Folder()], applies_to=Restriction.ITEMS),
@@ -329,28 +359,53 @@ class EwsMailbox:
         """Return what the subject of every probe in flight contains: one search finds them all."""
         return probe_message.tag_search_prefix()
 
-    def _get(self, items: Sequence[_RawItem]) -> list[_RawItem]:
+    def _get(self, items: Sequence[_RawItem], *, mime: bool = False) -> list[_RawItem]:
         service = GetRaw(account=self._account, chunk_size=GET_CHUNK)
-        names = ("subject", "datetime_received", "message_id", "headers")
+        names = ("subject", "datetime_received", "message_id", "headers", "item_class") + (
+            ("mime_content",) if mime else ())
         fields = [FieldPath(field=Message.get_field_by_fieldname(n)) for n in names]
         results = service.call(items=[(i.item_id, i.change_key) for i in items], additional_fields=fields,
                                shape="IdOnly")
         # an item gone since FindItem is an exception among the results, and skipped
         return [_raw_item(r) for r in results if r is not None and not isinstance(r, Exception)]
 
-    def _screen(self, found: Iterable[_RawItem], wanted: set[str]) -> tuple[list[_Candidate], int, int]:
-        """Keep items whose tag verifies and that are wanted; count foreign and forged ones."""
-        candidates: list[_Candidate] = []
-        foreign = forged = 0
+    def _screen(self, found: Iterable[_RawItem], wanted: set[str], reports_for: set[str]) -> _Screened:
+        """Keep items whose tag verifies and that are wanted: probes, and reports about ``reports_for``; count
+        foreign and forged ones."""
+        screened = _Screened()
         for item in found:
             tag = probe_message.parse_tag(item.subject)
             if tag is None:
-                foreign += 1
+                screened.foreign += 1
             elif not probe_message.verify_tag(self._key, tag):
-                forged += 1
-            elif tag.probe_id in wanted:
-                candidates.append(_Candidate(item=item, probe_id=tag.probe_id, tag=str(tag)))
-        return candidates, foreign, forged
+                screened.forged += 1
+            elif item.is_report and tag.probe_id in reports_for:
+                screened.reports.append(_Candidate(item=item, probe_id=tag.probe_id, tag=str(tag)))
+            elif not item.is_report and tag.probe_id in wanted:
+                screened.probes.append(_Candidate(item=item, probe_id=tag.probe_id, tag=str(tag)))
+        return screened
+
+    def _report_candidates(self, reports: Sequence[_Candidate], details: Sequence[_RawItem],
+                           seen_at: float) -> list[ReportCandidate]:
+        """Return the reports' raw content with their arrival, for probe.dsn to read (never parsed here)."""
+        by_id = {d.item_id: d for d in details}
+        estimate = self.clock.estimate()
+        candidates = []
+        for candidate in reports:
+            detail = by_id.get(candidate.item.item_id)
+            stamp = parse_ews_datetime(detail.received if detail else None)
+            if detail is None or detail.mime is None or stamp is None:
+                continue
+            with self._lock:
+                first_seen = self._first_seen.setdefault(detail.item_id, seen_at)
+                self._verified.add(detail.item_id)  # its subject's tag verifies: a cleanup needs no second look
+            arrival = local_arrival(received_server=stamp[0].timestamp(), precise=stamp[1],
+                                    first_seen_local=first_seen, offset=estimate)
+            candidates.append(ReportCandidate(
+                probe_id=candidate.probe_id, mailbox=self._config.name,
+                folder=_NEUTRAL_FOLDERS.get(candidate.item.folder, MailboxFolder.INBOX), item=detail.ref,
+                raw=detail.mime, received_server=stamp[0], received_local=arrival.at, first_seen_local=first_seen))
+        return candidates
 
     def _sightings(self, wanted: Sequence[_Candidate], details: Sequence[_RawItem],
                    seen_at: float) -> list[Sighting]:
@@ -473,6 +528,16 @@ class _Candidate:
     item: _RawItem
     probe_id: str
     tag: str
+
+
+@dataclass
+class _Screened:
+    """What one FindItem's items came to: wanted probes, wanted reports, and how many were foreign or forged."""
+
+    probes: list[_Candidate] = field(default_factory=list)
+    reports: list[_Candidate] = field(default_factory=list)
+    foreign: int = 0
+    forged: int = 0
 
 
 def _raise_first(results: Iterable[Any]) -> list[Any]:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 _CLAUSES: Final = ("from", "by", "via", "with", "id", "for")
+_PHRASES: Final = ("with", "via")  # clauses whose value may be several words: "with Microsoft SMTP Server"
 _WORD: Final = re.compile(r"\(|[^\s()]+")
 _ADDRESS_WORD: Final = re.compile(r"[0-9A-Fa-f:.]*[0-9A-Fa-f][0-9A-Fa-f:.]*")
 _ADDRESS_CLAUSES: Final = ("from", "by")
@@ -74,28 +75,34 @@ def parse_hop(value: str) -> Hop:
 
 
 def _clauses(text: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Return the first word of each clause (from, by, with, id, for), comments skipped, and the comment that
-    follows the host of a from or by clause."""
+    """Return the value of each clause (from, by, with, via, id, for), comments skipped: its first word, or for
+    ``with`` and ``via`` its words up to the next clause or comment (Exchange's ``with Microsoft SMTP Server``);
+    and the comment that follows the host of a from or by clause (``by HOST (IP)``)."""
     found: dict[str, str] = {}
     comments: dict[str, str] = {}
     current: str | None = None
-    last: str | None = None  # the clause whose word was just read, while its comment may follow
+    phrase = False  # adding words to the value of the current with/via clause
+    last: str | None = None  # the from/by clause whose host was just read, while its comment may follow
     pos = 0
     while (match := _WORD.search(text, pos)) is not None:
         word = match.group(0)
         pos = match.end()
+        lowered = word.lower()
         if word == "(":
             pos = _skip_comment(text, match.start())
+            phrase = False
             if last in _ADDRESS_CLAUSES and last not in comments:
                 comments[last] = text[match.end():pos - 1]
+            last = None
             continue
         last = None
-        lowered = word.lower()
         if lowered in _CLAUSES and lowered not in found:
-            current = lowered
-        elif current is not None:
+            current, phrase = lowered, False
+        elif phrase and current is not None:
+            found[current] += " " + word
+        elif current is not None and current not in found:
             found[current] = word
-            current, last = None, current
+            phrase, last = current in _PHRASES, current
     return found, comments
 
 

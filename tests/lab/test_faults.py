@@ -22,7 +22,8 @@ ALL_KINDS = [(target_type, kind) for target_type, kinds in TARGET_TYPES.items() 
 
 
 def _valid_value(name: str) -> object:
-    return {"stage": "rcpt", "code": 421, "seconds": 1.5, "back_off_ms": 250, "smart_host": "edge-2"}[name]
+    return {"stage": "rcpt", "code": 421, "seconds": 1.5, "back_off_ms": 250, "status": "5.1.1",
+            "notify_after": 0.5, "smart_host": "edge-2"}[name]
 
 
 @pytest.mark.parametrize(("target_type", "kind"), ALL_KINDS, ids=[f"{t}-{k}" for t, k in ALL_KINDS])
@@ -37,7 +38,8 @@ def test_every_kind_takes_exactly_its_parameters(target_type: str, kind: FaultKi
     for name in required:
         with pytest.raises(FaultError, match=f"^{kind} needs {name}"):
             parse_fault({"target": target, "kind": str(kind), **{k: v for k, v in required.items() if k != name}})
-    for name in {"stage", "code", "seconds", "back_off_ms", "smart_host", "color"} - {p.name for p in kind.params}:
+    for name in {"stage", "code", "seconds", "back_off_ms", "status", "notify_after", "smart_host", "color"} - {
+            p.name for p in kind.params}:
         with pytest.raises(FaultError, match=f"^unknown parameters for {kind}: {name}; its parameters: "):
             parse_fault({"target": target, "kind": str(kind), **required, name: 1})
 
@@ -46,7 +48,7 @@ def test_the_kinds_are_those_of_the_design() -> None:
     """The kinds DESIGN.md lists for smart hosts and EWS endpoints (those the lab implements today)."""
     assert {str(k) for k in SmartHostFault} == {
         "refuse_connections", "no_starttls", "untrusted_cert", "expired_cert", "auth_reject", "tempfail",
-        "reject", "slow", "delay_delivery", "drop", "duplicate", "to_junk"}
+        "reject", "slow", "delay_delivery", "drop", "duplicate", "to_junk", "bounce", "subject_prefix", "disclaimer"}
     assert {str(k) for k in EwsFault} == {
         "unauthorized", "server_error", "server_busy", "slow", "unreachable", "clock_offset"}
     assert {str(k) for k in ConnectorFault} == {
@@ -60,6 +62,11 @@ def test_the_kinds_are_those_of_the_design() -> None:
     ({"target": "smarthost/x", "kind": "reject", "stage": "data", "code": 250.5},
      "reject: code must be an SMTP reply code (200-599)"),
     ({"target": "smarthost/x", "kind": 7}, "kind must be a string; the smarthost fault kinds: auth_reject, "),
+    ({"target": "smarthost/x", "kind": "bounce", "status": "550"}, 'bounce: status must be an enhanced status code'),
+    ({"target": "smarthost/x", "kind": "bounce", "status": "2.0.0"}, 'bounce: status must be an enhanced status code'),
+    ({"target": "smarthost/x", "kind": "bounce"}, 'bounce needs status, an enhanced status code of a failure'),
+    ({"target": "smarthost/x", "kind": "delay_delivery", "seconds": 5, "notify_after": -1},
+     "delay_delivery: notify_after must be a number of seconds (0 or more)"),
     ({"target": "mta/x", "kind": "disabled"}, "unknown target type 'mta': use smarthost/NAME, ews/FOREST or "
      "connector/FOREST"),
     ({"target": "connector/x", "kind": "pin"}, "pin needs smart_host, the name of a smart host of the lab"),

@@ -116,13 +116,14 @@ def test_more_mailboxes_give_more_routes(tmp_path: Path) -> None:
 
 
 def test_write_probe_config_with_other_values(lab: Lab, tmp_path: Path) -> None:
-    """write_probe_config writes the given durations, watch mode and only the chosen routes."""
+    """write_probe_config writes the given durations, watch mode and only the chosen routes (with their targets'
+    and senders' mailboxes: the sender's receives the route's NDRs)."""
     path = lab.write_probe_config(tmp_path / "fast.yaml", interval=2, timeout=0.5, jitter=0,
                                   watch="polling", poll_interval=0.25, routes=["contoso-to-fourthcoffee"])
     config = yaml.safe_load(path.read_text())
     assert config["defaults"] == {"interval": "2s", "timeout": "500ms", "jitter": "0s"}
     assert [r["name"] for r in config["routes"]] == ["contoso-to-fourthcoffee"]
-    assert list(config["mailboxes"]) == ["fourthcoffee"]
+    assert list(config["mailboxes"]) == ["contoso", "fourthcoffee"]
     assert config["mailboxes"]["fourthcoffee"]["watch"] == "polling"
     assert config["mailboxes"]["fourthcoffee"]["poll_interval"] == "250ms"
     with pytest.raises(LabError, match="no route named nowhere"):

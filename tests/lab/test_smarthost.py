@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import email
 import email.utils
+import inspect
 import ipaddress
+import re
 import smtplib
 import ssl
 import threading
+import time
 from email.message import EmailMessage
 
 import pytest
@@ -35,8 +38,9 @@ def secure_session(lab: Lab, host: LabSmartHost) -> smtplib.SMTP:
     return smtp
 
 
-def test_starttls_and_login_deliver_with_a_received_header(lab: Lab) -> None:
-    """A message sent with STARTTLS and AUTH lands in the inbox with a Received header naming the host."""
+def test_starttls_and_login_deliver_with_a_received_header_per_hop(lab: Lab) -> None:
+    """A message sent with STARTTLS and AUTH lands in the inbox with Exchange's Received header for each hop: the
+    smart host (edge) then the forest's mailbox server, newest first."""
     host = lab.smart_host("fourthcoffee-edge-1")
     msg = message()
     with secure_session(lab, host) as smtp:
@@ -45,29 +49,31 @@ def test_starttls_and_login_deliver_with_a_received_header(lab: Lab) -> None:
     assert len(items) == 1
     item = items[0]
     assert item.message_id == msg["Message-ID"]
-    received = email.message_from_bytes(item.raw)["Received"]
-    assert f"by {host.fqdn}" in received
-    assert "with ESMTPSA id " in received
-    assert f"for <{RECIPIENT}>" in received
-    assert email.utils.parsedate_to_datetime(received.rsplit(";", 1)[1].strip()) is not None
+    mailbox_hop, edge_hop = [" ".join(r.split()) for r in email.message_from_bytes(item.raw).get_all("Received") or []]
+    assert re.match(rf"from \S+ \(127\.0\.0\.1\) by {re.escape(host.fqdn)} \({re.escape(host.host)}\) with Microsoft "
+                    r"SMTP Server \(version=TLS1_3, cipher=TLS_AES_256_GCM_SHA384\) id 15\.2\.1544\.4; ", edge_hop)
+    assert mailbox_hop.startswith(f"from {host.fqdn} ({host.host}) by FOURTHCOFFEE-MBX-1.fourthcoffee.test "
+                                  "(127.0.0.1) with Microsoft SMTP Server (version=TLS1_2, cipher=")
+    for hop in (edge_hop, mailbox_hop):
+        assert email.utils.parsedate_to_datetime(hop.rsplit(";", 1)[1].strip()) is not None
     assert item.accepted_at is not None
     assert item.accepted_at <= item.delivered_at
     stats = lab.stats
     assert [stats.smarthost(host.name, e) for e in ("accepted", "delivered", "auth_success")] == [1, 1, 1]
 
 
-def test_final_reply_names_a_queue_id(lab: Lab) -> None:
-    """The 250 after DATA carries a queue id, as a real MTA's does."""
+def test_final_reply_is_exchanges_queued_reply(lab: Lab) -> None:
+    """The 250 after DATA is Exchange's: 2.6.0, the Message-ID, the InternalId and the server, size and rate."""
     host = lab.smart_host("fourthcoffee-edge-2")
+    msg = message()
     with secure_session(lab, host) as smtp:
-        smtp.mail(SENDER)
-        smtp.rcpt(RECIPIENT)
-        code, reply = smtp.data(message().as_bytes())
+        assert smtp.mail(SENDER) == (250, b"2.1.0 Sender OK")
+        assert smtp.rcpt(RECIPIENT) == (250, b"2.1.5 Recipient OK")
+        code, reply = smtp.data(msg.as_bytes())
     assert code == 250
-    assert reply.decode().startswith("2.0.0 Ok: queued as ")
-    queue_id = reply.decode().rsplit(" ", 1)[1]
-    raw = lab.store.items(RECIPIENT, ["inbox"])[0].raw
-    assert f"id {queue_id}".encode() in raw
+    pattern = (rf"2\.6\.0 {re.escape(msg['Message-ID'])} \[InternalId=\d{{14}}, Hostname={re.escape(host.fqdn)}\] "
+               r"\d+ bytes in \d+\.\d{3}, \d+\.\d{3} KB/sec Queued mail for delivery")
+    assert re.fullmatch(pattern, reply.decode()), reply
 
 
 def test_auth_login_is_accepted_after_starttls(lab: Lab) -> None:
@@ -82,28 +88,28 @@ def test_auth_login_is_accepted_after_starttls(lab: Lab) -> None:
 
 
 def test_before_starttls_auth_is_neither_offered_nor_accepted(lab: Lab) -> None:
-    """Before STARTTLS, EHLO offers STARTTLS but not AUTH, and AUTH and MAIL get 530 5.7.0."""
+    """Before STARTTLS, EHLO offers STARTTLS but not AUTH; AUTH is an unrecognized type and MAIL is refused as
+    not authenticated, in Exchange's words."""
     host = lab.smart_host("fourthcoffee-edge-1")
     with smtplib.SMTP(host.host, host.port, timeout=10) as smtp:
         smtp.ehlo()
         assert smtp.has_extn("starttls")
         assert not smtp.has_extn("auth")
-        auth = smtp.docmd("AUTH", "PLAIN AHVzZXIAcGFzcw==")
+        auth = smtp.docmd("AUTH", "LOGIN")
         mail = smtp.docmd("MAIL", f"FROM:<{SENDER}>")
-    refusal = (530, b"5.7.0 Must issue a STARTTLS command first")
-    assert auth == refusal
-    assert mail == refusal
+    assert auth == (504, b"5.7.4 Unrecognized authentication type")
+    assert mail == (530, b"5.7.1 Client was not authenticated")
     assert lab.stats.smarthost(host.name, "auth_attempts") == 1
     assert lab.stats.smarthost(host.name, "auth_success") == 0
 
 
 def test_after_starttls_auth_is_offered(lab: Lab) -> None:
-    """After STARTTLS, EHLO offers AUTH PLAIN and LOGIN and no longer STARTTLS."""
+    """After STARTTLS, EHLO offers AUTH LOGIN (Basic authentication: no PLAIN on Exchange) and no STARTTLS."""
     host = lab.smart_host("fourthcoffee-edge-1")
     with smtplib.SMTP(host.host, host.port, timeout=10) as smtp:
         smtp.starttls(context=lab.ca.client_context())
         smtp.ehlo()
-        assert set(smtp.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
+        assert smtp.esmtp_features["auth"].split() == ["LOGIN"]
         assert not smtp.has_extn("starttls")
 
 
@@ -117,34 +123,40 @@ def test_mail_needs_authentication_after_starttls(lab: Lab) -> None:
     assert code == 530
 
 
-def test_wrong_password_is_refused(lab: Lab) -> None:
-    """A wrong password gets 535 5.7.8."""
+def test_wrong_password_is_refused_after_the_tarpit(lab: Lab) -> None:
+    """A wrong password gets Exchange's 535 5.7.3, and only after the tarpit (the lab's setting; Exchange's 5 s by
+    default)."""
     host = lab.smart_host("fourthcoffee-edge-1")
     with smtplib.SMTP(host.host, host.port, timeout=10) as smtp:
         smtp.starttls(context=lab.ca.client_context())
+        smtp.ehlo()
+        started = time.monotonic()
         with pytest.raises(smtplib.SMTPAuthenticationError) as raised:
             smtp.login(host.username, "not-the-password")
-    assert raised.value.smtp_code == 535
+        waited = time.monotonic() - started
+    assert (raised.value.smtp_code, raised.value.smtp_error) == (535, b"5.7.3 Authentication unsuccessful")
+    assert waited >= lab.tarpit_seconds
+    assert inspect.signature(Lab.start).parameters["tarpit_seconds"].default == 5.0
 
 
 def test_relay_to_another_domain_is_denied(lab: Lab) -> None:
-    """A Fourth Coffee smart host refuses recipients outside fourthcoffee.test with 550 5.7.1."""
+    """A Fourth Coffee smart host refuses recipients outside fourthcoffee.test with Exchange's 550 5.7.54."""
     host = lab.smart_host("fourthcoffee-edge-1")
+    denied = (550, b"5.7.54 SMTP; Unable to relay recipient in non-accepted domain")
     with secure_session(lab, host) as smtp:
         smtp.mail(SENDER)
-        assert smtp.rcpt("mailflow.probe@contoso.test") == (550, b"5.7.1 relay denied")
-        assert smtp.rcpt("someone@example.com") == (550, b"5.7.1 relay denied")
+        assert smtp.rcpt("mailflow.probe@contoso.test") == denied
+        assert smtp.rcpt("someone@example.com") == denied
     assert lab.store.count() == 0
 
 
 def test_unknown_recipient_in_its_domain_is_refused(lab: Lab) -> None:
-    """A recipient of the right domain without a mailbox gets 550 5.1.1."""
+    """A recipient of the right domain without a mailbox gets Exchange's recipient filtering 550 5.1.10."""
     host = lab.smart_host("fourthcoffee-edge-1")
     with secure_session(lab, host) as smtp:
         smtp.mail(SENDER)
         code, reply = smtp.rcpt("nobody@fourthcoffee.test")
-    assert code == 550
-    assert reply.startswith(b"5.1.1")
+    assert (code, reply) == (550, b"5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup")
 
 
 def test_certificate_names_the_address_and_the_dns_name(lab: Lab) -> None:
