@@ -140,7 +140,7 @@ def test_with_the_relayhost_refusing_postfix_falls_back_and_the_probe_says_which
 
 @pytest.mark.slow
 def test_a_wrong_stored_password_at_postfix_fails_only_the_connector_row_and_names_the_source_side(rig: Rig) -> None:
-    """Postfix's stored password wrong: every smart host answers 535 and Postfix keeps the probe queued; the
+    """Postfix's stored password wrong: the smart hosts answer 535 and Postfix keeps the probe queued; the
     connector row is not delivered while both direct rows are, and the diagnosis names the source side."""
     rig.postfix.store_password(Secret("not-the-stored-password"))
     since = len(rig.postfix.maillog())
@@ -150,5 +150,5 @@ def test_a_wrong_stored_password_at_postfix_fails_only_the_connector_row_and_nam
     assert report.diagnoses()[ROUTE].diagnosis is Diagnosis.SOURCE_SIDE
     log = rig.postfix.maillog()[since:]
     assert "SASL authentication failed; server " in log
-    assert "535 5.7.8" in log
+    assert re.search(r"said: 535 5\.7\.\d", log)
     assert "not-the-stored-password" not in log

@@ -33,8 +33,10 @@ ROUTE = "contoso-to-fourthcoffee"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """One lab for the module with a quick queue (retry 0.3 s, delayed DSN at 1 s, NDR at 2.5 s)."""
-    with Lab.start(tmp_path_factory.mktemp("transport") / "lab", transport_timing=TIMING) as started:
+    """One lab for the module with a quick queue (retry 0.3 s, delayed DSN at 1 s, NDR at 2.5 s) and smart hosts
+    that answer a failed AUTH at once (Exchange holds it back 5 s: longer than this queue's whole life)."""
+    with Lab.start(tmp_path_factory.mktemp("transport") / "lab", transport_timing=TIMING,
+                   tarpit_seconds=0) as started:
         yield started
 
 
@@ -244,3 +246,24 @@ def test_lab_json_names_each_forests_submission_port_and_connectors(lab: Lab) ->
     assert forest["connectors"] == [{"name": "contoso-to-fourthcoffee", "address_spaces": ["fourthcoffee.test"],
                                      "smart_hosts": ["fourthcoffee-edge-1", "fourthcoffee-edge-2"],
                                      "target": "connector/contoso"}]
+
+
+def test_the_notices_reach_the_senders_mailbox_as_exchange_writes_them(lab: Lab) -> None:
+    """A delayed DSN and then an NDR land in the sender's mailbox: "Delivery delayed:" and "Undeliverable:" reports
+    (REPORT.IPM.Note.NDR), from the sender's forest's postmaster, each returning the original's headers."""
+    lab.add_fault(target="connector/contoso", kind="disabled")
+    msg = message()
+    submit_smtp(lab, msg)
+
+    def reports() -> list[StoredItem]:
+        return [i for i in lab.store.items(SENDER, ["inbox"]) if msg["Subject"] in i.subject]
+
+    wait_for(lambda: len(reports()) == 2, timeout=15, what="the delay notification and the NDR")
+    delayed, failed = sorted(reports(), key=lambda item: item.received)
+    assert delayed.subject.startswith("Delivery delayed:")
+    assert failed.subject.startswith("Undeliverable:")
+    assert failed.item_class == "REPORT.IPM.Note.NDR"
+    for report in (delayed, failed):
+        assert "postmaster@contoso.test" in dict(report.headers)["From"]
+        assert msg["Message-ID"].encode() in report.raw
+    assert b"Status: 4.4.7" in failed.raw
