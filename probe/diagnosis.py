@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from probe.ledger import Decision
 
 WORKING: Final = frozenset({str(Verdict.DELIVERED), str(Verdict.LATE)})
-FAILING: Final = frozenset({str(Verdict.SEND_FAILED), str(Verdict.LOST), "bounced"})
+FAILING: Final = frozenset({str(Verdict.SEND_FAILED), str(Verdict.LOST), str(Verdict.BOUNCED)})
 SOURCE_SIDE_TEXT: Final = ("the source side: the Send connector (enabled, address space, stored credentials, TLS "
                            "setting), its source servers, the source forest's transport")
 TARGET_SIDE_TEXT: Final = "the target side: no smart host delivers, directly or through the connector"
