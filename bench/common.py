@@ -138,9 +138,13 @@ def _wait_for_lab(process: subprocess.Popen[bytes], json_path: Path, config_path
 
 def write_config(lab: LabProcess, path: Path, *, interval: float, timeout: float, jitter: float = 0.0,
                  watch: str = "streaming", poll_interval: float = 2.0, routes: Sequence[str] | None = None,
-                 state_dir: Path | None = None) -> Path:
-    """Write a probe config for the lab: its ``probe.yaml`` with these timings, routes and state files."""
+                 state_dir: Path | None = None, connector: bool = False) -> Path:
+    """Write a probe config for the lab: its ``probe.yaml`` with these timings, routes and state files (and its
+    connector probes only when ``connector``: the benchmarks measure the direct pairs)."""
     config = yaml.safe_load((lab.state_dir / "probe.yaml").read_text(encoding="utf-8"))
+    if not connector:
+        for route in config["routes"]:
+            route.pop("connector", None)
     config["defaults"] = {"interval": _duration(interval), "timeout": _duration(timeout),
                           "jitter": _duration(jitter)}
     if routes is not None:

@@ -20,6 +20,7 @@ SCRIPTS = {
     "submit": (["bench/submit.py", "--quick", "--no-report"],
                "| submit(): the whole submit step, a full TLS handshake each |"),
     "scale": (["bench/scale.py", "--quick", "--no-report"], "| daemon / submit step |"),
+    "connector": (["bench/connector.py", "--quick"], "| connector, submit: smtp |"),
     "batching": (["bench/batching.py", "--quick", "--no-report"], "| batched (the probe) |"),
     "accuracy": (["bench/accuracy.py", "--quick", "--no-report"], "| streaming |"),
     "metrics_render": (["bench/metrics_render.py", "--quick"], "| 500 |"),

@@ -489,7 +489,7 @@ def test_each_backend_is_one_branch_of_the_mailbox_schema() -> None:
     assert list(validator.iter_errors(yaml.safe_load((INVALID / "mailbox-backend-missing.yaml").read_text()))) != []
 
 
-_MODEL_FILES = ("model.py", "ews.py")
+_MODEL_FILES = ("model.py", "ews.py", "connector.py")
 
 
 def _dataclass_defaults(path: Path) -> list[tuple[str, ast.expr]]:

@@ -8,6 +8,7 @@ A mailbox backend's section is a module of its own (``ews``), listed in ``backen
 from __future__ import annotations
 
 from probe.config.backends import BACKENDS, Backend, BackendConfig
+from probe.config.connector import ConnectorConfig, SubmitWay
 from probe.config.errors import ConfigError
 from probe.config.ews import EwsAuth, EwsConfig
 from probe.config.fields import (
@@ -33,7 +34,8 @@ from probe.config.table import SECTION_DOCS, SECTIONS, Cleanup, TlsMode, WatchMo
 __all__ = [
     "ADDRESS_PATTERN", "BACKENDS", "ENV_NAME_PATTERN", "HOSTNAME_PATTERN", "HOST_PATTERN", "MAX_CONFIG_BYTES",
     "MAX_DURATION", "NAME_PATTERN", "SECTIONS", "SECTION_DOCS", "SECTION_KINDS", "URL_PATTERN", "VERSION_PATTERN",
-    "Backend", "BackendConfig", "Cleanup", "Config", "ConfigError", "Defaults", "EwsAuth", "EwsConfig", "FieldSpec",
-    "Kind", "LoadedConfig", "MailboxConfig", "MetricsConfig", "RouteConfig", "SmartHostConfig", "TlsMode", "WatchMode",
-    "config_json_schema", "load_config", "load_config_with_warnings", "redacted_config", "redacted_view",
+    "Backend", "BackendConfig", "Cleanup", "Config", "ConfigError", "ConnectorConfig", "Defaults", "EwsAuth",
+    "EwsConfig", "FieldSpec", "Kind", "LoadedConfig", "MailboxConfig", "MetricsConfig", "RouteConfig",
+    "SmartHostConfig", "SubmitWay", "TlsMode", "WatchMode", "config_json_schema", "load_config",
+    "load_config_with_warnings", "redacted_config", "redacted_view",
 ]

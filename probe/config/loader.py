@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from probe.config import connector
 from probe.config.backends import BackendConfig, backend_named
 from probe.config.document import compose, read_text
 from probe.config.errors import ConfigError
@@ -114,6 +115,10 @@ def _build_route(ctx: Context, section: Section, defaults: Defaults,
     host_sections: list[Section] = section.items["smart_hosts"].value
     _check_unique(ctx, host_sections, "smart host")
     hosts = tuple(_build_smart_host(ctx, host) for host in host_sections)
+    connector_item = section.items.get("connector")
+    if connector_item is not None:
+        values["connector"] = connector.build(ctx, connector_item.value, sender=values["sender"],
+                                              mailboxes=mailboxes)
     return RouteConfig(smart_hosts=hosts, **values)
 
 
@@ -137,11 +142,12 @@ def _build_config(ctx: Context, top: Section, *, uses_state_file: bool) -> Confi
     route_sections: list[Section] = top.items["routes"].value
     _check_unique(ctx, route_sections, "route")
     routes = tuple(_build_route(ctx, section, defaults, mailboxes) for section in route_sections)
-    _warn_unused(ctx, top, routes)
     metrics_item = top.items.get("metrics")
     metrics = MetricsConfig(**metrics_item.value.scalars()) if metrics_item else MetricsConfig()
-    return Config(defaults=defaults, metrics=metrics, mailboxes=mailboxes, routes=routes, source=ctx.file,
-                  **top.scalars())
+    config = Config(defaults=defaults, metrics=metrics, mailboxes=mailboxes, routes=routes, source=ctx.file,
+                    **top.scalars())
+    _warn_unused(ctx, top, routes)
+    return config
 
 
 @contextmanager

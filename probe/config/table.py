@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, get_args
 
+from probe.config import connector
 from probe.config.backends import BACKENDS
 from probe.config.fields import FieldSpec, default_of
 from probe.metric_families import OPTIONAL_PAIR_LABELS
@@ -31,6 +32,7 @@ SECTION_DOCS: Final[dict[str, str]] = {
     **{backend.name: backend.doc for backend in BACKENDS},
     "route": "A direction of mail flow: a sender, a target mailbox, and the smart hosts to probe it through.",
     "smart_host": "One smart host of a route: the server the probe submits to directly.",
+    "connector": connector.DOC,
 }
 
 _CONFIG: Final = (
@@ -82,6 +84,7 @@ _ROUTE: Final = (
            "mailbox whose address is the sender."),
     _F(key="smart_hosts", kind="section_list", section="smart_host", required=True, noun="smart host",
        doc="The smart hosts to probe the route through, each on its own."),
+    _F(key="connector", kind="section", section="connector", doc=SECTION_DOCS["connector"]),
     _F(key="interval", kind="duration", positive=True, inherited=True,
        doc="How often each smart host is probed; default: defaults.interval."),
     _F(key="timeout", kind="duration", positive=True, inherited=True,
@@ -118,6 +121,7 @@ SECTIONS: Final[dict[str, tuple[FieldSpec, ...]]] = {
     **{backend.name: backend.fields for backend in BACKENDS},
     "route": _ROUTE,
     "smart_host": _SMART_HOST,
+    "connector": connector.FIELDS,
 }
 
 

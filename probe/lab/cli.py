@@ -56,6 +56,10 @@ def summary(lab: Lab) -> str:
         shown = ", ".join(f"{h.name} {h.host}:{h.port}" for h in hosts[:4])
         more = f" and {len(hosts) - 4} more" if len(hosts) > 4 else ""
         lines.append(f"  smart hosts: {shown}{more}")
+        lines.append(f"  submission: {forest.server_address}:{forest.submission_port} (STARTTLS, then AUTH as a "
+                     "mailbox address with the EWS password)")
+        others = [f.name for f in lab.forests.values() if f is not forest]
+        lines.append(f"  Send connectors: to {', '.join(others) or 'none'} (faults: connector/{forest.name})")
     lines.append("passwords: in lab.json and the files under secrets/. Ctrl-C stops the lab.")
     return "\n".join(lines)
 

@@ -79,6 +79,16 @@ class SmartHostFault(FaultKind):
     DISCLAIMER = "disclaimer"  # a transport rule: a disclaimer after the body
 
 
+class ConnectorFault(FaultKind):
+    """What a forest's Send connector (target ``connector/FOREST``: the source forest's) can get wrong."""
+
+    DISABLED = "disabled"  # no route: messages wait in the Unreachable queue, then expire (NDR)
+    BAD_CREDENTIALS = "bad_credentials"  # the stored password is wrong: the smart hosts answer 535, the queue retries
+    ADDRESS_SPACE_REMOVED = "address_space_removed"  # the target domain is no longer routed: NDR 5.4.4 at once
+    TLS_UNAVAILABLE_REQUIRED = "tls_unavailable_required"  # TLS is required but the source cannot negotiate it
+    PIN = "pin", Param("smart_host", required=True)  # always this smart host: no failover
+
+
 class EwsFault(FaultKind):
     """What a forest's EWS endpoint (target ``ews/FOREST``) can get wrong."""
 
@@ -90,7 +100,10 @@ class EwsFault(FaultKind):
     CLOCK_OFFSET = "clock_offset", SECONDS
 
 
-TARGET_TYPES: Final[dict[str, type[FaultKind]]] = {"smarthost": SmartHostFault, "ews": EwsFault}
+TARGET_TYPES: Final[dict[str, type[FaultKind]]] = {
+    "smarthost": SmartHostFault, "ews": EwsFault, "connector": ConnectorFault,
+}
+_TARGETS: Final = "smarthost/NAME, ews/FOREST or connector/FOREST"
 
 
 class FaultError(ValueError):
@@ -99,7 +112,7 @@ class FaultError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Fault:
-    """One fault: a target (``smarthost/NAME`` or ``ews/FOREST``), a kind, and its parameters."""
+    """One fault: a target (``smarthost/NAME``, ``ews/FOREST`` or ``connector/FOREST``), a kind, and its parameters."""
 
     target: str
     kind: FaultKind
@@ -107,12 +120,13 @@ class Fault:
     code: int | None = None
     seconds: float | None = None
     back_off_ms: int | None = None
+    smart_host: str | None = None
     status: str | None = None
     notify_after: float | None = None
 
     @property
     def target_type(self) -> str:
-        """Return ``smarthost`` or ``ews``."""
+        """Return ``smarthost``, ``ews`` or ``connector``."""
         return self.target.split("/", 1)[0]
 
     @property
@@ -144,9 +158,9 @@ def parse_fault(data: object) -> Fault:
 
 def _target(target: object) -> str:
     if not isinstance(target, str) or "/" not in target:
-        raise FaultError('target must be "smarthost/NAME" or "ews/FOREST"')
+        raise FaultError(f"target must be one of {_TARGETS}")
     if target.split("/", 1)[0] not in TARGET_TYPES:
-        raise FaultError(f"unknown target type {target.split('/', 1)[0]!r}: use smarthost/NAME or ews/FOREST")
+        raise FaultError(f"unknown target type {target.split('/', 1)[0]!r}: use {_TARGETS}")
     return target
 
 
@@ -173,6 +187,7 @@ def _check(kind: FaultKind, param: Param, value: object) -> None:
     valid = {"stage": value in SMTP_STAGES, "code": isinstance(value, int) and not isinstance(value, bool)
              and 200 <= value <= 599, "seconds": _is_number(value),
              "back_off_ms": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+             "smart_host": isinstance(value, str) and bool(value),
              "status": isinstance(value, str) and _STATUS.fullmatch(value) is not None,
              "notify_after": _is_number(value) and float(str(value)) >= 0}
     if not valid[param.name]:
@@ -184,11 +199,13 @@ _MUST: Final = {
     "code": "an SMTP reply code (200-599)",
     "seconds": "a number",
     "back_off_ms": "a whole number of milliseconds (0 or more)",
+    "smart_host": "the name of a smart host of the lab",
     "status": 'an enhanced status code of a failure, such as "5.1.1" or "4.4.7"',
     "notify_after": "a number of seconds (0 or more)",
 }
 _NEEDS: Final = {"stage": f"stage, {_MUST['stage']}", "seconds": "seconds (a number)",
-                 "status": f"status, {_MUST['status']}"}
+                 "status": f"status, {_MUST['status']}",
+                 "smart_host": "smart_host, the name of a smart host of the lab"}
 
 
 class FaultRegistry:

@@ -8,12 +8,13 @@ from typing import Any
 
 
 class LabStats:
-    """Requests per EWS operation (per forest) and messages per smart host; thread-safe."""
+    """Requests per EWS operation (per forest), messages per smart host and per source transport; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ews: Counter[tuple[str, str]] = Counter()
         self._smarthost: Counter[tuple[str, str]] = Counter()
+        self._transport: Counter[tuple[str, str]] = Counter()
 
     def count_ews(self, forest: str, operation: str) -> None:
         """Count one EWS request of ``operation`` at ``forest``'s endpoint."""
@@ -24,6 +25,16 @@ class LabStats:
         """Count an event at a smart host: ``connections``, ``accepted``, ``auth_attempts``, ``rejected``..."""
         with self._lock:
             self._smarthost[(name, event)] += 1
+
+    def count_transport(self, forest: str, event: str) -> None:
+        """Count an event at a forest's source transport: ``queued``, ``carried:NAME``, ``deferred``, ``ndr``..."""
+        with self._lock:
+            self._transport[(forest, event)] += 1
+
+    def transport(self, forest: str, event: str) -> int:
+        """Return the count of ``event`` at ``forest``'s source transport."""
+        with self._lock:
+            return self._transport[(forest, event)]
 
     def ews_requests(self, operation: str | None = None, forest: str | None = None) -> int:
         """Return how many EWS requests were made, of one operation and/or forest or in all."""
@@ -41,6 +52,7 @@ class LabStats:
         with self._lock:
             self._ews.clear()
             self._smarthost.clear()
+            self._transport.clear()
 
     def to_json(self) -> dict[str, Any]:
         """Return the counts as ``GET /stats`` shows them."""
@@ -51,5 +63,8 @@ class LabStats:
             hosts: dict[str, dict[str, int]] = {}
             for (name, event), n in sorted(self._smarthost.items()):
                 hosts.setdefault(name, {})[event] = n
+            transports: dict[str, dict[str, int]] = {}
+            for (forest, event), n in sorted(self._transport.items()):
+                transports.setdefault(forest, {})[event] = n
         totals = {op: sum(v.get(op, 0) for v in ews.values()) for op in {o for v in ews.values() for o in v}}
-        return {"ews": ews, "ews_total": dict(sorted(totals.items())), "smarthosts": hosts}
+        return {"ews": ews, "ews_total": dict(sorted(totals.items())), "smarthosts": hosts, "transports": transports}

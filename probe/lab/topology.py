@@ -32,9 +32,19 @@ from probe.lab.faults import EwsFault, Fault, FaultError, FaultRegistry, parse_f
 from probe.lab.smarthost import MAX_FORESTS, LabSmartHost, SmartHostFleet, smart_host_address
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
+from probe.lab.submission import SubmissionPort, SubmissionServers
+from probe.lab.transport import (
+    MailboxNotices,
+    NoticeSink,
+    RecordedNotices,
+    SendConnector,
+    SourceTransport,
+    TransportTiming,
+)
 from probe.secret import Secret
 
 FIXED_SMTP_PORT: Final = 2525  # every smart host, each on its own loopback address
+FIXED_SUBMISSION_PORT: Final = 2587  # every forest's client submission port, on its transport's own address
 FIXED_EWS_HTTPS_PORT: Final = 8443  # forest i (in order) gets 8443 + i on 127.0.0.1
 FIXED_EWS_HTTP_PORT: Final = 8090  # forest i gets 8090 + i on 127.0.0.1
 FIXED_ADMIN_PORT: Final = 9426
@@ -43,6 +53,14 @@ EWS_PATH: Final = "/EWS/Exchange.asmx"
 _FOREST_NAME: Final = re.compile(r"^[a-z][a-z0-9]{0,30}$")
 
 EwsAuth = Literal["ntlm", "basic"]
+ConnectorSubmit = Literal["ews", "smtp"]
+
+
+def transport_address(forest_index: int) -> str:
+    """Return the loopback address of a forest's own server (its transport and submission port), 0-based."""
+    if not 0 <= forest_index < MAX_FORESTS:
+        raise ValueError(f"a lab holds at most {MAX_FORESTS} forests")
+    return f"127.15.{forest_index}.1"
 
 
 class LabError(Exception):
@@ -63,6 +81,13 @@ class LabForest:
     smtp_password: Secret
     ews_url: str = ""  # https; set when the lab has started its EWS endpoint
     ews_http_url: str = ""
+    server_address: str = ""  # its own server's loopback address (transport, submission port)
+    submission_port: int = 0  # set when the lab has started its submission port
+
+    @property
+    def fqdn(self) -> str:
+        """Return its own server's name, e.g. ``mail.contoso.test`` (EWS, submission, the transport)."""
+        return f"mail.{self.domain}"
 
     @property
     def ews_upn(self) -> str:
@@ -105,7 +130,8 @@ def _plan_forest(index: int, name: str, *, smart_hosts: int, mailboxes: int, por
     boxes = [f"mailflow.probe{'' if i == 0 else i + 1}@{domain}" for i in range(mailboxes)]
     return LabForest(name=name, domain=domain, smart_hosts=hosts, mailboxes=boxes,
                      ews_username=f"{name.upper()}\\svc-mailflow", ews_password=_password(),
-                     smtp_username=smtp_username, smtp_password=smtp_password_secret)
+                     smtp_username=smtp_username, smtp_password=smtp_password_secret,
+                     server_address=transport_address(index))
 
 
 def _check_request(forests: Sequence[str], smart_hosts: int, mailboxes: int, ews_auth: str) -> None:
@@ -164,6 +190,8 @@ class _Parts:
     fleet: SmartHostFleet | None = None
     ews: list[EwsServer] = field(default_factory=list)
     admin: AdminServer | None = None
+    transports: dict[str, SourceTransport] = field(default_factory=dict)
+    submission: SubmissionServers | None = None
 
 
 class Lab:
@@ -172,7 +200,8 @@ class Lab:
     def __init__(self, state_dir: Path, *, forests: Sequence[str], smart_hosts_per_forest: int,
                  mailboxes_per_forest: int, fixed_ports: bool, ews_auth: EwsAuth,
                  smtp_password: str | None = None, transit: Transit | None = None,
-                 tarpit_seconds: float = TARPIT_SECONDS) -> None:
+                 tarpit_seconds: float = TARPIT_SECONDS, transport_timing: TransportTiming | None = None,
+                 notify: NoticeSink | None = None) -> None:
         _check_request(forests, smart_hosts_per_forest, mailboxes_per_forest, ews_auth)
         self.tarpit_seconds = tarpit_seconds
         self.state_dir = Path(state_dir).resolve()
@@ -188,6 +217,9 @@ class Lab:
         self.faults = FaultRegistry()
         self.stats = LabStats()
         self.store = MailboxStore(clock=self._clock)
+        self.transport_timing = transport_timing or TransportTiming()
+        self.recorded_notices = RecordedNotices()
+        self.notify: NoticeSink = notify or MailboxNotices(self.store, self.recorded_notices)
         self._parts = _Parts()
         self._ca: LabCA | None = None
 
@@ -195,16 +227,21 @@ class Lab:
     def start(cls, state_dir: Path, *, forests: Sequence[str] = ("contoso", "fourthcoffee"),
               smart_hosts_per_forest: int = 2, mailboxes_per_forest: int = 1, fixed_ports: bool = False,
               ews_auth: EwsAuth = "ntlm", smtp_password: str | None = None,
-              transit: Transit | None = None, tarpit_seconds: float = TARPIT_SECONDS) -> Lab:
+              transit: Transit | None = None, tarpit_seconds: float = TARPIT_SECONDS,
+              transport_timing: TransportTiming | None = None, notify: NoticeSink | None = None) -> Lab:
         """Start a lab and return it (use it as a context manager to stop it).
 
         ``smtp_password`` sets the smart hosts' account password (default: a random one), e.g. a non-ASCII one.
         ``transit`` maps smart host names to the range of seconds their deliveries take (default: none).
         ``tarpit_seconds`` is how long a smart host holds a failed AUTH's reply back (Exchange's 5 s by default).
+        ``transport_timing`` sets the source transports' retry, delay-notice and expiry times; ``notify`` is where
+        their delayed DSNs and NDRs go (default: delivered to the sender's mailbox as Exchange writes them, and
+        recorded in ``recorded_notices``).
         """
         lab = cls(state_dir, forests=forests, smart_hosts_per_forest=smart_hosts_per_forest,
                   mailboxes_per_forest=mailboxes_per_forest, fixed_ports=fixed_ports, ews_auth=ews_auth,
-                  smtp_password=smtp_password, transit=transit, tarpit_seconds=tarpit_seconds)
+                  smtp_password=smtp_password, transit=transit, tarpit_seconds=tarpit_seconds,
+                  transport_timing=transport_timing, notify=notify)
         try:
             lab._start()
         except BaseException:
@@ -260,6 +297,10 @@ class Lab:
         """Return every smart host of every forest."""
         return [h for f in self.forests.values() for h in f.smart_hosts]
 
+    def transport(self, forest: str) -> SourceTransport:
+        """Return a forest's source transport (its Send connectors and queue)."""
+        return self._parts.transports[forest]
+
     def smart_host(self, name: str) -> LabSmartHost:
         """Return a smart host by name, e.g. ``fourthcoffee-edge-1``."""
         for host in self.smart_hosts:
@@ -296,8 +337,17 @@ class Lab:
         if fault.target_name not in known:
             what = "smart host" if fault.target_type == "smarthost" else "forest"
             raise FaultError(f"no {what} named {fault.target_name!r} in this lab")
+        if fault.smart_host is not None:
+            self._check_connector_host(fault.target_name, fault.smart_host)
         self.faults.add(fault)
         return fault
+
+    def _check_connector_host(self, forest: str, name: str) -> None:
+        """Raise unless ``name`` is a smart host of one of ``forest``'s Send connectors."""
+        hosts = [h.name for other in self.forests.values() if other.name != forest for h in other.smart_hosts]
+        if name not in hosts:
+            raise FaultError(f"{name!r} is not a smart host of the connectors of {forest}; they are "
+                             f"{', '.join(hosts) or 'none'}")
 
     def clear_faults(self, target: str | None = None) -> None:
         """Lift every fault, or those of one target."""
@@ -317,6 +367,7 @@ class Lab:
                 self.store.add_mailbox(address, forest.name)
         self._start_smart_hosts(self._ca)
         self._start_ews(self._ca)
+        self._start_transports(self._ca)
         self._start_admin()
         self._write_files()
 
@@ -351,6 +402,39 @@ class Lab:
                                f"({ports}): {exc.strerror or exc}") from exc
             forest.ews_url, forest.ews_http_url = str(server.https_url), str(server.http_url)
 
+    def _connectors(self, source: LabForest) -> list[SendConnector]:
+        """Return a forest's Send connectors: one per other forest, its address space that forest's domain."""
+        return [SendConnector(name=f"{source.name}-to-{target.name}", address_spaces=(target.domain,),
+                              smart_hosts=tuple(target.smart_hosts), username=target.smtp_username,
+                              password=target.smtp_password)
+                for target in self.forests.values() if target is not source]
+
+    def _start_transports(self, ca: LabCA) -> None:
+        for forest, server in zip(self.forests.values(), self._parts.ews, strict=True):
+            transport = SourceTransport(
+                forest=forest.name, domain=forest.domain, fqdn=forest.fqdn, address=forest.server_address,
+                connectors=self._connectors(forest), store=self.store, faults=self.faults, stats=self.stats,
+                ca_file=ca.ca_file, timing=self.transport_timing, notify=self.notify)
+            self._parts.transports[forest.name] = transport
+            transport.start()
+            server.outbox = transport
+        self._parts.submission = SubmissionServers(stats=self.stats)
+        ports = [self._submission_port(forest, ca) for forest in self.forests.values()]
+        try:
+            bound = self._parts.submission.start(ports)
+        except OSError as exc:
+            raise LabError(f"a submission port cannot listen: {exc}") from exc
+        for forest, port in zip(self.forests.values(), bound, strict=True):
+            forest.submission_port = port
+
+    def _submission_port(self, forest: LabForest, ca: LabCA) -> SubmissionPort:
+        tls = ca.issue(f"submission-{forest.name}", [forest.server_address, forest.fqdn]).server_context()
+        return SubmissionPort(transport=self._parts.transports[forest.name], host=forest.server_address,
+                              port=FIXED_SUBMISSION_PORT if self.fixed_ports else 0, tls=tls,
+                              mailboxes=frozenset(a.lower() for a in forest.mailboxes),
+                              services=frozenset({forest.ews_username.lower(), forest.ews_upn.lower()}),
+                              password=forest.ews_password)
+
     def _start_admin(self) -> None:
         try:
             admin = AdminServer(add_fault=self.add_fault_json, faults=self.faults, stats=self.stats,
@@ -365,8 +449,8 @@ class Lab:
     def stop(self) -> None:
         """Stop everything the lab started (safe to call twice)."""
         parts, self._parts = self._parts, _Parts()
-        stoppers = [server.stop for server in parts.ews]
-        stoppers += [part.stop for part in (parts.admin, parts.fleet) if part is not None]
+        stoppers = [server.stop for server in parts.ews] + [t.stop for t in parts.transports.values()]
+        stoppers += [part.stop for part in (parts.admin, parts.fleet, parts.submission) if part is not None]
         threads = [threading.Thread(target=stop, name="lab-stop") for stop in stoppers]
         for thread in threads:  # in parallel: each HTTP server waits out its poll interval
             thread.start()
@@ -384,7 +468,7 @@ class Lab:
             _write_private(self.secret_file(f"{forest.name}-smtp"), forest.smtp_password.reveal())
             _write_private(self.secret_file(f"{forest.name}-ews"), forest.ews_password.reveal())
         _write_private(self.json_path, json.dumps(self.describe(), indent=2) + "\n")
-        self.write_probe_config(self.config_path, interval=60.0, timeout=120.0, jitter=5.0)
+        self.write_probe_config(self.config_path, interval=60.0, timeout=120.0, jitter=5.0, connector="ews")
 
     def describe(self) -> dict[str, Any]:
         """Return what lab.json holds: addresses, ports, users, passwords, CA file, admin URL."""
@@ -400,6 +484,7 @@ class Lab:
         names = list(self.forests)
         return {
             "smtp": FIXED_SMTP_PORT if self.fixed_ports else None,
+            "submission": FIXED_SUBMISSION_PORT if self.fixed_ports else None,
             "ews_https": {n: FIXED_EWS_HTTPS_PORT + i for i, n in enumerate(names)} if self.fixed_ports else None,
             "ews_http": {n: FIXED_EWS_HTTP_PORT + i for i, n in enumerate(names)} if self.fixed_ports else None,
             "admin": FIXED_ADMIN_PORT if self.fixed_ports else None,
@@ -415,6 +500,11 @@ class Lab:
                     "password_file": str(self.secret_file(f"{forest.name}-ews"))},
             "smtp": {"username": forest.smtp_username, "password": forest.smtp_password.reveal(),
                      "password_file": str(self.secret_file(f"{forest.name}-smtp"))},
+            "submission": {"host": forest.server_address, "port": forest.submission_port, "fqdn": forest.fqdn,
+                           "users": "each mailbox address, with the EWS password"},
+            "connectors": [{"name": c.name, "address_spaces": list(c.address_spaces),
+                            "smart_hosts": [h.name for h in c.smart_hosts], "target": f"connector/{forest.name}"}
+                           for c in self._connectors(forest)],
             "smart_hosts": [
                 {"name": h.name, "host": h.host, "port": h.port, "fqdn": h.fqdn, "target": h.target,
                  "username": h.username, "password": h.password.reveal(), "transit_seconds": list(h.transit)}
@@ -424,10 +514,12 @@ class Lab:
 
     def write_probe_config(self, path: Path, *, interval: float, timeout: float, jitter: float,
                            watch: str = "streaming", poll_interval: float = 2.0,
-                           routes: list[str] | None = None) -> Path:
+                           routes: list[str] | None = None, connector: ConnectorSubmit | None = None) -> Path:
         """Write a probe configuration for this lab (DESIGN.md "Config") and return its path.
 
         Its mailboxes are the chosen routes' targets and their senders' (where their NDRs come back).
+        ``connector`` gives every route a connector probe submitted that way (``ews``: from its sender's mailbox;
+        ``smtp``: to the source forest's submission port).
         """
         chosen = self.routes if routes is None else self._chosen_routes(routes)
         keys = {r.mailbox for r in chosen} | {r.source for r in chosen}  # a sender's mailbox key is its forest's
@@ -443,7 +535,7 @@ class Lab:
             "defaults": {"interval": duration(interval), "timeout": duration(timeout),
                          "jitter": duration(jitter)},
             "mailboxes": mailboxes,
-            "routes": [self._route_yaml(r) for r in chosen],
+            "routes": [self._route_yaml(r, connector) for r in chosen],
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -471,9 +563,9 @@ class Lab:
             "poll_interval": duration(poll_interval),
         }
 
-    def _route_yaml(self, route: LabRoute) -> dict[str, Any]:
+    def _route_yaml(self, route: LabRoute, connector: ConnectorSubmit | None) -> dict[str, Any]:
         forest = self.forests[route.forest]
-        return {
+        written: dict[str, Any] = {
             "name": route.name, "sender": route.sender, "mailbox": route.mailbox,
             "smart_hosts": [
                 {"name": h.name, "host": h.host, "port": h.port, "tls": "starttls", "username": h.username,
@@ -481,4 +573,15 @@ class Lab:
                 for h in forest.smart_hosts
             ],
         }
+        if connector is not None:
+            written["connector"] = self._connector_yaml(route, connector)
+        return written
+
+    def _connector_yaml(self, route: LabRoute, connector: ConnectorSubmit) -> dict[str, Any]:
+        if connector == "ews":
+            return {"submit": "ews"}
+        source = self.forests[route.source]
+        return {"submit": "smtp", "host": source.server_address, "port": source.submission_port,
+                "tls": "starttls", "username": route.sender,
+                "password_file": str(self.secret_file(f"{source.name}-ews")), "ca_file": str(self.ca_file)}
 
