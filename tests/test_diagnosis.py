@@ -142,22 +142,27 @@ def exposition(metrics: ProbeMetrics) -> dict[tuple[str, frozenset[tuple[str, st
 
 
 def test_the_connector_pair_and_connector_carried_total_exist_from_start_up_at_zero() -> None:
-    """The pair (route, "@connector") has every series a pair has (its submission's failures, its submission
-    server's certificate with submit: smtp), and connector_carried_total one series per smart host, all 0."""
-    samples = exposition(ProbeMetrics(config(SMTP), process_metrics=False))
+    """The pair (route, "@connector") has every series a pair has from start-up (its submission server's
+    certificate with submit: smtp), its submission's failures from their first occurrence as any pair's, and
+    connector_carried_total one series per smart host, all 0."""
+    metrics = ProbeMetrics(config(SMTP), process_metrics=False)
+    samples = exposition(metrics)
     pair = {("route", ROUTE), ("smart_host", CONNECTOR_PAIR)}
     for name in ("mailflow_probe_sent_total", "mailflow_probe_delivered_total", "mailflow_probe_success",
                  "mailflow_probe_tls_cert_expiry_timestamp_seconds"):
         assert samples[(name, frozenset(pair))] == 0, name
-    assert samples[("mailflow_probe_send_failures_total", frozenset({*pair, ("stage", "auth"),
-                                                                     ("reason", "auth_failed")}))] == 0
+    failure = ("mailflow_probe_send_failures_total", frozenset({*pair, ("stage", "auth"), ("reason", "auth_failed")}))
+    assert failure not in samples
     for host in (A, B):
         assert samples[("mailflow_probe_connector_carried_total", frozenset({("route", ROUTE),
                                                                              ("smart_host", host)}))] == 0
+    metrics.observe_decision(Decision(probe_id="p", route=ROUTE, smart_host=CONNECTOR_PAIR, mailbox="m",
+                                      message_id="<m@x>", verdict=Verdict.SEND_FAILED, stage="auth",
+                                      reason="auth_failed", decided_at=1.0))
+    assert exposition(metrics)[failure] == 1
     ews = exposition(ProbeMetrics(config(ConnectorConfig(submit="ews")), process_metrics=False))
     assert ("mailflow_probe_tls_cert_expiry_timestamp_seconds", frozenset(pair)) not in ews
-    assert ews[("mailflow_probe_send_failures_total", frozenset({*pair, ("stage", "data"),
-                                                                 ("reason", "rejected")}))] == 0
+    assert ews[("mailflow_probe_sent_total", frozenset(pair))] == 0
 
 
 def test_carried_counts_only_the_routes_own_smart_hosts_and_a_reload_drops_what_is_gone() -> None:
