@@ -295,8 +295,8 @@ class Daemon:
         if self.shard is None:
             return config
         share = self.shard.share(config)
-        pairs = sum(len(r.smart_hosts) for r in share.routes)
-        facts = {"shard": str(self.shard), "pairs": pairs, "of_pairs": sum(len(r.smart_hosts) for r in config.routes),
+        pairs = len(targets(share))  # connector pairs too
+        facts = {"shard": str(self.shard), "pairs": pairs, "of_pairs": len(targets(config)),
                  "mailboxes": len(share.mailboxes)}
         if pairs:
             log.info("this instance probes its shard of the pairs", extra=facts)

@@ -99,6 +99,7 @@ class Config:
     def sender_mailbox(self, route: RouteConfig) -> MailboxConfig | None:
         """Return the configured mailbox whose address is the route's sender (a connector's ``submit: ews``)."""
         return next((m for m in self.mailboxes.values() if m.address.lower() == route.sender.lower()), None)
+
     def bounces_mailbox_of(self, route: RouteConfig) -> str | None:
         """Return the name of the mailbox a route's NDRs come back to: its ``bounces_mailbox``, else the mailbox
         whose address is the route's sender; None when there is none (its NDRs are not read)."""
