@@ -22,6 +22,7 @@ from probe.config import (
     SECTIONS,
     Config,
     ConfigError,
+    EwsConfig,
     config_json_schema,
     load_config,
     load_config_with_warnings,
@@ -203,6 +204,7 @@ def test_ews_version_and_timeouts_are_read(tmp_path: Path) -> None:
                         '      version: "15.2.1544.4"\n      timeout: 1500ms\n      verify: false\n')
     loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
     ews = loaded.config.mailboxes["fourthcoffee"].backend
+    assert isinstance(ews, EwsConfig)
     assert (ews.version, ews.timeout, ews.verify) == ("15.2.1544.4", 1.5, False)
     assert any("mailboxes.fourthcoffee.ews.verify: certificate verification is off" in w for w in loaded.warnings)
 
