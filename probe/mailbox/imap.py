@@ -359,6 +359,10 @@ class ImapMailbox:
         current = [(ref, uid) for ref, ref_validity, uid in refs if ref_validity == validity]
         gone = [ref for ref, ref_validity, _uid in refs if ref_validity != validity]
         fetched = client.fetch([uid for _ref, uid in current], [HEADER_FIELDS]) if current else {}
+        unseen = [uid for _ref, uid in current if uid not in fetched]
+        if unseen:  # this session may not have heard of the newest messages yet: NOOP, then look again
+            client.noop()
+            fetched.update(client.fetch(unseen, [HEADER_FIELDS]))
         genuine, refused = [], 0
         for ref, uid in current:
             data = fetched.get(uid)
