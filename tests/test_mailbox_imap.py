@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ def no_faults(lab: Lab) -> Iterator[None]:
     lab.clear_faults()
 
 
-def imap_config(lab: Lab, *, forest: str = "fourthcoffee", **changes: object) -> MailboxConfig:
+def imap_config(lab: Lab, *, forest: str = "fourthcoffee", **changes: Any) -> MailboxConfig:
     """Return the lab's IMAP mailbox config of ``forest`` with the ``imap:`` keys changed as asked."""
     target = lab.forests[forest]
     imap = ImapConfig(host="127.0.0.1", port=target.imap_port, username=target.mailboxes[0],
