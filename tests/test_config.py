@@ -23,6 +23,7 @@ from probe.config import (
     Config,
     ConfigError,
     EwsConfig,
+    ImapConfig,
     config_json_schema,
     load_config,
     load_config_with_warnings,
@@ -30,6 +31,7 @@ from probe.config import (
 )
 from probe.duration import DurationError, format_duration, parse_duration
 from probe.secret import Secret
+from probe.vocabulary import MailboxFolder
 
 REPO = Path(__file__).resolve().parent.parent
 INVALID = REPO / "tests" / "config" / "invalid"
@@ -525,3 +527,35 @@ def test_a_mangled_minimal_config_either_loads_or_raises_config_error(drops: lis
         path = Path(directory) / "mangled.yaml"
         path.write_text("".join(lines))
         assert load_outcome(path).startswith(str(path))
+
+
+# --- the imap: section ------------------------------------------------------------------------------------
+
+IMAP_SECTION = ("    imap:\n      host: imap.fourthcoffee.com\n      tls: starttls\n"
+                "      username: probe@fourthcoffee.com\n      password_env: FC_EWS_PASSWORD\n      auth: login\n      trash_folder: Deleted Items\n"
+                "    folders: [INBOX, junkemail, Spam]\n    cleanup: hard_delete\n")
+EWS_SECTION = ("    ews:\n      url: https://mail.fourthcoffee.com/EWS/Exchange.asmx\n"
+               "      username: FOURTHCOFFEE\\svc-mailflow\n      password_env: FC_EWS_PASSWORD\n")
+
+
+def test_an_imap_mailbox_reads_mailbox_names_and_starttls_defaults_to_port_143(tmp_path: Path) -> None:
+    """An imap: section: STARTTLS on 143 by default, SASL LOGIN, mailbox names as folders (neutral names kept
+    neutral), a trash folder, and hard_delete; the JSON Schema accepts it and refuses soft_delete for it."""
+    import jsonschema
+
+    text = minimal_with(EWS_SECTION, IMAP_SECTION)
+    mailbox = load_config(write(tmp_path, text), environ=ENV).mailboxes["fourthcoffee"]
+    imap = mailbox.backend
+    assert isinstance(imap, ImapConfig)
+    assert (imap.port, imap.tls, imap.auth, imap.trash_folder) == (143, "starttls", "login", "Deleted Items")
+    assert mailbox.folders == ("INBOX", MailboxFolder.JUNKEMAIL, "Spam")
+    schema = config_json_schema()
+    document = yaml.safe_load(text)
+    jsonschema.validate(document, schema)
+    document["mailboxes"]["fourthcoffee"]["cleanup"] = "soft_delete"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)
+    ews_document = yaml.safe_load(MINIMAL.read_text())
+    ews_document["mailboxes"]["fourthcoffee"]["folders"] = ["INBOX"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(ews_document, schema)

@@ -47,7 +47,7 @@ FIELDS: Final = (
 _DEFAULT: Final = {spec.key: spec.default for spec in FIELDS}
 
 FOLDERS: Final = FieldSpec(
-    key="folders", kind="text_list", noun="IMAP mailbox name", default=SEARCHED_FOLDERS,
+    key="folders", kind="text_list", noun="mailbox name", default=SEARCHED_FOLDERS,
     doc="The IMAP mailboxes searched for probes (inbox: INBOX; junkemail: the \\Junk special-use mailbox).")
 """How an IMAP mailbox's ``folders`` are read: any mailbox names."""
 
