@@ -532,7 +532,8 @@ def test_a_mangled_minimal_config_either_loads_or_raises_config_error(drops: lis
 # --- the imap: section ------------------------------------------------------------------------------------
 
 IMAP_SECTION = ("    imap:\n      host: imap.fourthcoffee.com\n      tls: starttls\n"
-                "      username: probe@fourthcoffee.com\n      password_env: FC_EWS_PASSWORD\n      auth: login\n      trash_folder: Deleted Items\n"
+                "      username: probe@fourthcoffee.com\n      password_env: FC_EWS_PASSWORD\n"
+                "      auth: login\n      trash_folder: Deleted Items\n"
                 "    folders: [INBOX, junkemail, Spam]\n    cleanup: hard_delete\n")
 EWS_SECTION = ("    ews:\n      url: https://mail.fourthcoffee.com/EWS/Exchange.asmx\n"
                "      username: FOURTHCOFFEE\\svc-mailflow\n      password_env: FC_EWS_PASSWORD\n")
