@@ -293,3 +293,24 @@ def test_a_dropped_connection_is_reopened_once_within_the_search(lab: Lab) -> No
         assert lab.stats.imap_commands("connections") - connections <= 4  # bounded: one reopening per folder
     finally:
         mailbox.close()
+
+
+@pytest.mark.parametrize("auth", ["plain", "login"])
+def test_the_password_never_reaches_the_logs_even_at_debug(lab: Lab, auth: str,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """With every logger at DEBUG (IMAPClient's protocol trace included), a login leaves neither the password nor
+    its base64 (alone, or as the SASL PLAIN message) in the log."""
+    import base64
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    mailbox = ImapMailbox(imap_config(lab, auth=auth), key=KEY)
+    try:
+        assert mailbox.search({"0" * 16}).ok
+    finally:
+        mailbox.close()
+    password = lab.forests["fourthcoffee"].imap_password.reveal()
+    forms = [password, base64.b64encode(password.encode()).decode(),
+             base64.b64encode(f"\0{MAILBOX}\0{password}".encode()).decode()]
+    assert "AUTHENTICATE" in caplog.text
+    assert not [form for form in forms if form in caplog.text]
