@@ -158,6 +158,7 @@ def test_without_a_defaults_section_the_built_in_defaults_apply() -> None:
     assert (route.interval, route.timeout, route.jitter) == (60.0, 300.0, 10.0)
     assert (host.port, host.tls, host.verify, host.allow_insecure) == (25, "starttls", True, False)
     assert config.mailboxes["fourthcoffee"].folders == ("inbox", "junkemail")
+    assert isinstance(config.mailboxes["fourthcoffee"].backend, EwsConfig)
     assert config.mailboxes["fourthcoffee"].backend.auth == "ntlm"
     assert config.recipient_of(route) == "probe@fourthcoffee.com"
 
@@ -249,7 +250,9 @@ def test_a_password_file_is_read_without_its_trailing_newline(tmp_path: Path) ->
     secret_file.chmod(0o600)
     text = minimal_with("      password_env: FC_EWS_PASSWORD\n", "      password_file: fc-ews.pass\n")
     loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
-    assert loaded.config.mailboxes["fourthcoffee"].backend.password == Secret("file-pass-31c7")
+    backend = loaded.config.mailboxes["fourthcoffee"].backend
+    assert isinstance(backend, EwsConfig)
+    assert backend.password == Secret("file-pass-31c7")
     assert loaded.warnings == ()
 
 

@@ -31,7 +31,7 @@ class MailboxConfig:
 
     name: str  # its key under ``mailboxes``
     address: str
-    backend: BackendConfig  # exactly one backend section: ``ews:`` (EwsConfig) or ``imap:`` (ImapConfig)
+    backend: BackendConfig  # exactly one backend section: ``ews:``, ``imap:`` or ``graph:``
     # neutral names (EWS, Graph); IMAP: mailbox names, with inbox and junkemail as neutral names
     folders: tuple[MailboxFolder | str, ...] = DEFAULTS["mailbox"]["folders"]
     cleanup: Cleanup = DEFAULTS["mailbox"]["cleanup"]
