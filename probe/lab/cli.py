@@ -52,6 +52,8 @@ def summary(lab: Lab) -> str:
     for forest in lab.forests.values():
         lines.append(f"forest {forest.name} ({forest.domain}):")
         lines.append(f"  EWS:        {forest.ews_url}")
+        if forest.graph is not None:
+            lines.append(f"  Graph:      {forest.graph.url} (tenant {forest.graph.tenant_id})")
         if forest.imap_port:
             lines.append(f"  IMAP:       imaps://127.0.0.1:{forest.imap_port}, STARTTLS on {forest.imap_starttls_port}")
         lines.append(f"  mailboxes:  {', '.join(forest.mailboxes)}")

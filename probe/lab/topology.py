@@ -29,6 +29,7 @@ from probe.lab.ca import LabCA
 from probe.lab.dovecot import DovecotError
 from probe.lab.ews.server import EwsServer
 from probe.lab.faults import EwsFault, Fault, FaultError, FaultRegistry, parse_fault
+from probe.lab.graph_wing import GraphApp, GraphWing
 from probe.lab.imap_wing import ImapWing
 from probe.lab.smarthost import MAX_FORESTS, LabSmartHost, SmartHostFleet, smart_host_address
 from probe.lab.stats import LabStats
@@ -41,13 +42,14 @@ FIXED_EWS_HTTP_PORT: Final = 8090  # forest i gets 8090 + i on 127.0.0.1
 FIXED_ADMIN_PORT: Final = 9426
 FIXED_IMAPS_PORT: Final = 8993  # forest i gets 8993 + i (IMAPS) and 8143 + i (IMAP with STARTTLS)
 FIXED_IMAP_STARTTLS_PORT: Final = 8143
+FIXED_GRAPH_PORT: Final = 8463  # forest i gets 8463 + i
 EWS_HOST: Final = "127.0.0.1"
 EWS_PATH: Final = "/EWS/Exchange.asmx"
 _FOREST_NAME: Final = re.compile(r"^[a-z][a-z0-9]{0,30}$")
 
 EwsAuth = Literal["ntlm", "basic"]
 MailboxBackend = Literal["ews", "imap", "graph"]
-MAILBOX_BACKENDS: Final = ("ews", "imap")
+MAILBOX_BACKENDS: Final = ("ews", "imap", "graph")
 
 
 class LabError(Exception):
@@ -71,6 +73,8 @@ class LabForest:
     ews_http_url: str = ""
     imap_port: int = 0  # IMAPS; set when the lab serves its mailboxes over IMAP
     imap_starttls_port: int = 0
+    graph_secret: Secret = field(default_factory=lambda: _password(""))  # the Graph app's client secret
+    graph: GraphApp | None = None  # set when the lab serves its mailboxes over Graph
 
     @property
     def ews_upn(self) -> str:
@@ -158,6 +162,7 @@ class _Parts:
     fleet: SmartHostFleet | None = None
     ews: list[EwsServer] = field(default_factory=list)
     imap: ImapWing | None = None
+    graph: GraphWing | None = None
     admin: AdminServer | None = None
 
 
@@ -302,7 +307,9 @@ class Lab:
         self.faults.clear(target)
 
     def _clock(self, forest: str) -> float:
-        offset = self.faults.find(f"ews/{forest}", EwsFault.CLOCK_OFFSET)
+        """Return the forest's mailbox server time: its EWS and Graph endpoints share the store's clock."""
+        offset = (self.faults.find(f"ews/{forest}", EwsFault.CLOCK_OFFSET)
+                  or self.faults.find(f"graph/{forest}", EwsFault.CLOCK_OFFSET))
         return time.time() + ((offset.seconds or 0.0) if offset is not None else 0.0)
 
     # -- life cycle
@@ -317,6 +324,8 @@ class Lab:
         self._start_ews(self._ca)
         if self.mailbox_backend == "imap":
             self._start_imap(self._ca)
+        if self.mailbox_backend == "graph":
+            self._start_graph(self._ca)
         self._start_admin()
         self._write_files()
 
@@ -363,6 +372,17 @@ class Lab:
             self.forests[name].imap_port = endpoint.implicit_port
             self.forests[name].imap_starttls_port = endpoint.starttls_port
 
+    def _start_graph(self, ca: LabCA) -> None:
+        wing = GraphWing(store=self.store, faults=self.faults, stats=self.stats, ca=ca, clock=self._clock,
+                         forests={name: (f.domain, f.graph_secret) for name, f in self.forests.items()})
+        self._parts.graph = wing
+        try:
+            wing.start(fixed_port=(lambda i: FIXED_GRAPH_PORT + i) if self.fixed_ports else None)
+        except OSError as exc:
+            raise LabError(f"the lab's Graph endpoint cannot listen: {exc}") from exc
+        for name, app in wing.apps.items():
+            self.forests[name].graph = app
+
     def _start_admin(self) -> None:
         try:
             admin = AdminServer(add_fault=self.add_fault_json, faults=self.faults, stats=self.stats,
@@ -377,7 +397,7 @@ class Lab:
         """Stop everything the lab started (safe to call twice)."""
         parts, self._parts = self._parts, _Parts()
         stoppers = [server.stop for server in parts.ews]
-        stoppers += [part.stop for part in (parts.admin, parts.fleet, parts.imap) if part is not None]
+        stoppers += [part.stop for part in (parts.admin, parts.fleet, parts.imap, parts.graph) if part is not None]
         threads = [threading.Thread(target=stop, name="lab-stop") for stop in stoppers]
         for thread in threads:  # in parallel: each HTTP server waits out its poll interval
             thread.start()
@@ -395,6 +415,9 @@ class Lab:
             _write_private(self.secret_file(f"{forest.name}-smtp"), forest.smtp_password.reveal())
             _write_private(self.secret_file(f"{forest.name}-ews"), forest.ews_password.reveal())
             _write_private(self.secret_file(f"{forest.name}-imap"), forest.imap_password.reveal())
+            _write_private(self.secret_file(f"{forest.name}-graph"), forest.graph_secret.reveal())
+            if forest.graph is not None:
+                _write_private(self.secret_file(f"{forest.name}-graph.pem"), forest.graph.certificate_pem)
         _write_private(self.json_path, json.dumps(self.describe(), indent=2) + "\n")
         self.write_probe_config(self.config_path, interval=60.0, timeout=120.0, jitter=5.0)
 
@@ -429,6 +452,11 @@ class Lab:
             "imap": {"host": EWS_HOST, "port": forest.imap_port, "starttls_port": forest.imap_starttls_port,
                      "usernames": forest.mailboxes, "password": forest.imap_password.reveal(),
                      "password_file": str(self.secret_file(f"{forest.name}-imap"))} if forest.imap_port else None,
+            "graph": {"url": forest.graph.url, "tenant_id": forest.graph.tenant_id,
+                      "client_id": forest.graph.client_id, "client_secret": forest.graph_secret.reveal(),
+                      "client_secret_file": str(self.secret_file(f"{forest.name}-graph")),
+                      "certificate_file": str(self.secret_file(f"{forest.name}-graph.pem"))}
+            if forest.graph is not None else None,
             "smtp": {"username": forest.smtp_username, "password": forest.smtp_password.reveal(),
                      "password_file": str(self.secret_file(f"{forest.name}-smtp"))},
             "smart_hosts": [
@@ -477,6 +505,11 @@ class Lab:
             return "imap", {"host": EWS_HOST, "port": forest.imap_port, "tls": "implicit", "username": address,
                             "password_file": str(self.secret_file(f"{forest.name}-imap")),
                             "ca_file": str(self.ca_file)}
+        if self.mailbox_backend == "graph" and forest.graph is not None:
+            return "graph", {"tenant_id": forest.graph.tenant_id, "client_id": forest.graph.client_id,
+                             "client_secret_file": str(self.secret_file(f"{forest.name}-graph")),
+                             "authority": forest.graph.url, "endpoint": forest.graph.url,
+                             "instance_discovery": False, "ca_file": str(self.ca_file)}
         return "ews", {"url": forest.ews_url, "username": forest.ews_username,
                        "password_file": str(self.secret_file(f"{forest.name}-ews")), "auth": self.ews_auth,
                        "ca_file": str(self.ca_file)}

@@ -12,6 +12,8 @@ import threading
 from typing import Any
 
 import msal
+import requests
+import requests.adapters
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -37,6 +39,32 @@ def certificate_credential(pem: bytes) -> dict[str, str]:
             "public_certificate": certificate.public_bytes(serialization.Encoding.PEM).decode()}
 
 
+class PinnedAdapter(requests.adapters.HTTPAdapter):
+    """Verify against the mailbox's CA and bound each request in time, whatever the environment says.
+
+    (requests lets REQUESTS_CA_BUNDLE override a session's own ``verify``; an adapter's ``send`` has the last word.)
+    """
+
+    def __init__(self, *, verify: bool | str, timeout: float) -> None:
+        self._pinned_verify, self._pinned_timeout = verify, timeout
+        super().__init__(max_retries=0)
+
+    def send(self, request: requests.PreparedRequest,  # noqa: PLR0917 - HTTPAdapter.send's signature
+             stream: bool = False, timeout: Any = None,
+             verify: bool | str = True, cert: Any = None, proxies: Any = None) -> requests.Response:
+        """Send with the pinned verification and timeout."""
+        return super().send(request, stream=stream, timeout=self._pinned_timeout, verify=self._pinned_verify,
+                            cert=cert, proxies=proxies)
+
+
+def pinned_session(graph: GraphConfig) -> requests.Session:
+    """Return a session for the authority: the mailbox's CA (or the system's), its timeout."""
+    session = requests.Session()
+    verify: bool | str = str(graph.ca_file) if graph.verify and graph.ca_file else graph.verify
+    session.mount("https://", PinnedAdapter(verify=verify, timeout=graph.timeout))
+    return session
+
+
 class GraphTokens:
     """The app's token for one mailbox's Graph endpoint; thread-safe."""
 
@@ -52,12 +80,11 @@ class GraphTokens:
             credential: Any = (graph.client_secret.reveal() if graph.client_secret is not None
                                else certificate_credential(graph.certificate_file.read_bytes())  # type: ignore[union-attr]
                                )
-            verify: bool | str = str(graph.ca_file) if graph.verify and graph.ca_file else graph.verify
             self._app = msal.ConfidentialClientApplication(
                 graph.client_id, client_credential=credential,
                 authority=f"{graph.authority.rstrip('/')}/{graph.tenant_id}",
                 instance_discovery=None if graph.instance_discovery else False,
-                verify=verify, timeout=graph.timeout, token_cache=msal.TokenCache())
+                http_client=pinned_session(graph), token_cache=msal.TokenCache())
         return self._app
 
     def token(self) -> str:
