@@ -23,7 +23,7 @@ from probe.daemon import start_daemon
 from probe.lab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
-BACKENDS = ("ews", "imap")
+BACKENDS = ("ews", "imap", "graph")
 
 pytestmark = pytest.mark.postfix  # the imap lab runs Debian's Dovecot
 

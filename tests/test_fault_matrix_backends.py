@@ -1,9 +1,9 @@
 """The fault matrix's mailbox rows for every other backend: the same verdicts as over EWS (unknown, never lost).
 
 Each mailbox row of tests/test_fault_matrix.py is run again with its fault on the backend's own lab part
-(``imap/FOREST``: the IMAP front before Dovecot), plus the clock offset both ways (+-30 s). One ``check``
-and one daemon run cover them all; each row must show what it shows over EWS. The table is written to
-``artifacts/fault-matrix-BACKEND.md``.
+(``imap/FOREST``: the IMAP front before Dovecot; ``graph/FOREST``: the lab's Graph endpoint), plus the clock
+offset both ways (+-30 s). One ``check`` and one daemon run cover them all; each row must show what it shows
+over EWS. The table is written to ``artifacts/fault-matrix-BACKEND.md``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from tests.test_fault_matrix import (
     wait_until,
 )
 
-BACKENDS: Final = ("imap",)
+BACKENDS: Final = ("imap", "graph")
 CLOCK_ROWS: Final = (
     Scenario(name="clock_offset +30 s", route="contoso-to-clock", smart_host="clock-edge-1",
              faults=(("ews/clock", {"kind": "clock_offset", "seconds": 30}),), verdict="delivered", latency_below=5.0),

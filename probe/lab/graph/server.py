@@ -117,7 +117,7 @@ class GraphServer:
         user, rest = unquote(match[1]).lower(), match[2]
         if not self.store.has_mailbox(user) or self.store.forest_of(user) != self.forest:
             raise GraphRequestError(404, "ErrorInvalidUser", f"The requested user '{user}' is invalid.")
-        parts = rest.strip("/").split("/")
+        parts = [unquote(part) for part in rest.strip("/").split("/")]
         operation = _operation(method, parts)
         self.stats.count_graph(self.forest, operation)
         if operation == "listMessages":

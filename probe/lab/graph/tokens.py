@@ -45,8 +45,15 @@ class TokenRefused(Exception):  # noqa: N818 - the token endpoint's answer, not 
                 "trace_id": str(uuid.uuid4()), "correlation_id": str(uuid.uuid4())}
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def _digest(text: object) -> bytes | None:
+    """Decode a thumbprint header, base64url or base64, padded or not."""
+    if not isinstance(text, str) or not text:
+        return None
+    normal = text.replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(normal + "=" * (-len(normal) % 4), validate=True)
+    except ValueError:
+        return None
 
 
 def _rsa_key() -> rsa.RSAPrivateKey:
@@ -80,10 +87,14 @@ class AppRegistration:
     certificate_key: rsa.RSAPrivateKey
     roles: tuple[str, ...] = (ROLE,)
 
-    def thumbprints(self) -> set[str]:
-        """Return the base64url SHA-256 and SHA-1 thumbprints a client assertion may name the certificate by."""
+    def names(self, header: dict[str, Any]) -> bool:
+        """Say whether a client assertion's ``x5t#S256`` (SHA-256) or ``x5t`` (SHA-1) names this certificate.
+
+        Base64url as RFC 7515 has it, or plain base64 with padding, as MSAL Python sends it: Entra takes both.
+        """
         der = self.certificate.public_bytes(serialization.Encoding.DER)
-        return {_b64url(hashlib.sha256(der).digest()), _b64url(hashlib.sha1(der).digest())}  # noqa: S324 - x5t is SHA-1
+        wanted = {"x5t#S256": hashlib.sha256(der).digest(), "x5t": hashlib.sha1(der).digest()}  # noqa: S324
+        return any(_digest(header.get(name)) == digest for name, digest in wanted.items())
 
 
 @dataclass(kw_only=True)
@@ -167,8 +178,7 @@ class Tenant:
     def _check_assertion(self, app: AppRegistration, assertion: str) -> None:
         try:
             header = jwt.get_unverified_header(assertion)
-            named = {header.get("x5t#S256"), header.get("x5t")} & app.thumbprints()
-            if not named:
+            if not app.names(header):
                 raise TokenRefused(401, "invalid_client", 700027, "The certificate with identifier used to sign the "
                                    "client assertion is not registered on application.")
             claims = jwt.decode(assertion, app.certificate.public_key(),  # type: ignore[arg-type]
