@@ -78,9 +78,10 @@ def build(ctx: Context, section: Section) -> GraphConfig:
     warn_unverified(ctx, section)
     graph = GraphConfig(**section.scalars())
     if (graph.client_secret is None) == (graph.certificate_file is None):
-        key = "certificate_file" if graph.certificate_file is not None else "client_id"
-        raise ctx.error(section.node_of(key), section.at(key), "give exactly one credential: client_secret_env, "
-                        "client_secret_file or client_secret, or certificate_file")
+        node, path = ((section.node_of("certificate_file"), section.at("certificate_file"))
+                      if graph.certificate_file is not None else (section.node, section.path))
+        raise ctx.error(node, path, "give exactly one credential: client_secret_env, client_secret_file or "
+                        "client_secret, or certificate_file")
     for key in ("authority", "endpoint"):
         if not getattr(graph, key).lower().startswith("https://"):
             raise ctx.error(section.node_of(key), section.at(key), "must be https:// (tokens and mail go over it)")
