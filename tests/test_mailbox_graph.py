@@ -196,9 +196,11 @@ def test_a_search_is_one_request_per_folder_and_cleanup_twenty_to_a_batch(lab: L
         lists, batches = lab.stats.graph_requests("listMessages"), lab.stats.graph_requests("$batch")
         result = mailbox.search(ids)
         assert lab.stats.graph_requests("listMessages") - lists == 2
+        moves = lab.stats.graph_requests("batched move")
         cleaned = mailbox.cleanup([s.item for s in result.sightings])
         assert (cleaned.ok, cleaned.deleted) == (True, 41)
         assert lab.stats.graph_requests("$batch") - batches == 3
+        assert lab.stats.graph_requests("batched move") - moves == 41
         assert mailbox.search(ids).sightings == []
     finally:
         mailbox.close()

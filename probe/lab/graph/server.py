@@ -5,7 +5,8 @@ read per request: ``unreachable`` closes connections unanswered; ``slow`` delays
 refuses every token (``401 InvalidAuthenticationToken``) and every credential at the token endpoint
 (``401 invalid_client``); ``server_error`` answers ``500``; ``server_busy`` answers ``429`` with
 ``Retry-After`` (whole seconds, at least 1); ``clock_offset`` moves the Date header and the store's stamps.
-Requests are counted per operation in the lab's stats (``GET /stats``, key ``graph``).
+Requests are counted per operation in the lab's stats (``GET /stats``, key ``graph``); the calls inside a
+``$batch`` as ``batched OPERATION``, apart from the HTTP requests.
 """
 
 from __future__ import annotations
@@ -86,20 +87,22 @@ class GraphServer:
         except TokenRefused as refused:
             return refused.status, refused.body()
 
-    def api(self, method: str, path: str, query: dict[str, str], body: object, auth: str | None) -> tuple[int, Any]:
+    def api(self, method: str, path: str, query: dict[str, str], body: object, auth: str | None, *,
+            batched: bool = False) -> tuple[int, Any]:
         """Answer one Graph call (of a $batch too): check the token and the faults, then route it."""
         try:
-            return self._call(method, path, query, body, auth)
+            return self._call(method, path, query, body, auth, batched=batched)
         except GraphRequestError as refused:
             return refused.status, refused.body()
 
-    def _call(self, method: str, path: str, query: dict[str, str], body: object, auth: str | None) -> tuple[int, Any]:
+    def _call(self, method: str, path: str, query: dict[str, str], body: object, auth: str | None, *,
+              batched: bool) -> tuple[int, Any]:
         self._authorize(auth)
         if self.fault(MailboxFault.SERVER_ERROR) is not None:
             raise GraphRequestError(500, *_SERVER_ERROR)
-        if path == "/v1.0/$batch" and method == "POST":
+        if path == "/v1.0/$batch" and method == "POST" and not batched:
             return 200, self._batch(body, auth)
-        return self._route(method, path, query, body)
+        return self._route(method, path, query, body, batched=batched)
 
     def _authorize(self, auth: str | None) -> None:
         if not auth or not auth.startswith("Bearer "):
@@ -110,7 +113,8 @@ class GraphServer:
         if isinstance(checked, str):
             raise GraphRequestError(401, "InvalidAuthenticationToken", checked)
 
-    def _route(self, method: str, path: str, query: dict[str, str], body: object) -> tuple[int, Any]:
+    def _route(self, method: str, path: str, query: dict[str, str], body: object, *,
+               batched: bool) -> tuple[int, Any]:
         match = _USER_PATH.match(path)
         if match is None:
             raise GraphRequestError(400, "BadRequest", f"Resource not found for the segment '{path[:60]}'.")
@@ -119,7 +123,7 @@ class GraphServer:
             raise GraphRequestError(404, "ErrorInvalidUser", f"The requested user '{user}' is invalid.")
         parts = [unquote(part) for part in rest.strip("/").split("/")]
         operation = _operation(method, parts)
-        self.stats.count_graph(self.forest, operation)
+        self.stats.count_graph(self.forest, f"batched {operation}" if batched else operation)
         if operation == "listMessages":
             return 200, self._list(user, parts[1], query, path)
         if operation == "getFolder":
@@ -171,7 +175,7 @@ class GraphServer:
             return {"id": "", "status": 400, "body": GraphRequestError(400, "BadRequest", "Invalid request").body()}
         url = urlsplit("/v1.0/" + str(call["url"]).lstrip("/"))
         status, body = self.api(str(call.get("method", "GET")).upper(), url.path, dict(parse_qsl(url.query)),
-                                call.get("body"), auth)
+                                call.get("body"), auth, batched=True)
         return {"id": str(call["id"]), "status": status, "headers": {"Content-Type": "application/json"},
                 **({"body": body} if body is not None else {})}
 
