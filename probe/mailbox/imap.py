@@ -278,8 +278,9 @@ class ImapMailbox:
             for uid, data in client.fetch(new, [b"INTERNALDATE", HEADER_FIELDS]).items():
                 if uid in keys:
                     self._screened[keys[uid]] = self._screen(keys[uid], folder, data)
-        prefix = f":{folder.imap_name}"
-        for stale in [k for k in self._screened if k.endswith(prefix) and k not in keys.values()]:
+        current = set(keys.values())
+        for stale in [k for k in self._screened if k not in current and (parse_key(k) or (0, 0, ""))[2]
+                      == folder.imap_name]:
             del self._screened[stale]  # gone, or no longer matching: forget it
         return [self._screened[key] for key in keys.values() if key in self._screened]
 
