@@ -326,3 +326,25 @@ def test_a_wrong_client_secret_is_unauthorized(lab: Lab) -> None:
         mailbox.close()
     assert (result.ok, result.error_reason) == (False, MailboxReason.UNAUTHORIZED)
     assert "invalid_client" in (result.error or "")
+
+
+def test_pages_are_followed_by_next_link(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ten messages a page, twenty-five probes in Inbox are found by following @odata.nextLink: a listing per
+    ten messages of each folder."""
+    import probe.mailbox.graph as graph_module
+
+    monkeypatch.setattr(graph_module, "PAGE_SIZE", 10)
+    mailbox = GraphMailbox(graph_config(lab), key=KEY)
+    try:
+        assert mailbox.cleanup([s.item for s in mailbox.search(set()).sightings]).ok
+        ids = {deliver_probe(lab) for _ in range(25)}
+        held = [len(lab.store.items(MAILBOX, [folder])) for folder in ("inbox", "junkemail")]
+        before = lab.stats.graph_requests("listMessages")
+        found = {s.probe_id for s in mailbox.search(ids).sightings}
+        pages = lab.stats.graph_requests("listMessages") - before
+        assert mailbox.cleanup([s.item for s in mailbox.search(ids).sightings]).deleted == 25
+    finally:
+        mailbox.close()
+    assert found == ids
+    assert held[0] >= 25
+    assert pages == sum(max(1, -(-count // 10)) for count in held)
