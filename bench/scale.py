@@ -301,6 +301,7 @@ def main() -> int:
     sizes = [20] if args.quick else [int(s) for s in args.sizes.split(",")]
     interval, intervals = (5.0, 1) if args.quick else (args.interval, args.intervals)
     results = []
+    header = [h.replace("EWS", args.backend.upper()) for h in HEADER]  # the requests are the backend's
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         for pairs in sizes:
             work = Path(tmp) / str(pairs)
@@ -309,10 +310,10 @@ def main() -> int:
                              backend=args.backend) as lab:
                 results.append(measure(lab, work, pairs, interval, intervals, profile=args.profile,
                                        runner=runner_from(args.probe_root), scrape_every=args.scrape_every))
-            print(table(HEADER, [results[-1].row()]), flush=True)
+            print(table(header, [results[-1].row()]), flush=True)
             if args.profile:
                 print(profile_table(work / "profile.txt"), flush=True)
-    body = table(HEADER, [r.row() for r in results])
+    body = table(header, [r.row() for r in results])
     goals = goal_lines(max(results, key=lambda r: r.pairs), backend=args.backend)
     print(body)
     print("\n".join(goals))
@@ -320,9 +321,19 @@ def main() -> int:
         command = shlex.join(["python", "bench/scale.py", *sys.argv[1:]])
         name, title = ("scale", "") if args.backend == "ews" else (f"scale-{args.backend}", f", over {args.backend}")
         update_report(name, f"2. Scale: one daemon, many (route, smart host) pairs{title}",
-                      _explain(interval, intervals, args.scrape_every)
+                      _explain(interval, intervals, args.scrape_every) + _backend_note(args.backend)
                       + body + f"\n\nGoals, at {max(sizes)} pairs:\n" + "\n".join(goals), command=command)
     return 0
+
+
+def _backend_note(backend: str) -> str:
+    if backend == "ews":
+        return ""
+    what = ("IMAP commands the lab's IMAP front relayed to Dovecot (UID SEARCH, UID FETCH, UID MOVE, IDLE, the "
+            "clock's APPEND/UID EXPUNGE, logins; not the connections)" if backend == "imap" else
+            "Graph HTTP requests (listings, $batch as one, clock pings, tokens)")
+    return (f"Over {backend}, the requests counted are {what}, in place of the EWS operations; the lab "
+            f"runs with `--mailbox-backend {backend}`.\n\n")
 
 
 def _explain(interval: float, intervals: int, scrape_every: float) -> str:
