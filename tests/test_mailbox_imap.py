@@ -314,3 +314,29 @@ def test_the_password_never_reaches_the_logs_even_at_debug(lab: Lab, auth: str,
              base64.b64encode(f"\0{MAILBOX}\0{password}".encode()).decode()]
     assert "AUTHENTICATE" in caplog.text
     assert not [form for form in forms if form in caplog.text]
+
+
+def test_a_folder_idle_heard_nothing_from_is_not_searched_again(lab: Lab) -> None:
+    """With IDLE on both folders, a search right after another sends no UID SEARCH for either; mail to Junk
+    makes the next search look at Junk (one UID SEARCH), and finds the probe there."""
+    mailbox = ImapMailbox(imap_config(lab), key=KEY)
+    watch = mailbox.watch(lambda _at: None)
+    try:
+        end = time.monotonic() + 10
+        while not watch.connected and time.monotonic() < end:
+            time.sleep(0.05)
+        assert watch.connected, watch.last_error
+        time.sleep(0.3)  # what was said when IDLE began has been heard
+        assert mailbox.search(set()).ok
+        searches = lab.stats.imap_commands("SEARCH", forest="fourthcoffee")
+        assert mailbox.search(set()).ok
+        assert lab.stats.imap_commands("SEARCH", forest="fourthcoffee") == searches
+        probe_id = deliver_probe(lab, smart_host="fourthcoffee-edge-2")
+        message = build_probe_message(key=KEY, route=ROUTE, smart_host="fourthcoffee-edge-2",
+                                      sender="mailflow.probe@contoso.test", recipient=MAILBOX)
+        lab.store.deliver(MAILBOX, message.raw, folder="junkemail")
+        seen = search_until(mailbox, {probe_id, message.probe_id})
+        assert seen == {probe_id, message.probe_id}
+        assert lab.stats.imap_commands("SEARCH", forest="fourthcoffee") > searches
+    finally:
+        mailbox.close()

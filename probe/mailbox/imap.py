@@ -1,12 +1,14 @@
 """The confirm step over IMAP (RFC 3501/9051), with IMAPClient: search, cleanup, clock, watch.
 
 One ``UID SEARCH`` per configured folder per poll covers every probe in flight (``UNDELETED SINCE <day>
-SUBJECT MFP-``); each folder keeps a connection selected on it, so a poll costs one command per folder
-(plus one ``UID FETCH`` of the header fields of UIDs not screened before). The receipt stamp is the
+SUBJECT MFP-``) after a NOOP (a session learns of new mail only as a command ends); each folder keeps a
+connection selected on it, so a poll costs two commands per folder (plus one ``UID FETCH`` of the header
+fields of UIDs not screened before), and none for a folder that IDLE has watched without a word since its
+last search (at most a minute). The receipt stamp is the
 message's INTERNALDATE (whole seconds); the server clock's offset is measured from the INTERNALDATE of a
-small message the probe APPENDs (flagged ``\\Deleted``) and removes at once by UID EXPUNGE. Cleanup is
-UID MOVE to the trash mailbox, or ``\\Deleted`` + UID EXPUNGE of exactly the probes' UIDs (UIDPLUS), of
-items whose tag verifies when fetched again just before. A connection that fails is reopened once per
+small message the probe APPENDs (flagged ``\\Deleted``) and removes by UID EXPUNGE. Cleanup is UID MOVE to
+the trash mailbox, or ``\\Deleted`` + UID EXPUNGE of exactly the probes' UIDs (UIDPLUS), of items whose tag
+this mailbox verified itself (others are fetched and verified first). A connection that fails is reopened once per
 operation; the watch reopens its own with a growing pause.
 """
 
@@ -53,6 +55,7 @@ MAX_TRIES: Final = 3  # attempts per operation when the server says it is busy
 SEARCH_MARGIN: Final = timedelta(days=1)  # SINCE is a date on the server's calendar: a day's margin
 DEFAULT_LOOKBACK: Final = 86400.0
 BUSY_PAUSE: Final = 1.0  # IMAP gives no back-off: the pause before a throttled command is tried again
+FULL_SEARCH_EVERY: Final = 60.0  # seconds: a quiet folder is searched again at least this often anyway
 HEADER_FIELDS: Final = b"BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID X-MAILFLOW-PROBE RECEIVED)]"
 _HEADER_KEY: Final = b"BODY[HEADER.FIELDS (SUBJECT MESSAGE-ID X-MAILFLOW-PROBE RECEIVED)]"
 _DELETED: Final = b"\\Deleted"
@@ -152,6 +155,7 @@ class ImapMailbox:
         self._screened: dict[str, _Fetched] = {}  # by item key: what matched the last search of each folder
         self._first_seen: dict[str, float] = {}
         self._watches: list[ImapWatch] = []
+        self._searched_at: dict[str, float] = {}  # by mailbox name: when its last UID SEARCH began (monotonic)
 
     @property
     def name(self) -> str:
@@ -193,20 +197,34 @@ class ImapMailbox:
                         budget_seconds: float = 5.0) -> OffsetEstimate | None:
         """Narrow the server clock offset with timed APPENDs read back by INTERNALDATE; never raise.
 
-        Each reading appends a small untagged message flagged ``\\Deleted`` to INBOX, reads its INTERNALDATE
-        and removes it by UID EXPUNGE (three commands); a server without UIDPLUS is not read this way.
+        Each reading appends a small untagged message flagged ``\\Deleted`` to INBOX and reads its INTERNALDATE
+        (two commands); one UID EXPUNGE removes them all at the end. A server without UIDPLUS is not read so.
         """
         deadline = time.time() + budget_seconds
+        appended: list[int] = []
         with self._busy:
             try:
-                return calibrate(self.clock, lambda at: self._timed_append(at, deadline),
+                return calibrate(self.clock, lambda at: self._timed_append(at, deadline, appended),
                                  target=target_uncertainty, budget=budget_seconds)
             except Exception as exc:  # calibration is an optimisation: a failure leaves the estimate as it was
                 log.warning("mailbox %s: clock calibration failed: %s", self.name, describe(exc))
                 self._connections.drop()
                 return self.clock.estimate(now=time.time())
+            finally:
+                self._expunge_readings(appended)
 
-    def _timed_append(self, send_at: float, deadline: float) -> float | None:
+    def _expunge_readings(self, uids: list[int]) -> None:
+        """Remove the clock readings appended to INBOX, all with one UID EXPUNGE (they are \\Deleted already)."""
+        if not uids:
+            return
+        try:
+            client, _validity = self._connections.selected("INBOX")
+            client.uid_expunge(uids)
+        except Exception as exc:  # they stay flagged \Deleted, unseen by any search, until the next calibration
+            log.warning("mailbox %s: clock readings not expunged: %s", self.name, describe(exc))
+            self._connections.drop()
+
+    def _timed_append(self, send_at: float, deadline: float, appended: list[int]) -> float | None:
         """APPEND the clock message no earlier than ``send_at``; feed its INTERNALDATE to the clock; return the RTT."""
         if time.time() >= deadline:
             return None
@@ -221,8 +239,8 @@ class ImapMailbox:
         if match is None:
             return None
         uid = int(match[2])
+        appended.append(uid)
         stamp = client.fetch([uid], [b"INTERNALDATE"]).get(uid, {}).get(b"INTERNALDATE")
-        client.uid_expunge([uid])
         if isinstance(stamp, datetime) and stamp.tzinfo is not None:
             self.clock.observe_stamp(sent_at=sent, received_at=received, server=stamp.timestamp())
         return received - sent
@@ -268,9 +286,22 @@ class ImapMailbox:
             found += self._search_folder(folder, day)
         return found
 
+    def _quiet(self, name: str) -> bool:
+        """Say whether a folder's last findings still hold: IDLE heard nothing there since, within a minute."""
+        recent = time.monotonic() - self._searched_at.get(name, float("-inf")) < FULL_SEARCH_EVERY
+        return recent and any(watch.quiet(name) for watch in self._watches)
+
     def _search_folder(self, folder: Folder, day: object) -> list[_Fetched]:
-        """Run the folder's one UID SEARCH; fetch the header fields of matches not screened before."""
+        """Run the folder's one UID SEARCH (none when IDLE says it is unchanged); fetch the header fields of
+        matches not screened before."""
+        name = folder.imap_name
+        if self._quiet(name):
+            return [f for key, f in self._screened.items() if (parse_key(key) or (0, 0, ""))[2] == name]
+        for watch in self._watches:
+            watch.searching(name)
+        self._searched_at[name] = time.monotonic()
         client, validity = self._connections.selected(folder.imap_name)
+        client.noop()  # a session learns of new mail only as a command ends: this one, so the search sees it
         uids = client.search([b"UNDELETED", b"SINCE", day, b"SUBJECT", probe_message.tag_search_prefix()])
         keys = {uid: item_key(validity, uid, folder.imap_name) for uid in uids}
         new = [uid for uid, key in keys.items() if key not in self._screened]
@@ -323,8 +354,9 @@ class ImapMailbox:
     def cleanup(self, items: Sequence[ItemRef]) -> CleanupResult:
         """Move or expunge verified probes, by UID, a folder at a time; never raise.
 
-        Every item is fetched again first and touched only if its tag verifies; an item whose mailbox's
-        UIDVALIDITY changed is counted gone (its UID no longer names it).
+        An item this mailbox did not itself find with a verified tag (one from the ledger after a restart) is
+        fetched first and touched only if its tag verifies; an item whose mailbox's UIDVALIDITY changed is
+        counted gone (its UID no longer names it). UID MOVE and UID EXPUNGE ignore UIDs already gone.
         """
         if not items or self._config.cleanup == "keep":
             return CleanupResult(ok=True)
@@ -357,14 +389,16 @@ class ImapMailbox:
                       refs: Sequence[tuple[ItemRef, int, int]]) -> tuple[int, int, list[ItemRef]]:
         """Return (deleted, refused, gone) for one folder's items."""
         client, validity = self._connections.selected(folder)
-        current = [(ref, uid) for ref, ref_validity, uid in refs if ref_validity == validity]
         gone = [ref for ref, ref_validity, _uid in refs if ref_validity != validity]
+        known = [(ref, uid) for ref, ref_validity, uid in refs if ref_validity == validity and self._genuine(ref)]
+        current = [(ref, uid) for ref, ref_validity, uid in refs if ref_validity == validity
+                   and not self._genuine(ref)]
         fetched = client.fetch([uid for _ref, uid in current], [HEADER_FIELDS]) if current else {}
         unseen = [uid for _ref, uid in current if uid not in fetched]
         if unseen:  # this session may not have heard of the newest messages yet: NOOP, then look again
             client.noop()
             fetched.update(client.fetch(unseen, [HEADER_FIELDS]))
-        genuine, refused = [], 0
+        genuine, refused = list(known), 0
         for ref, uid in current:
             data = fetched.get(uid)
             if data is None:
@@ -384,6 +418,11 @@ class ImapMailbox:
                 self._screened.pop(ref.key, None)
                 self._first_seen.pop(ref.key, None)
         return len(genuine), refused, gone
+
+    def _genuine(self, ref: ItemRef) -> bool:
+        """Say whether this mailbox itself found the item, and its tag verified (it need not be read again)."""
+        found = self._screened.get(ref.key)
+        return found is not None and found.probe_id is not None
 
     def _remove(self, client: IMAPClient, uids: list[int]) -> None:
         """Move the UIDs to the trash mailbox, or flag and expunge exactly them."""

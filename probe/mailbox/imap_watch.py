@@ -4,6 +4,10 @@ IDLE watches only the selected mailbox, so each searched folder gets a connectio
 read-only with EXAMINE). An ``EXISTS`` response is new mail. IDLE is renewed every few minutes (RFC 2177
 asks clients to within 29); a failed connection is reopened after a pause that doubles up to a minute. A
 server without IDLE is not watched (``last_error`` says so) and the daemon polls at ``poll_interval``.
+
+The watch also tells the searches which folders have been quiet: in IDLE the whole time since their last
+search began, without any response (new mail, expunges, flag changes). Such a folder's search can reuse what
+it found last time instead of sending a UID SEARCH.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class ImapWatch:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._idling: dict[str, IMAPClient] = {}
+        self._changed: set[str] = set(folders)  # folders with news (or no IDLE) since their last search began
         self._last_error: str | None = None
         self._threads: list[threading.Thread] = []
         self._starter = threading.Thread(target=self._start_folders, name=f"imap-watch-{name}", daemon=True)
@@ -54,6 +59,20 @@ class ImapWatch:
     def last_error(self) -> str | None:
         """Return the last error of a watch connection (redacted), if any."""
         return self._last_error
+
+    def quiet(self, folder: str) -> bool:
+        """Say whether ``folder`` has been in IDLE, with no news at all, since its last search began."""
+        with self._lock:
+            return folder in self._idling and folder not in self._changed
+
+    def searching(self, folder: str) -> None:
+        """Note that a search of ``folder`` begins now: news from here on makes it changed again."""
+        with self._lock:
+            self._changed.discard(folder)
+
+    def _news(self, folder: str) -> None:
+        with self._lock:
+            self._changed.add(folder)
 
     def start(self) -> None:
         """Start watching (the folders are learned first if they were not known yet)."""
@@ -98,6 +117,7 @@ class ImapWatch:
             finally:
                 with self._lock:
                     client = self._idling.pop(folder, None)
+                    self._changed.add(folder)
                 if client is not None:
                     shut(client)
             self._stopping.wait(pause)
@@ -118,9 +138,12 @@ class ImapWatch:
         client.idle()
         with self._lock:
             self._idling[folder] = client
+            self._changed.add(folder)  # what arrived while it was not watched is unknown
         renew_at = time.monotonic() + IDLE_RENEW
         while not self._stopping.is_set():
             responses = client.idle_check(timeout=CHECK_EVERY)
+            if any(not (len(r) > 1 and r[0] == b"OK") for r in responses):  # EXISTS, EXPUNGE, FETCH...: news
+                self._news(folder)
             if any(len(r) > 1 and r[1] == b"EXISTS" for r in responses):
                 self._notify()
             if time.monotonic() >= renew_at:
