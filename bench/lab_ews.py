@@ -1,7 +1,7 @@
 """Benchmark the lab's EWS endpoint: FindItem latency over a 10,000-item mailbox, 1 and 50 concurrent clients.
 
 Run: python bench/lab_ews.py [--items 10000] [--clients 50] [--requests 40]
-The requests are exchangelib 5.6's own FindItem bodies (../shared/ews/requests, scenarios A and G), sent
+The requests are exchangelib 5.6's own FindItem bodies (tests/data/ews/requests, scenarios A and G), sent
 over keep-alive HTTP connections (one requests.Session per client thread) with Basic auth. The endpoint runs
 in a child process, so the clients' own work does not share its interpreter lock.
 """
@@ -28,7 +28,7 @@ from probe.lab.store import MailboxStore
 FOREST = "fourthcoffee.test"
 MAILBOX = "mailflow.probe@fourthcoffee.test"
 USER, PASSWORD = "svc-mailflow@fourthcoffee.test", "bench-password"
-REQUESTS_DIR = Path(__file__).resolve().parents[2] / "shared" / "ews" / "requests"
+REQUESTS_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "ews" / "requests"
 QUERIES = {
     "subject Contains, inbox+junk": "A-basic-versionguess/05-FindItem.xml",
     "X-Probe-Tag + date, sorted": "G-extprop-restriction/04-FindItem.xml",

@@ -19,8 +19,12 @@ _COMMANDS: dict[str, str] = {
     "validate": "probe.config_cli:validate_main",
     "config-schema": "probe.config_cli:schema_main",
     "lab": "probe.lab.cli:main",
-    "demo": "probe.demo:main",
+    "demo": "probe.lab.demo:main",
 }
+# What only the lab imports: without these (the ``lab`` extra), ``lab`` and ``demo`` say how to get them.
+_LAB_MODULES = frozenset({"probe.lab", "aiosmtpd", "spnego"})
+LAB_MISSING = ("the lab is not installed: pip install 'mailflow-probe[lab]' "
+               "(in a checkout, ./scripts/demo installs it and starts the demo)")
 
 
 def _add_config_flag(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -79,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                       metavar="HOST:PORT")
     demo.add_argument("--duration", default=None, metavar="DURATION",
                       help="stop by itself after this long (default: until Ctrl-C)")
+    demo.add_argument("--ephemeral-ports", action="store_true",
+                      help="put the lab on free ports instead of the fixed ones (a second demo, tests)")
     return parser
 
 
@@ -86,6 +92,12 @@ def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
     module_name, func_name = target.split(":")
     func: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module_name), func_name)
     return func
+
+
+def _lab_missing(exc: ModuleNotFoundError) -> bool:
+    """Say whether ``exc`` means the lab or one of its own dependencies is not installed."""
+    name = exc.name or ""
+    return any(name == m or name.startswith(f"{m}.") for m in _LAB_MODULES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,7 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
         return int(exc.code or 0)
     try:
-        return _resolve(_COMMANDS[args.command])(args)
+        command = _resolve(_COMMANDS[args.command])
+    except ModuleNotFoundError as exc:
+        if not _lab_missing(exc):
+            raise
+        print(f"mailflow-probe {args.command}: {LAB_MISSING}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return command(args)
     except KeyboardInterrupt:
         return 130
 

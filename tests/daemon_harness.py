@@ -97,3 +97,15 @@ def with_open_files_limit(argv: list[str], open_files: int | None) -> list[str]:
               f"resource.setrlimit(resource.RLIMIT_NOFILE, ({open_files}, {open_files})); "
               "os.execv(sys.argv[1], sys.argv[1:])")
     return [sys.executable, "-c", setter, *argv]
+
+
+def ledger_made(state_file: Path) -> bool:
+    """Say whether a starting daemon has made its state file's tables yet (the file appears before them)."""
+    if not state_file.exists():
+        return False
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        made = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        db.close()
+    return {"probes", "sightings", "observations"} <= made

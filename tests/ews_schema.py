@@ -1,4 +1,4 @@
-"""EWS test support: schema validation of responses (../shared/ews/schema) and a standalone endpoint."""
+"""EWS test support: schema validation of responses (tests/data/ews/schema) and a standalone endpoint."""
 
 from __future__ import annotations
 
@@ -25,11 +25,6 @@ EWS_NAMESPACES = frozenset({
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 TYPES_NS = "http://schemas.microsoft.com/exchange/services/2006/types"
 MESSAGES_NS = "http://schemas.microsoft.com/exchange/services/2006/messages"
-
-
-def schema_available() -> bool:
-    """Say whether the shared EWS schema is present."""
-    return (SCHEMA_DIR / "messages.xsd").is_file()
 
 
 @functools.cache

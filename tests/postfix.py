@@ -48,13 +48,29 @@ class MailServerError(Exception):
 
 def missing_parts() -> list[str]:
     """Return what scripts/setup installs that this machine lacks to run the Postfix smart host."""
-    missing = [f"{path} (package {package})" for path, package in
+    missing = [f"{path} (package {package}: scripts/setup installs it, as root)" for path, package in
                ((POSTFIX, "postfix"), (DOVECOT, "dovecot-core")) if not path.exists()]
     if not any(Path(d, "libplain.so.2").exists() or Path(d, "libplain.so").exists() for d in SASL_PLUGINS):
-        missing.append("Cyrus SASL PLAIN plugin (package libsasl2-modules), for Postfix's client AUTH")
+        missing.append("Cyrus SASL PLAIN plugin, for Postfix's client AUTH (package libsasl2-modules: "
+                       "scripts/setup installs it, as root)")
     if os.geteuid() != 0:
         missing.append("root (Postfix and Dovecot are started as root, as in CI)")
+    pty_problem = _pty_problem()
+    if pty_problem:
+        missing.append(pty_problem)
     return missing
+
+
+def _pty_problem() -> str | None:
+    """Return why no pseudo-terminal can be opened here (Postfix's commands report errors only to one)."""
+    try:
+        controller, terminal = pty.openpty()
+    except OSError as exc:
+        return (f"a pseudo-terminal (pty.openpty: {exc.strerror or exc}): mount devpts on /dev/pts, "
+                "e.g. mount -t devpts devpts /dev/pts")
+    os.close(controller)
+    os.close(terminal)
+    return None
 
 
 def reachable_directory(prefix: str, *, parent: Path = Path("/tmp")) -> Path:
@@ -108,7 +124,11 @@ def _run(command: list[str], *, what: str, tty: bool = False) -> str:
     ``tty``: stderr is a pseudo-terminal, for Postfix's commands, which write their errors to stderr only
     when it is a terminal (else to syslog, which a test machine may not have).
     """
-    terminal, stderr = pty.openpty() if tty else (-1, subprocess.STDOUT)
+    try:
+        terminal, stderr = pty.openpty() if tty else (-1, subprocess.STDOUT)
+    except OSError as exc:
+        raise MailServerError(f"{what}: no pseudo-terminal for Postfix's errors ({exc.strerror or exc}): "
+                              "mount devpts on /dev/pts") from None
     with tempfile.TemporaryFile() as out:
         try:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=stderr,

@@ -40,6 +40,7 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_a_benchmark_script_runs_at_its_smoke_size_and_prints_its_table(name: str, tmp_path: Path) -> None:

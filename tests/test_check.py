@@ -270,6 +270,7 @@ def test_nagios_format_reports_critical_with_perfdata(lab: Any, tmp_path: Path) 
     assert "auth/auth_failed" in line
 
 
+@pytest.mark.slow
 def test_no_password_appears_in_any_output_of_a_check(lab: Any, tmp_path: Path) -> None:
     """Table, JSON, nagios and --debug (with transcripts) output of a check hold none of the lab's passwords."""
     lab.add_fault(target=f"smarthost/{EDGE_1}", kind="auth_reject")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +19,17 @@ import pytest
 import yaml
 
 from probe.daemon import Daemon, WebOptions, start_daemon
-from tests.daemon_harness import fetch, free_port, running_daemon, scrape, start_process, states, value, wait_for
+from tests.daemon_harness import (
+    fetch,
+    free_port,
+    ledger_made,
+    running_daemon,
+    scrape,
+    start_process,
+    states,
+    value,
+    wait_for,
+)
 
 PAIRS = {("contoso-to-fourthcoffee", "fourthcoffee-edge-1"), ("contoso-to-fourthcoffee", "fourthcoffee-edge-2"),
          ("fourthcoffee-to-contoso", "contoso-edge-1"), ("fourthcoffee-to-contoso", "contoso-edge-2")}
@@ -52,25 +64,70 @@ def test_three_cycles_fill_every_pairs_counters_and_the_output_passes_promtool(r
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, running: tuple[Daemon, Any]) -> None:
-    """no_starttls on one host: its success goes 0 with the reason counted; the others stay 1; clearing heals."""
-    _, server = running
+def delivered_in_ledger(state_file: Path, route: str, smart_host: str) -> int:
+    """Return how many probes of one pair the state file holds as delivered."""
+    db = sqlite3.connect(state_file, timeout=10)
+    try:
+        row = db.execute("SELECT COUNT(*) FROM probes WHERE route = ? AND smart_host = ? AND state = 'delivered'",
+                         (route, smart_host)).fetchone()
+    finally:
+        db.close()
+    return int(row[0])
+
+
+def test_a_fault_on_one_smart_host_flips_only_that_pairs_success(lab: Any, tmp_path: Path) -> None:
+    """no_starttls on one host: once its probes sent before the fault are done, its success is 0 with the reason
+    counted, while every other pair delivers again with no failure and stays 1; clearing the fault heals it.
+
+    Each step waits for events (verdicts in the ledger and on /metrics), never for a time: the timeout is long
+    enough that a loaded machine cannot turn a delivery into lost or late.
+    """
+    path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=60, jitter=0.2)
+    state_file = Path(yaml.safe_load(path.read_text())["state_file"])
     bad = ("contoso-to-fourthcoffee", "fourthcoffee-edge-1")
-    wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_success", route=r, smart_host=h) == 1
-                         for r, h in PAIRS), timeout=30, what="all pairs green first")
-    lab.add_fault(target="smarthost/fourthcoffee-edge-1", kind="no_starttls")
-    wait_for(lambda: value(scrape(server.port), "mailflow_probe_success", route=bad[0], smart_host=bad[1]) == 0,
-             timeout=1 + 5 + 5, what="success 0 within one interval plus timeout")
-    samples = scrape(server.port)
-    assert value(samples, "mailflow_probe_send_failures_total", route=bad[0], smart_host=bad[1],
-                 stage="starttls", reason="tls_unavailable") >= 1
-    for route, host in PAIRS - {bad}:
-        assert value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1
-    lab.clear_faults()
-    wait_for(lambda: value(scrape(server.port), "mailflow_probe_success", route=bad[0], smart_host=bad[1]) == 1,
-             timeout=1 + 5 + 5, what="success back to 1 after clearing the fault")
+    route, host = bad
+    with running_daemon(path) as (daemon, server):
+        wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_success", route=r, smart_host=h) == 1
+                             for r, h in PAIRS), timeout=60, what="all pairs green first")
+        before = scrape(server.port)
+        faulted_at = time.time()
+        lab.add_fault(target="smarthost/fourthcoffee-edge-1", kind="no_starttls")
+
+        def bad_pair_settled() -> bool:
+            """Every probe of the bad pair made before the fault is decided and counted, and success reads 0."""
+            if any(p.route == route and p.smart_host == host and p.created_at <= faulted_at
+                   for p in daemon.ledger.open_probes()):
+                return False
+            samples = scrape(server.port)
+            counted = value(samples, "mailflow_probe_delivered_total", route=route, smart_host=host)
+            return (counted == delivered_in_ledger(state_file, route, host)
+                    and value(samples, "mailflow_probe_success", route=route, smart_host=host) == 0)
+
+        wait_for(bad_pair_settled, timeout=60, what="the faulty pair's success 0 after its earlier probes are done")
+        assert value(scrape(server.port), "mailflow_probe_send_failures_total", route=route, smart_host=host,
+                     stage="starttls", reason="tls_unavailable") >= 1
+        midway = scrape(server.port)
+        others = PAIRS - {bad}
+        wait_for(lambda: all(value(scrape(server.port), "mailflow_probe_delivered_total", route=r, smart_host=h)
+                             > value(midway, "mailflow_probe_delivered_total", route=r, smart_host=h)
+                             for r, h in others), timeout=60, what="every other pair delivering after the fault")
+        samples = scrape(server.port)
+        for r, h in others:
+            assert value(samples, "mailflow_probe_success", route=r, smart_host=h) == 1
+            for name in ("mailflow_probe_send_failures_total", "mailflow_probe_lost_total"):
+                assert value(samples, name, route=r, smart_host=h) == value(before, name, route=r, smart_host=h)
+        healed_from = value(scrape(server.port), "mailflow_probe_delivered_total", route=route, smart_host=host)
+        lab.clear_faults()
+
+        def healed() -> bool:
+            samples = scrape(server.port)
+            return (value(samples, "mailflow_probe_delivered_total", route=route, smart_host=host) > healed_from
+                    and value(samples, "mailflow_probe_success", route=route, smart_host=host) == 1)
+
+        wait_for(healed, timeout=60, what="a delivery and success back to 1 after clearing the fault")
 
 
+@pytest.mark.slow
 def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Path) -> None:
     """Reload: a new route is probed, a removed one's series vanish, a kept route's probes in flight survive;
     a broken config is refused and reported while the old one keeps running."""
@@ -116,6 +173,9 @@ def test_reload_adds_and_removes_routes_and_keeps_in_flight_probes(tmp_path: Pat
 # -- the daemon as its own process: kill -9, SIGTERM, restarts -----------------------------------------------
 
 
+VERDICT = re.compile(r"verdict=(\w+)")
+
+
 def verdict_lines(log: Path, probe_id: str) -> list[str]:
     return [line for line in log.read_text().splitlines() if f"probe_id={probe_id}" in line and "verdict=" in line]
 
@@ -129,7 +189,7 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
     log = tmp_path / "daemon.log"
     first = start_process(config, free_port(), log)
     try:
-        wait_for(lambda: state_file.exists() and list(states(state_file).values()).count("in_flight") >= 3,
+        wait_for(lambda: ledger_made(state_file) and list(states(state_file).values()).count("in_flight") >= 3,
                  timeout=30, what="three probes in flight")
         stop(first)
     finally:
@@ -148,11 +208,15 @@ def crash_scenario(lab: Any, tmp_path: Path, stop: Callable[[subprocess.Popen[by
     final = states(state_file)
     for pid in before:
         assert final[pid] in ("delivered", "lost", "late", "unknown"), (pid, final[pid])
-        lines = verdict_lines(log, pid)
-        expected = 2 if final[pid] == "late" else 1  # late follows lost, counted once more
-        assert len(lines) == expected, (pid, lines)
+        said = [VERDICT.search(line).group(1) for line in verdict_lines(log, pid)]  # type: ignore[union-attr]
+        # One verdict line, or two where the ledger allows a second: late after lost, and delivered or late
+        # after unknown (a restart slowed by a loaded machine can leave the mailbox unobserved past the
+        # deadline); the last line is the state file's verdict.
+        assert len(said) == 1 or said in (["lost", "late"], ["unknown", "delivered"], ["unknown", "late"]), (pid, said)
+        assert said[-1] == final[pid], (pid, said, final[pid])
 
 
+@pytest.mark.slow
 def test_kill_9_with_probes_in_flight_then_restart_resolves_each_exactly_once(lab: Any, tmp_path: Path) -> None:
     """kill -9 mid-flight: nothing counted twice, nothing dropped; all verdicts come from the restarted daemon."""
     def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -162,6 +226,7 @@ def test_kill_9_with_probes_in_flight_then_restart_resolves_each_exactly_once(la
     crash_scenario(lab, tmp_path, kill)
 
 
+@pytest.mark.slow
 def test_sigterm_exits_0_within_10_s_and_in_flight_probes_are_resolved_after_the_next_start(lab: Any,
                                                                                              tmp_path: Path) -> None:
     """SIGTERM with probes in flight: exit code 0 within 10 s; the restarted daemon resolves them."""
@@ -197,6 +262,7 @@ def test_a_bad_config_or_unusable_state_file_stops_start_up_with_a_clear_error(l
     assert state_file.read_bytes() == junk
 
 
+@pytest.mark.slow
 def test_with_streaming_the_latency_under_a_one_second_delay_is_within_a_quarter_second(lab: Any,
                                                                                        tmp_path: Path) -> None:
     """Streaming notifications and millisecond stamps: a 1 s delay is reported within 0.25 s of the lab's record."""

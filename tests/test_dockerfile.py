@@ -101,11 +101,12 @@ def test_entrypoint_and_cmd_are_accepted_by_the_real_command_line() -> None:
 
 
 def test_dockerignore_lets_in_only_what_the_build_copies() -> None:
-    """The build context holds pyproject.toml, README.md and probe/ only."""
+    """The build context holds pyproject.toml, README.md and probe/ only, without the lab (probe/lab/)."""
     lines = [ln for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
              if ln and not ln.startswith("#")]
     assert lines[0] == "*"
     assert {"!pyproject.toml", "!README.md", "!probe/"} <= set(lines)
+    assert lines.index("probe/lab/") > lines.index("!probe/")  # the later pattern wins
 
 
 def test_build_image_script_is_valid_bash() -> None:

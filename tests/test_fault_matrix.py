@@ -225,6 +225,7 @@ def check_problems(row: Scenario, decisions: list[Any]) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_check_gives_every_fault_its_verdict_stage_and_reason_and_the_other_hosts_deliver(
         matrix_lab: Lab, tmp_path: Path) -> None:
     """One check with every fault in force: each pair's verdict, stage and reason as DESIGN.md says;
@@ -366,6 +367,7 @@ def wait_until(condition: Callable[[], bool], *, timeout: float) -> bool:
     return condition()
 
 
+@pytest.mark.slow
 def test_daemon_gives_every_fault_its_verdict_and_metric_movement_and_the_other_hosts_stay_green(
         matrix_lab: Lab, tmp_path: Path) -> None:
     """One daemon run with every fault in force: each pair's verdicts and series move as DESIGN.md says

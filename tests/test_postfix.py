@@ -74,8 +74,7 @@ def rig() -> Iterator[Rig]:
     """Start the lab, two private Postfix instances and Dovecot; stop them all at the end, even on failure."""
     missing = missing_parts()
     if missing:
-        pytest.fail("the Postfix smart host tests need " + "; ".join(missing)
-                    + ": run scripts/setup (as root)", pytrace=False)
+        pytest.fail("the Postfix smart host tests need " + "; ".join(missing), pytrace=False)
     directory = reachable_directory("mailflow-postfix-")  # not tmp_path: see its docstring; removed below
     password = Secret(secrets.token_urlsafe(18))
     try:

@@ -218,6 +218,7 @@ def test_the_shortened_rules_keep_every_alert_and_expression() -> None:
     assert "[15m]" not in dumped
 
 
+@pytest.mark.slow
 def test_a_failing_smart_host_fires_smart_host_failing_for_that_pair_only(lab: Lab, tmp_path: Path) -> None:
     """With auth_reject on one smart host, MailflowSmartHostFailing goes pending, then fires naming that pair."""
     lab.add_fault(target=f"smarthost/{FAULTY_HOST}", kind="auth_reject")
@@ -240,6 +241,7 @@ def test_a_failing_smart_host_fires_smart_host_failing_for_that_pair_only(lab: L
     assert fired == {("MailflowSmartHostFailing", FAULTY_ROUTE, FAULTY_HOST)}
 
 
+@pytest.mark.slow
 def test_with_no_fault_no_alert_fires(lab: Lab, tmp_path: Path) -> None:
     """With every smart host delivering, no rule of alerts.yml fires while Prometheus evaluates them."""
     path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=5, jitter=0.2)

@@ -168,6 +168,7 @@ def faulty_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
 
 
+@pytest.mark.slow
 def test_a_check_under_every_fault_shows_no_password_in_logs_verdicts_or_transcripts(
         faulty_lab: Lab, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """check with every fault in force, every logger at DEBUG: no password form in the log records,
@@ -213,6 +214,7 @@ def ledger_text(state_file: Path) -> str:
         db.close()
 
 
+@pytest.mark.slow
 def test_a_daemon_under_every_fault_shows_no_password_in_logs_metrics_pages_or_state(
         faulty_lab: Lab, tmp_path: Path) -> None:
     """The daemon as a process at --log.level debug with every fault in force for 25 s: no password form in

@@ -25,7 +25,7 @@ from probe.lab import Lab
 from probe.web_pages import debug_link
 from tests.daemon_harness import fetch, running_daemon, scrape, value, wait_for
 
-pytestmark = pytest.mark.chromium
+pytestmark = [pytest.mark.chromium, pytest.mark.slow]  # a browser and a daemon start once for the module
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import errno
 import logging
+import random
 import resource
 import secrets
 import socket
@@ -58,7 +60,11 @@ def smart_host_address(forest_index: int, host_index: int) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class LabSmartHost:
-    """One smart host of the lab: where it listens and the account it accepts."""
+    """One smart host of the lab: where it listens, the account it accepts, how long its deliveries take.
+
+    ``transit`` is the range (seconds) a delivery takes from the final 250 to the mailbox when no fault
+    says otherwise, drawn uniformly per message; (0, 0), the default, delivers at once.
+    """
 
     name: str
     forest: str
@@ -67,6 +73,12 @@ class LabSmartHost:
     port: int
     username: str
     password: Secret
+    transit: tuple[float, float] = (0.0, 0.0)
+
+    def transit_delay(self) -> float:
+        """Return how long one delivery takes when no fault is in force: a draw from ``transit``."""
+        low, high = self.transit
+        return random.uniform(low, high) if high > 0 else 0.0
 
     @property
     def fqdn(self) -> str:
@@ -219,7 +231,7 @@ class SmartHost:
             raw=header + bytes(envelope.original_content or b""), recipients=recipients,
             folder="junkemail" if self.fault(SmartHostFault.TO_JUNK) else "inbox",
             copies=0 if self.fault(SmartHostFault.DROP) else 2 if self.fault(SmartHostFault.DUPLICATE) else 1,
-            delay=delay.seconds if delay is not None else None,
+            delay=delay.seconds if delay is not None else self.spec.transit_delay(),
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
@@ -462,8 +474,8 @@ class SmartHostFleet:
         failures = [(spec, r) for spec, r in zip(specs, results, strict=True) if isinstance(r, BaseException)]
         if failures:
             spec, error = failures[0]
-            raise OSError(f"smart host {spec.name} cannot listen on {spec.host}:{spec.port}: {error}"
-                          + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise OSError(_bind_failure(spec, error) + more)
         return [r for r in results if isinstance(r, LabSmartHost)]
 
     async def _bind(self, spec: LabSmartHost) -> LabSmartHost:
@@ -487,6 +499,18 @@ class SmartHostFleet:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _bind_failure(spec: LabSmartHost, error: BaseException) -> str:
+    """Say in one line why a smart host cannot listen, naming the missing facility when it is one."""
+    where = f"smart host {spec.name} cannot listen on {spec.host}:{spec.port}"
+    code = error.errno if isinstance(error, OSError) else None
+    if code == errno.EADDRNOTAVAIL:
+        return (f"{where}: {spec.host} is not a local address; the lab needs all of 127.0.0.0/8 on the "
+                "loopback interface (Linux routes it there; elsewhere add the address as a loopback alias)")
+    if code == errno.EADDRINUSE:
+        return f"{where}: port {spec.port} is in use on {spec.host}"
+    return f"{where}: {error}"
 
 
 def _raise_fd_limit(listeners: int) -> None:

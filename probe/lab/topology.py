@@ -16,8 +16,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -137,6 +137,23 @@ def _check_request(forests: Sequence[str], smart_hosts: int, mailboxes: int, ews
         raise LabError(f"mailbox_backend is one of {', '.join(MAILBOX_BACKENDS)}")
 
 
+Transit = Mapping[str, tuple[float, float]]
+
+
+def _with_transit(forests: Mapping[str, LabForest], transit: Transit) -> None:
+    """Give each named smart host its delivery delay range; refuse unknown names and bad ranges."""
+    known = {h.name for f in forests.values() for h in f.smart_hosts}
+    unknown = sorted(set(transit) - known)
+    if unknown:
+        raise LabError(f"transit: no smart host named {', '.join(unknown)}")
+    for name, (low, high) in transit.items():
+        if not 0 <= low <= high:
+            raise LabError(f"transit of {name}: want 0 <= low <= high seconds, got {low}..{high}")
+    for forest in forests.values():
+        forest.smart_hosts = [replace(h, transit=transit[h.name]) if h.name in transit else h
+                              for h in forest.smart_hosts]
+
+
 def duration(seconds: float) -> str:
     """Write seconds as a config duration: ``2s``, ``500ms``, ``1.25s``."""
     if float(seconds).is_integer():
@@ -171,7 +188,8 @@ class Lab:
 
     def __init__(self, state_dir: Path, *, forests: Sequence[str], smart_hosts_per_forest: int,
                  mailboxes_per_forest: int, fixed_ports: bool, ews_auth: EwsAuth,
-                 smtp_password: str | None = None, mailbox_backend: MailboxBackend = "ews") -> None:
+                 smtp_password: str | None = None, transit: Transit | None = None,
+                 mailbox_backend: MailboxBackend = "ews") -> None:
         _check_request(forests, smart_hosts_per_forest, mailboxes_per_forest, ews_auth, mailbox_backend)
         self.mailbox_backend: MailboxBackend = mailbox_backend
         self.state_dir = Path(state_dir).resolve()
@@ -183,6 +201,7 @@ class Lab:
                                mailboxes=mailboxes_per_forest, port=port, smtp_password=smtp_password)
             for i, name in enumerate(forests)
         }
+        _with_transit(self.forests, transit or {})
         self.faults = FaultRegistry()
         self.stats = LabStats()
         self.store = MailboxStore(clock=self._clock)
@@ -193,17 +212,18 @@ class Lab:
     def start(cls, state_dir: Path, *, forests: Sequence[str] = ("contoso", "fourthcoffee"),
               smart_hosts_per_forest: int = 2, mailboxes_per_forest: int = 1, fixed_ports: bool = False,
               ews_auth: EwsAuth = "ntlm", smtp_password: str | None = None,
-              mailbox_backend: MailboxBackend = "ews") -> Lab:
+              transit: Transit | None = None, mailbox_backend: MailboxBackend = "ews") -> Lab:
         """Start a lab and return it (use it as a context manager to stop it).
 
         ``smtp_password`` sets the smart hosts' account password (default: a random one), e.g. a non-ASCII one.
+        ``transit`` maps smart host names to the range of seconds their deliveries take (default: none).
         ``mailbox_backend``: where the smart hosts deliver and what probe.yaml's mailboxes use: the store
         behind the EWS endpoints (``ews``), a private Dovecot behind the IMAP front (``imap``), or the store
         behind the Graph endpoints (``graph``). The EWS endpoints run in every case.
         """
         lab = cls(state_dir, forests=forests, smart_hosts_per_forest=smart_hosts_per_forest,
                   mailboxes_per_forest=mailboxes_per_forest, fixed_ports=fixed_ports, ews_auth=ews_auth,
-                  smtp_password=smtp_password, mailbox_backend=mailbox_backend)
+                  smtp_password=smtp_password, transit=transit, mailbox_backend=mailbox_backend)
         try:
             lab._start()
         except BaseException:
@@ -355,7 +375,9 @@ class Lab:
             try:
                 server.start()
             except OSError as exc:
-                raise LabError(f"the EWS endpoint of {forest.name} cannot listen: {exc}") from exc
+                ports = f"ports {FIXED_EWS_HTTPS_PORT + i}/{FIXED_EWS_HTTP_PORT + i}" if self.fixed_ports else "a port"
+                raise LabError(f"the EWS endpoint of {forest.name} cannot listen on {EWS_HOST} "
+                               f"({ports}): {exc.strerror or exc}") from exc
             forest.ews_url, forest.ews_http_url = str(server.https_url), str(server.http_url)
 
     def _start_imap(self, ca: LabCA) -> None:
@@ -389,7 +411,8 @@ class Lab:
                                 store=self.store, smart_hosts=lambda: [h.name for h in self.smart_hosts],
                                 port=FIXED_ADMIN_PORT if self.fixed_ports else 0)
         except OSError as exc:
-            raise LabError(f"the admin API cannot listen: {exc}") from exc
+            port = FIXED_ADMIN_PORT if self.fixed_ports else 0
+            raise LabError(f"the admin API cannot listen on port {port}: {exc.strerror or exc}") from exc
         self._parts.admin = admin
         admin.start()
 
@@ -461,7 +484,7 @@ class Lab:
                      "password_file": str(self.secret_file(f"{forest.name}-smtp"))},
             "smart_hosts": [
                 {"name": h.name, "host": h.host, "port": h.port, "fqdn": h.fqdn, "target": h.target,
-                 "username": h.username, "password": h.password.reveal()}
+                 "username": h.username, "password": h.password.reveal(), "transit_seconds": list(h.transit)}
                 for h in forest.smart_hosts
             ],
         }

@@ -20,9 +20,8 @@ from exchangelib.properties import NewMailEvent
 from exchangelib.protocol import BaseProtocol
 from exchangelib.version import Build
 
-from tests.ews_schema import MAILBOX, PASSWORD, StandaloneEws, message, schema_available
+from tests.ews_schema import MAILBOX, PASSWORD, StandaloneEws, message
 
-pytestmark = pytest.mark.skipif(not schema_available(), reason="../shared/ews (the EWS schema) is absent")
 UPN = "svc-mailflow@fourthcoffee.test"
 GIVEN = Version(build=Build(15, 2, 1544, 4))
 

@@ -19,9 +19,8 @@ from exchangelib.protocol import BaseProtocol
 from exchangelib.version import Build
 
 from probe.lab.faults import parse_fault
-from tests.ews_schema import FOREST, MAILBOX, PASSWORD, StandaloneEws, schema_available
+from tests.ews_schema import FOREST, MAILBOX, PASSWORD, StandaloneEws
 
-pytestmark = pytest.mark.skipif(not schema_available(), reason="../shared/ews (the EWS schema) is absent")
 UPN = "svc-mailflow@fourthcoffee.test"
 TARGET = f"ews/{FOREST}"
 SOAP_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
