@@ -25,7 +25,7 @@ from probe.lab import Lab
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("ews", "imap", "graph")
 
-pytestmark = pytest.mark.postfix  # the imap lab runs Debian's Dovecot
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]  # the imap lab runs Debian's Dovecot; 10-20 s each
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ CLOCK_ROWS: Final = (
 )
 FORESTS: Final = (*MAILBOX_FORESTS, "clockback")
 
-pytestmark = pytest.mark.postfix  # the imap lab runs Debian's Dovecot
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]  # the imap lab runs Debian's Dovecot; 80-130 s each
 
 
 def rows_for(backend: str) -> tuple[Scenario, ...]:
