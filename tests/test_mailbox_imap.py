@@ -340,3 +340,30 @@ def test_a_folder_idle_heard_nothing_from_is_not_searched_again(lab: Lab) -> Non
         assert lab.stats.imap_commands("SEARCH", forest="fourthcoffee") > searches
     finally:
         mailbox.close()
+
+
+def test_a_server_without_idle_is_polled(lab: Lab) -> None:
+    """Behind a front that hides IDLE, the watch never connects and says why (the daemon then polls at
+    poll_interval), and searches still find the probes."""
+    wing = lab._parts.imap
+    assert wing is not None
+    front = ImapFront(upstream=("127.0.0.1", wing.dovecot.imap_port), faults=lab.faults, stats=lab.stats,
+                      contexts=lambda _forest: lab.ca.issue("imap-noidle", ["127.0.0.1"]).server_context(),
+                      hidden=frozenset({b"IDLE"}))
+    front.start()
+    try:
+        port, _ = front.add_forest("noidle")
+        mailbox = ImapMailbox(imap_config(lab, port=port), key=KEY)
+        watch = mailbox.watch(lambda _at: None)
+        try:
+            end = time.monotonic() + 10
+            while watch.last_error is None and time.monotonic() < end:
+                time.sleep(0.05)
+            assert not watch.connected
+            assert "no IDLE" in (watch.last_error or "")
+            probe_id = deliver_probe(lab)
+            assert search_until(mailbox, {probe_id}) == {probe_id}
+        finally:
+            mailbox.close()
+    finally:
+        front.stop()

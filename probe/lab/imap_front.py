@@ -108,7 +108,7 @@ class _Session:
         self.capabilities = found[1].split() if found else []
         if not self.tls:
             line = _GREETING_CAPS.sub(b"[CAPABILITY " + self._plain_capabilities() + b"]", line)
-        await self.reply(line)
+        await self.reply(self.front.hide(line))
 
     def _plain_capabilities(self) -> bytes:
         kept = [c for c in self.capabilities if not c.upper().startswith(b"AUTH=")]
@@ -221,6 +221,8 @@ class _Session:
                 if tag[0] in self.auth_tags:
                     self.auth_tags.discard(tag[0])
                     self.authenticated = tag[1].upper() == b"OK"
+            if self.front.hidden and b"CAPABILITY" in parts[0]:
+                parts[0] = self.front.hide(parts[0])
             offset = self.fault(MailboxFault.CLOCK_OFFSET)
             if offset is not None and offset.seconds:
                 parts = [p if i % 2 else shift_internaldate(p, offset.seconds) for i, p in enumerate(parts)]
@@ -244,8 +246,10 @@ class ImapFront:
     """Every forest's IMAP listeners, on one event loop in one background thread."""
 
     def __init__(self, *, upstream: tuple[str, int], faults: FaultRegistry, stats: LabStats,
-                 contexts: Callable[[str], ssl.SSLContext], host: str = "127.0.0.1") -> None:
+                 contexts: Callable[[str], ssl.SSLContext], host: str = "127.0.0.1",
+                 hidden: frozenset[bytes] = frozenset()) -> None:
         self.upstream = upstream
+        self.hidden = hidden  # capabilities the front keeps from clients (tests: a server without IDLE)
         self.faults = faults
         self.stats = stats
         self.context = contexts
@@ -258,6 +262,12 @@ class ImapFront:
     def start(self) -> None:
         """Start the event loop thread."""
         self._thread.start()
+
+    def hide(self, line: bytes) -> bytes:
+        """Return a response line without the hidden capabilities."""
+        for name in self.hidden:
+            line = re.sub(rb" " + re.escape(name) + rb"(?=[ \]\r\n])", b"", line, flags=re.IGNORECASE)
+        return line
 
     def add_forest(self, forest: str, *, implicit_port: int = 0, starttls_port: int = 0) -> tuple[int, int]:
         """Listen for one forest; return its (IMAPS, STARTTLS) ports."""
