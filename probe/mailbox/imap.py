@@ -1,15 +1,16 @@
 """The confirm step over IMAP (RFC 3501/9051), with IMAPClient: search, cleanup, clock, watch.
 
-One ``UID SEARCH`` per configured folder per poll covers every probe in flight (``UNDELETED SINCE <day>
-SUBJECT MFP-``) after a NOOP (a session learns of new mail only as a command ends); each folder keeps a
-connection selected on it, so a poll costs two commands per folder (plus one ``UID FETCH`` of the header
-fields of UIDs not screened before), and none for a folder that IDLE has watched without a word since its
-last search (at most a minute). The receipt stamp is the
-message's INTERNALDATE (whole seconds); the server clock's offset is measured from the INTERNALDATE of a
-small message the probe APPENDs (flagged ``\\Deleted``) and removes by UID EXPUNGE. Cleanup is UID MOVE to
-the trash mailbox, or ``\\Deleted`` + UID EXPUNGE of exactly the probes' UIDs (UIDPLUS), of items whose tag
-this mailbox verified itself (others are fetched and verified first). A connection that fails is reopened once per
-operation; the watch reopens its own with a growing pause.
+Each folder keeps a connection selected on it. A poll of a folder is a NOOP (a session learns of new mail
+only as a command ends) and one ``UID FETCH`` of the header fields of the UIDs above the highest it has
+looked at, for every probe in flight at once; once a minute (and first, and after a UIDVALIDITY change) it
+is a ``UID SEARCH UNDELETED SINCE <day> SUBJECT MFP-`` instead, with a fetch of the matches not screened
+before. A folder that IDLE has watched without a word since its last search costs nothing (at most a
+minute). The receipt stamp is the message's INTERNALDATE (whole seconds); the server clock's offset is
+measured from the INTERNALDATE of a small message the probe APPENDs (flagged ``\\Deleted``) and removes by
+UID EXPUNGE. Cleanup is UID MOVE to the trash mailbox, or ``\\Deleted`` + UID EXPUNGE of exactly the
+probes' UIDs (UIDPLUS), of items whose tag this mailbox verified itself (others are fetched and verified
+first). A connection that fails is reopened once per operation; the watch reopens its own with a growing
+pause.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ MAX_TRIES: Final = 3  # attempts per operation when the server says it is busy
 SEARCH_MARGIN: Final = timedelta(days=1)  # SINCE is a date on the server's calendar: a day's margin
 DEFAULT_LOOKBACK: Final = 86400.0
 BUSY_PAUSE: Final = 1.0  # IMAP gives no back-off: the pause before a throttled command is tried again
+NEWER_UIDS: Final = 500  # UIDs above the highest seen that one poll's UID FETCH asks for (more: the next poll)
 FULL_SEARCH_EVERY: Final = 60.0  # seconds: a quiet folder is searched again at least this often anyway
 HEADER_FIELDS: Final = b"BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID X-MAILFLOW-PROBE RECEIVED)]"
 _HEADER_KEY: Final = b"BODY[HEADER.FIELDS (SUBJECT MESSAGE-ID X-MAILFLOW-PROBE RECEIVED)]"
@@ -156,6 +158,7 @@ class ImapMailbox:
         self._first_seen: dict[str, float] = {}
         self._watches: list[ImapWatch] = []
         self._searched_at: dict[str, float] = {}  # by mailbox name: when its last UID SEARCH began (monotonic)
+        self._marks: dict[str, tuple[int, int]] = {}  # by mailbox name: UIDVALIDITY and the highest UID looked at
 
     @property
     def name(self) -> str:
@@ -291,29 +294,58 @@ class ImapMailbox:
         recent = time.monotonic() - self._searched_at.get(name, float("-inf")) < FULL_SEARCH_EVERY
         return recent and any(watch.quiet(name) for watch in self._watches)
 
+    def _found_in(self, name: str) -> list[_Fetched]:
+        return [f for key, f in self._screened.items() if (parse_key(key) or (0, 0, ""))[2] == name]
+
     def _search_folder(self, folder: Folder, day: object) -> list[_Fetched]:
-        """Run the folder's one UID SEARCH (none when IDLE says it is unchanged); fetch the header fields of
-        matches not screened before."""
+        """Look for probes in one folder: nothing to send when IDLE says it is unchanged; else a NOOP, then a
+        UID FETCH of the UIDs above the highest seen, or (first, after a UIDVALIDITY change, and every minute)
+        the folder's UID SEARCH."""
         name = folder.imap_name
         if self._quiet(name):
-            return [f for key, f in self._screened.items() if (parse_key(key) or (0, 0, ""))[2] == name]
+            return self._found_in(name)
         for watch in self._watches:
             watch.searching(name)
+        client, validity = self._connections.selected(name)
+        client.noop()  # a session learns of new mail only as a command ends: this one, so what follows sees it
+        mark = self._marks.get(name)
+        if mark is None or mark[0] != validity or time.monotonic() - self._searched_at.get(name, 0.0) \
+                >= FULL_SEARCH_EVERY:
+            return self._full_search(client, validity, folder, day)
+        return self._newer(client, validity, mark[1], folder)
+
+    def _full_search(self, client: IMAPClient, validity: int, folder: Folder, day: object) -> list[_Fetched]:
+        """Run the folder's UID SEARCH; fetch the header fields of matches not screened before."""
+        name = folder.imap_name
         self._searched_at[name] = time.monotonic()
-        client, validity = self._connections.selected(folder.imap_name)
-        client.noop()  # a session learns of new mail only as a command ends: this one, so the search sees it
         uids = client.search([b"UNDELETED", b"SINCE", day, b"SUBJECT", probe_message.tag_search_prefix()])
-        keys = {uid: item_key(validity, uid, folder.imap_name) for uid in uids}
+        keys = {uid: item_key(validity, uid, name) for uid in uids}
         new = [uid for uid, key in keys.items() if key not in self._screened]
         if new:
             for uid, data in client.fetch(new, [b"INTERNALDATE", HEADER_FIELDS]).items():
                 if uid in keys:
                     self._screened[keys[uid]] = self._screen(keys[uid], folder, data)
         current = set(keys.values())
-        for stale in [k for k in self._screened if k not in current and (parse_key(k) or (0, 0, ""))[2]
-                      == folder.imap_name]:
-            del self._screened[stale]  # gone, or no longer matching: forget it
+        for stale in [k for k in self._found_in(name) if k.ref.key not in current]:
+            del self._screened[stale.ref.key]  # gone, or no longer matching: forget it
+        highest = self._marks.get(name, (validity, 0))[1] if self._marks.get(name, (0, 0))[0] == validity else 0
+        self._marks[name] = (validity, max([highest, *uids]))
         return [self._screened[key] for key in keys.values() if key in self._screened]
+
+    def _newer(self, client: IMAPClient, validity: int, highest: int, folder: Folder) -> list[_Fetched]:
+        """Fetch the header fields of every message above the highest UID seen; keep those the search would match."""
+        name = folder.imap_name
+        prefix = probe_message.tag_search_prefix().lower()
+        wanted = list(range(highest + 1, highest + 1 + NEWER_UIDS))  # IMAPClient takes no "n:*"; UIDs only grow
+        for uid, data in client.fetch(wanted, [b"FLAGS", b"INTERNALDATE", HEADER_FIELDS]).items():
+            highest = max(highest, uid)
+            key = item_key(validity, uid, name)
+            screened = self._screen(key, folder, data)
+            flags = data.get(b"FLAGS", ())
+            if prefix in screened.subject.lower() and _DELETED not in flags:
+                self._screened[key] = screened
+        self._marks[name] = (validity, highest)
+        return self._found_in(name)
 
     def _screen(self, key: str, folder: Folder, data: dict[bytes, object]) -> _Fetched:
         raw = data.get(_HEADER_KEY)
