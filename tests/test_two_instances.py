@@ -70,7 +70,7 @@ def write_instance(lab: Lab, folder: Path, name: str, *, key: Path, cleanup: str
 @contextlib.contextmanager
 def running(instances: list[Instance]) -> Iterator[None]:
     """Run each instance as its own ``mailflow-probe run`` process; SIGTERM them all at the end."""
-    processes = [start_process(i.config, i.port, i.log) for i in instances]
+    processes = [start_process(i.config, i.log, port=i.port) for i in instances]
     try:
         for instance, process in zip(instances, processes, strict=True):
             def ready(instance: Instance = instance, process: Any = process) -> bool:

@@ -1,4 +1,4 @@
-"""Faults on demand: what the lab's smart hosts and EWS endpoints should get wrong, and where.
+"""Faults on demand: what the lab's smart hosts and mailbox servers should get wrong, and where.
 
 The kinds of each target type are an enum; each member is one row: its name in the admin API and its
 parameters (required or with a default). A fault is checked against its row when it is posted, so a
@@ -79,8 +79,10 @@ class SmartHostFault(FaultKind):
     DISCLAIMER = "disclaimer"  # a transport rule: a disclaimer after the body
 
 
-class EwsFault(FaultKind):
-    """What a forest's EWS endpoint (target ``ews/FOREST``) can get wrong."""
+class MailboxFault(FaultKind):
+    """What a forest's mailbox server can get wrong: its EWS endpoint (target ``ews/FOREST``), its IMAP
+    server (``imap/FOREST``) or its Graph endpoint (``graph/FOREST``); each backend's lab part acts on them
+    in its own protocol's terms (probe.lab.imap_front, probe.lab.graph)."""
 
     UNAUTHORIZED = "unauthorized"
     SERVER_ERROR = "server_error"
@@ -90,7 +92,11 @@ class EwsFault(FaultKind):
     CLOCK_OFFSET = "clock_offset", SECONDS
 
 
-TARGET_TYPES: Final[dict[str, type[FaultKind]]] = {"smarthost": SmartHostFault, "ews": EwsFault}
+EwsFault = MailboxFault  # the name the EWS endpoint's code knows them by
+
+MAILBOX_TARGET_TYPES: Final = ("ews", "imap", "graph")
+TARGET_TYPES: Final[dict[str, type[FaultKind]]] = {"smarthost": SmartHostFault,
+                                                   **dict.fromkeys(MAILBOX_TARGET_TYPES, MailboxFault)}
 
 
 class FaultError(ValueError):
@@ -99,7 +105,8 @@ class FaultError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Fault:
-    """One fault: a target (``smarthost/NAME`` or ``ews/FOREST``), a kind, and its parameters."""
+    """One fault: a target (``smarthost/NAME``, or ``ews/FOREST``, ``imap/FOREST``, ``graph/FOREST``), a kind,
+    and its parameters."""
 
     target: str
     kind: FaultKind
@@ -112,7 +119,7 @@ class Fault:
 
     @property
     def target_type(self) -> str:
-        """Return ``smarthost`` or ``ews``."""
+        """Return ``smarthost``, ``ews``, ``imap`` or ``graph``."""
         return self.target.split("/", 1)[0]
 
     @property
@@ -144,9 +151,10 @@ def parse_fault(data: object) -> Fault:
 
 def _target(target: object) -> str:
     if not isinstance(target, str) or "/" not in target:
-        raise FaultError('target must be "smarthost/NAME" or "ews/FOREST"')
+        raise FaultError('target must be "smarthost/NAME", or "ews/FOREST", "imap/FOREST" or "graph/FOREST"')
     if target.split("/", 1)[0] not in TARGET_TYPES:
-        raise FaultError(f"unknown target type {target.split('/', 1)[0]!r}: use smarthost/NAME or ews/FOREST")
+        raise FaultError(f"unknown target type {target.split('/', 1)[0]!r}: use smarthost/NAME, or ews/FOREST, "
+                         "imap/FOREST or graph/FOREST")
     return target
 
 

@@ -49,7 +49,7 @@ class Sighting:
     probe_id: str
     tag: str
     mailbox: str
-    folder: MailboxFolder
+    folder: MailboxFolder | str  # neutral where there is one (IMAP: a plain mailbox keeps its own name)
     item: ItemRef
     message_id: str
     subject: str

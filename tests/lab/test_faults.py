@@ -91,3 +91,19 @@ def test_every_lookup_names_its_kind_by_enum_member() -> None:
                   if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                   and node.value.id in {"SmartHostFault", "EwsFault"})
     assert lookups >= 18
+
+
+def test_every_mailbox_backend_has_the_same_fault_kinds() -> None:
+    """ews/FOREST, imap/FOREST and graph/FOREST take the same kinds: each backend's lab part acts on all of them."""
+    assert TARGET_TYPES["ews"] is TARGET_TYPES["imap"] is TARGET_TYPES["graph"]
+
+
+def test_a_fault_for_a_backend_the_lab_does_not_run_is_refused(tmp_path: Path) -> None:
+    """In a lab serving its mailboxes over EWS, an imap/ or graph/ fault is refused, saying which target to use."""
+    from probe.lab import Lab
+
+    with Lab.start(tmp_path / "lab", smart_hosts_per_forest=1) as lab:
+        for target_type in ("imap", "graph"):
+            with pytest.raises(FaultError, match=f"over ews, not {target_type}: use ews/FOREST"):
+                lab.add_fault(target=f"{target_type}/contoso", kind="unreachable")
+        assert lab.add_fault(target="ews/contoso", kind="unreachable").target == "ews/contoso"
