@@ -6,6 +6,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,13 @@ import pytest
 
 from probe.check import CheckOptions, run_check
 from probe.config import ImapConfig, MailboxConfig, load_config
+from probe.dsn import DsnAction, read_report
 from probe.lab import Lab
 from probe.lab.imap_front import ImapFront, shift_internaldate
+from probe.lab.ndr import Notice, delay_notification, non_delivery_report
+from probe.mailbox.base import SearchResult
 from probe.mailbox.imap import ImapMailbox
-from probe.message import build_probe_message
+from probe.message import build_probe_message, make_tag
 from probe.secret import Secret
 from probe.vocabulary import MailboxFolder, MailboxReason, Verdict
 
@@ -373,3 +377,122 @@ def test_a_server_without_idle_is_polled(lab: Lab) -> None:
             mailbox.close()
     finally:
         front.stop()
+
+
+# -- delivery status reports: found by the same search as the probes, their content handed over raw ------------
+
+REPORT_TO = "mailflow.probe@contoso.test"
+
+
+def _report(probe_key: bytes = KEY, *, delayed: bool = False) -> tuple[str, bytes]:
+    """Return a probe id and an Exchange NDR (or delay notification) of its message, as if sent from this mailbox."""
+    original = build_probe_message(key=probe_key, route="fourthcoffee-to-contoso", smart_host="contoso-edge-1",
+                                   sender=MAILBOX, recipient=REPORT_TO)
+    now = datetime.now(UTC)
+    notice = Notice(status="4.4.7" if delayed else "5.1.1", recipient=REPORT_TO, sender=MAILBOX,
+                    postmaster="postmaster@contoso.test", reporting_mta="CONTOSO-MBX-1.contoso.test", arrival=now,
+                    when=now)
+    build = delay_notification if delayed else non_delivery_report
+    return original.probe_id, build(original.raw, notice)
+
+
+def reports_until(mailbox: ImapMailbox, reports_for: set[str], *, timeout: float = 10.0) -> SearchResult:
+    """Search until a report of each probe of ``reports_for`` is handed over (or the time is up)."""
+    end = time.monotonic() + timeout
+    while True:
+        result = mailbox.search(set(), reports_for=reports_for)
+        assert result.ok, result.error
+        if {r.probe_id for r in result.reports} == reports_for or time.monotonic() > end:
+            return result
+        time.sleep(0.1)
+
+
+def test_reports_come_from_the_probes_search_and_one_fetch_of_their_content(lab: Lab) -> None:
+    """A probe sent here and the NDR and delay notification of two probes bouncing here: the same UID SEARCH
+    finds all three; the reports' whole content costs one UID FETCH more, once (the next poll fetches nothing
+    again); probe.dsn reads them as failed and delayed; the probe is a sighting and no report is."""
+    probe_id = deliver_probe(lab)
+    bounced, ndr = _report()
+    delayed, notice = _report(delayed=True)
+    for raw in (ndr, notice):
+        lab.store.deliver(MAILBOX, raw)
+    warm = ImapMailbox(imap_config(lab), key=KEY)
+    try:
+        reports_until(warm, {bounced, delayed})  # all three are in Dovecot now
+    finally:
+        warm.close()
+    counts = []
+    for reports_for in (set(), {bounced, delayed}):  # the same search by two fresh mailboxes, without and with
+        mailbox = ImapMailbox(imap_config(lab), key=KEY)
+        try:
+            before = lab.stats.imap_commands("FETCH")
+            result = mailbox.search({probe_id}, reports_for=reports_for)
+            counts.append(lab.stats.imap_commands("FETCH") - before)
+            fetches = lab.stats.imap_commands("FETCH")
+            again = mailbox.search({probe_id}, reports_for=reports_for)
+            polled = lab.stats.imap_commands("FETCH") - fetches
+        finally:
+            mailbox.close()
+    assert counts[1] == counts[0] + 1
+    assert polled == 2  # the next poll: one UID FETCH of the newer UIDs per folder, none of the reports' content
+    assert [s.probe_id for s in result.sightings] == [probe_id]
+    assert sorted(r.probe_id for r in result.reports) == sorted([bounced, delayed])
+    assert sorted(r.probe_id for r in again.reports) == sorted([bounced, delayed])
+    actions = {r.probe_id: read_report(r.raw, key=KEY).report for r in result.reports}
+    assert {p: (a.action if a else None) for p, a in actions.items()} == {
+        bounced: DsnAction.FAILED, delayed: DsnAction.DELAYED}
+    report = next(r for r in result.reports if r.probe_id == bounced)
+    assert report.folder == MailboxFolder.INBOX
+    assert abs(report.received_local - time.time()) < 30
+
+
+def test_a_report_is_neither_a_probe_nor_wanted_unless_asked_for(lab: Lab) -> None:
+    """An NDR is never taken for the probe it names, and a search that asks for no reports returns none."""
+    bounced, ndr = _report()
+    lab.store.deliver(MAILBOX, ndr)
+    mailbox = ImapMailbox(imap_config(lab), key=KEY)
+    try:
+        reports_until(mailbox, {bounced})
+        result = mailbox.search({bounced})
+    finally:
+        mailbox.close()
+    assert result.ok, result.error
+    assert (result.sightings, result.reports) == ([], [])
+
+
+def test_a_report_whose_subject_tag_is_forged_is_counted_and_not_handed_over(lab: Lab) -> None:
+    """A report under another key's tag is forged: counted once, never handed over, left where it is."""
+    bounced, ndr = _report(b"o" * 32)
+    mailbox = ImapMailbox(imap_config(lab), key=KEY)
+    try:
+        before = mailbox.search(set()).forged
+        lab.store.deliver(MAILBOX, ndr)
+        end = time.monotonic() + 10
+        result = mailbox.search(set(), reports_for={bounced})
+        while result.forged == before and time.monotonic() < end:
+            time.sleep(0.1)
+            result = mailbox.search(set(), reports_for={bounced})
+    finally:
+        mailbox.close()
+    assert (result.reports, result.forged - before) == ([], 1)
+
+
+def test_verified_reports_are_cleaned_up_without_another_read(lab: Lab) -> None:
+    """A report this mailbox handed over (its subject's tag verified) is moved to Trash when asked, without a
+    FETCH; nothing else moves."""
+    bounced, ndr = _report()
+    lab.store.deliver(MAILBOX, ndr)
+    mailbox = ImapMailbox(imap_config(lab), key=KEY)
+    try:
+        [report] = reports_until(mailbox, {bounced}).reports
+        fetches = lab.stats.imap_commands("FETCH")
+        cleaned = mailbox.cleanup([report.item])
+        assert lab.stats.imap_commands("FETCH") == fetches
+        trash = mailbox._connections.selected("Trash")[0]
+        subjects = [data[b"ENVELOPE"].subject.decode() for data in
+                    trash.fetch(trash.search(["SUBJECT", "Undeliverable"]), ["ENVELOPE"]).values()]
+        assert mailbox.search(set(), reports_for={bounced}).reports == []
+    finally:
+        mailbox.close()
+    assert (cleaned.ok, cleaned.deleted) == (True, 1)
+    assert [s for s in subjects if make_tag(KEY, bounced).text in s]

@@ -7,10 +7,13 @@ is a ``UID SEARCH UNDELETED SINCE <day> SUBJECT MFP-`` instead, with a fetch of 
 before. A folder that IDLE has watched without a word since its last search costs nothing (at most a
 minute). The receipt stamp is the message's INTERNALDATE (whole seconds); the server clock's offset is
 measured from the INTERNALDATE of a small message the probe APPENDs (flagged ``\\Deleted``) and removes by
-UID EXPUNGE. Cleanup is UID MOVE to the trash mailbox, or ``\\Deleted`` + UID EXPUNGE of exactly the
-probes' UIDs (UIDPLUS), of items whose tag this mailbox verified itself (others are fetched and verified
-first). A connection that fails is reopened once per operation; the watch reopens its own with a growing
-pause.
+UID EXPUNGE. The same search covers the delivery status reports of the probes whose NDRs come back here
+(``reports_for``): an NDR's subject is ``Undeliverable: <the probe's subject>``, its ``Content-Type``
+``multipart/report``; the whole message (``BODY.PEEK[]``, up to probe.dsn's limit) is fetched once per
+report, in one UID FETCH per folder, and handed over raw for probe.dsn to read. Cleanup is UID MOVE to the
+trash mailbox, or ``\\Deleted`` + UID EXPUNGE of exactly the probes' UIDs (UIDPLUS), of items whose tag
+this mailbox verified itself (others are fetched and verified first). A connection that fails is reopened
+once per operation; the watch reopens its own with a growing pause.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from imapclient import IMAPClient
 
 from probe import message as probe_message
 from probe.config import MailboxConfig
+from probe.dsn import MAX_BYTES as REPORT_BYTES
 from probe.local_faults import local_fault
-from probe.mailbox.base import CleanupResult, ItemRef, SearchResult, Sighting
+from probe.mailbox.base import CleanupResult, ItemRef, ReportCandidate, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
 from probe.mailbox.imap_session import (
     Folder,
@@ -58,8 +62,12 @@ DEFAULT_LOOKBACK: Final = 86400.0
 BUSY_PAUSE: Final = 1.0  # IMAP gives no back-off: the pause before a throttled command is tried again
 NEWER_UIDS: Final = 500  # UIDs above the highest seen that one poll's UID FETCH asks for (more: the next poll)
 FULL_SEARCH_EVERY: Final = 60.0  # seconds: a quiet folder is searched again at least this often anyway
-HEADER_FIELDS: Final = b"BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID X-MAILFLOW-PROBE RECEIVED)]"
-_HEADER_KEY: Final = b"BODY[HEADER.FIELDS (SUBJECT MESSAGE-ID X-MAILFLOW-PROBE RECEIVED)]"
+HEADER_FIELDS: Final = b"BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID X-MAILFLOW-PROBE RECEIVED CONTENT-TYPE)]"
+_HEADER_KEY: Final = b"BODY[HEADER.FIELDS (SUBJECT MESSAGE-ID X-MAILFLOW-PROBE RECEIVED CONTENT-TYPE)]"
+WHOLE: Final = f"BODY.PEEK[]<0.{REPORT_BYTES}>".encode()  # a report's raw content, as far as probe.dsn reads
+_WHOLE_KEY: Final = b"BODY[]<0>"
+MAX_REPORTS_KEPT: Final = 1000  # raw reports kept between polls (a delay notification is looked at until decided)
+_REPORT_TYPE: Final = re.compile(r"^\s*multipart/report\b", re.IGNORECASE)
 _DELETED: Final = b"\\Deleted"
 _SEEN: Final = b"\\Seen"
 _APPENDUID: Final = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
@@ -81,6 +89,7 @@ class _Fetched:
     headers: tuple[tuple[str, str], ...]
     probe_id: str | None  # its tag verifies (subject and header); None for foreign or forged mail
     forged: bool  # a tag-shaped subject whose MAC does not verify
+    report: bool = False  # a delivery status report (Content-Type multipart/report): never a sighting
 
 
 def item_key(uidvalidity: int, uid: int, folder: str) -> str:
@@ -159,6 +168,7 @@ class ImapMailbox:
         self._watches: list[ImapWatch] = []
         self._searched_at: dict[str, float] = {}  # by mailbox name: when its last UID SEARCH began (monotonic)
         self._marks: dict[str, tuple[int, int]] = {}  # by mailbox name: UIDVALIDITY and the highest UID looked at
+        self._raw: dict[str, bytes] = {}  # by item key: the raw content of reports fetched, until cleaned up
 
     @property
     def name(self) -> str:
@@ -250,22 +260,27 @@ class ImapMailbox:
 
     # -- search -------------------------------------------------------------------------------------
 
-    def search(self, probe_ids: Collection[str], *, since: float | None = None,
-               deadline: float | None = None) -> SearchResult:
-        """Find the probes in flight with one UID SEARCH per folder; never raise."""
+    def search(self, probe_ids: Collection[str], *, since: float | None = None, deadline: float | None = None,
+               reports_for: Collection[str] = ()) -> SearchResult:
+        """Find the probes in flight (and the reports about ``reports_for``) with one UID SEARCH or FETCH per
+        folder, and one UID FETCH per folder of the reports' content not fetched before; never raise."""
         started = time.time()
         deadline = deadline if deadline is not None else started + 2 * self._imap.timeout
         since = since if since is not None else started - DEFAULT_LOOKBACK
+        wanted_reports = set(reports_for)
         try:
             with self._busy:
                 found = self._attempt(lambda: self._search_all(since), deadline)
+                reports = [f for f in found if f.report and f.probe_id in wanted_reports]
+                self._attempt(lambda: self._fetch_raw(reports), deadline)
             seen_at = time.time()
             sightings = self._sightings(found, set(probe_ids), seen_at)
+            candidates = self._report_candidates(reports, seen_at)
         except Exception as exc:  # a failed search is a result, never a raise
             return self._failed(started, exc)
         estimate = self.clock.estimate()
         return SearchResult(
-            ok=True, started_at=started, finished_at=time.time(), sightings=sightings,
+            ok=True, started_at=started, finished_at=time.time(), sightings=sightings, reports=candidates,
             foreign_skipped=sum(1 for f in found if f.probe_id is None and not f.forged),
             forged=sum(1 for f in found if f.forged),
             clock_offset=None if estimate is None else estimate.offset,
@@ -328,6 +343,7 @@ class ImapMailbox:
         current = set(keys.values())
         for stale in [k for k in self._found_in(name) if k.ref.key not in current]:
             del self._screened[stale.ref.key]  # gone, or no longer matching: forget it
+            self._raw.pop(stale.ref.key, None)
         highest = self._marks.get(name, (validity, 0))[1] if self._marks.get(name, (0, 0))[0] == validity else 0
         self._marks[name] = (validity, max([highest, *uids]))
         return [self._screened[key] for key in keys.values() if key in self._screened]
@@ -347,6 +363,38 @@ class ImapMailbox:
         self._marks[name] = (validity, highest)
         return self._found_in(name)
 
+    def _fetch_raw(self, reports: Sequence[_Fetched]) -> None:
+        """Fetch the raw content of the reports not fetched before: one UID FETCH per folder."""
+        by_folder: dict[str, list[int]] = {}
+        for item in reports:
+            parsed = parse_key(item.ref.key)
+            if parsed is not None and item.ref.key not in self._raw:
+                by_folder.setdefault(parsed[2], []).append(parsed[1])
+        for name, uids in by_folder.items():
+            client, validity = self._connections.selected(name)
+            for uid, data in client.fetch(uids, [WHOLE]).items():
+                raw = data.get(_WHOLE_KEY)
+                if isinstance(raw, bytes):
+                    self._raw[item_key(validity, uid, name)] = raw
+        while len(self._raw) > MAX_REPORTS_KEPT:  # the oldest go first; they are fetched again if still wanted
+            del self._raw[next(iter(self._raw))]
+
+    def _report_candidates(self, reports: Sequence[_Fetched], seen_at: float) -> list[ReportCandidate]:
+        """Return the reports' raw content with their arrival, for probe.dsn to read (never parsed here)."""
+        estimate = self.clock.estimate()
+        candidates = []
+        for item in reports:
+            raw = self._raw.get(item.ref.key)
+            if raw is None or item.received is None or item.probe_id is None:
+                continue
+            first_seen = self._first_seen.setdefault(item.ref.key, seen_at)
+            arrival = local_arrival(received_server=item.received.timestamp(), precise=False,
+                                    first_seen_local=first_seen, offset=estimate)
+            candidates.append(ReportCandidate(
+                probe_id=item.probe_id, mailbox=self.name, folder=item.folder.reported, item=item.ref, raw=raw,
+                received_server=item.received, received_local=arrival.at, first_seen_local=first_seen))
+        return candidates
+
     def _screen(self, key: str, folder: Folder, data: dict[bytes, object]) -> _Fetched:
         raw = data.get(_HEADER_KEY)
         headers = tuple(header_pairs(raw)) if isinstance(raw, bytes) else ()
@@ -360,14 +408,15 @@ class ImapMailbox:
             received=received.astimezone(UTC) if isinstance(received, datetime) and received.tzinfo else None,
             message_id=next((v.strip() for k, v in headers if k.lower() == "message-id"), ""),
             probe_id=genuine, forged=forged or (tag is not None and genuine is None),
+            report=any(k.lower() == "content-type" and _REPORT_TYPE.match(v) for k, v in headers),
         )
 
     def _sightings(self, found: Sequence[_Fetched], wanted: set[str], seen_at: float) -> list[Sighting]:
         estimate = self.clock.estimate()
         sightings = []
         for item in found:
-            if item.probe_id is None or item.probe_id not in wanted or item.received is None:
-                continue
+            if item.probe_id is None or item.probe_id not in wanted or item.received is None or item.report:
+                continue  # a report names its probe in its subject, but is not the probe
             first_seen = self._first_seen.setdefault(item.ref.key, seen_at)
             arrival = local_arrival(received_server=item.received.timestamp(), precise=False,
                                     first_seen_local=first_seen, offset=estimate)
@@ -449,6 +498,7 @@ class ImapMailbox:
             for ref, _uid in genuine:
                 self._screened.pop(ref.key, None)
                 self._first_seen.pop(ref.key, None)
+                self._raw.pop(ref.key, None)
         return len(genuine), refused, gone
 
     def _genuine(self, ref: ItemRef) -> bool:
