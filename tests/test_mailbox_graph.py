@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,13 @@ import pytest
 
 from probe.check import CheckOptions, run_check
 from probe.config import GraphConfig, MailboxConfig, load_config
+from probe.dsn import DsnAction, read_report
 from probe.lab import Lab
+from probe.lab.ndr import Notice, delay_notification, non_delivery_report
 from probe.mailbox.graph import GraphMailbox
 from probe.message import build_probe_message
 from probe.secret import Secret
-from probe.vocabulary import MailboxReason, Verdict
+from probe.vocabulary import MailboxFolder, MailboxReason, Verdict
 
 MAILBOX = "mailflow.probe@fourthcoffee.test"
 ROUTE = "contoso-to-fourthcoffee"
@@ -348,3 +351,122 @@ def test_pages_are_followed_by_next_link(lab: Lab, monkeypatch: pytest.MonkeyPat
     assert found == ids
     assert held[0] >= 25
     assert pages == sum(max(1, -(-count // 10)) for count in held)
+
+
+# -- delivery status reports: found by the same listings as the probes, their content handed over raw ----------
+
+REPORT_TO = "mailflow.probe@contoso.test"
+
+
+def _report(probe_key: bytes = KEY, *, delayed: bool = False) -> tuple[str, bytes]:
+    """Return a probe id and an Exchange NDR (or delay notification) of its message, as if sent from this mailbox."""
+    original = build_probe_message(key=probe_key, route="fourthcoffee-to-contoso", smart_host="contoso-edge-1",
+                                   sender=MAILBOX, recipient=REPORT_TO)
+    now = datetime.now(UTC)
+    notice = Notice(status="4.4.7" if delayed else "5.1.1", recipient=REPORT_TO, sender=MAILBOX,
+                    postmaster="postmaster@contoso.test", reporting_mta="CONTOSO-MBX-1.contoso.test", arrival=now,
+                    when=now)
+    build = delay_notification if delayed else non_delivery_report
+    return original.probe_id, build(original.raw, notice)
+
+
+def test_reports_come_from_the_probes_listings_and_one_read_of_their_content(lab: Lab) -> None:
+    """A probe sent here and the NDR and delay notification of two probes bouncing here: one listing per folder
+    finds all three (the message class comes with them), each report's MIME content is read once ($value; the
+    next search reads none again); probe.dsn reads them as failed and delayed; the probe is a sighting and no
+    report is."""
+    probe_id = deliver_probe(lab)
+    bounced, ndr = _report()
+    delayed, notice = _report(delayed=True)
+    for raw in (ndr, notice):
+        lab.store.deliver(MAILBOX, raw)
+    mailbox = GraphMailbox(graph_config(lab), key=KEY)
+    try:
+        lists, reads = lab.stats.graph_requests("listMessages"), lab.stats.graph_requests("getMessageContent")
+        result = mailbox.search({probe_id}, reports_for={bounced, delayed})
+        first = (lab.stats.graph_requests("listMessages") - lists,
+                 lab.stats.graph_requests("getMessageContent") - reads)
+        again = mailbox.search({probe_id}, reports_for={bounced, delayed})
+        second = (lab.stats.graph_requests("listMessages") - lists,
+                  lab.stats.graph_requests("getMessageContent") - reads)
+    finally:
+        mailbox.close()
+    assert result.ok, result.error
+    assert (first, second) == ((2, 2), (4, 2))
+    assert [s.probe_id for s in result.sightings] == [probe_id]
+    assert sorted(r.probe_id for r in result.reports) == sorted([bounced, delayed])
+    assert sorted(r.probe_id for r in again.reports) == sorted([bounced, delayed])
+    actions = {r.probe_id: read_report(r.raw, key=KEY).report for r in result.reports}
+    assert {p: (a.action if a else None) for p, a in actions.items()} == {
+        bounced: DsnAction.FAILED, delayed: DsnAction.DELAYED}
+    report = next(r for r in result.reports if r.probe_id == bounced)
+    assert report.folder == MailboxFolder.INBOX
+    assert abs(report.received_local - time.time()) < 30
+
+
+def test_a_report_is_neither_a_probe_nor_wanted_unless_asked_for(lab: Lab) -> None:
+    """An NDR is never taken for the probe it names, and a search that asks for no reports reads no content."""
+    bounced, ndr = _report()
+    lab.store.deliver(MAILBOX, ndr)
+    mailbox = GraphMailbox(graph_config(lab), key=KEY)
+    try:
+        reads = lab.stats.graph_requests("getMessageContent")
+        result = mailbox.search({bounced})
+    finally:
+        mailbox.close()
+    assert result.ok, result.error
+    assert (result.sightings, result.reports) == ([], [])
+    assert lab.stats.graph_requests("getMessageContent") == reads
+
+
+def test_a_report_whose_subject_tag_is_forged_is_counted_and_not_read(lab: Lab) -> None:
+    """A report under another key's tag is forged: counted once, its content never read, never handed over."""
+    bounced, ndr = _report(b"o" * 32)
+    mailbox = GraphMailbox(graph_config(lab), key=KEY)
+    try:
+        before = mailbox.search(set()).forged
+        lab.store.deliver(MAILBOX, ndr)
+        reads = lab.stats.graph_requests("getMessageContent")
+        result = mailbox.search(set(), reports_for={bounced})
+    finally:
+        mailbox.close()
+    assert (result.reports, result.forged - before) == ([], 1)
+    assert lab.stats.graph_requests("getMessageContent") == reads
+
+
+def test_verified_reports_are_cleaned_up_without_another_read(lab: Lab) -> None:
+    """A report this mailbox handed over (its subject's tag verified) is moved to Deleted Items when asked, in a
+    batch that reads nothing first."""
+    bounced, ndr = _report()
+    item = lab.store.deliver(MAILBOX, ndr)
+    mailbox = GraphMailbox(graph_config(lab), key=KEY)
+    try:
+        [report] = mailbox.search(set(), reports_for={bounced}).reports
+        gets = lab.stats.graph_requests("batched getMessage")
+        cleaned = mailbox.cleanup([report.item])
+    finally:
+        mailbox.close()
+    assert (cleaned.ok, cleaned.deleted) == (True, 1)
+    assert lab.stats.graph_requests("batched getMessage") == gets
+    assert item.message_id in {i.message_id for i in lab.store.items(MAILBOX, ["deleteditems"])}
+
+
+def test_the_message_class_and_mime_content_are_served_as_graph_documents_them(lab: Lab) -> None:
+    """The lab's endpoint: $expand of the message class (String 0x001A) shows it as String 0x1a, an NDR's
+    REPORT.IPM.Note.NDR; another $expand is refused; $value answers the MIME content as text/plain."""
+    _bounced, ndr = _report()
+    item = lab.store.deliver(MAILBOX, ndr)
+    token = token_for(lab)
+    rest = item.item_id.replace("/", "-").replace("+", "_")
+    expand = urllib.parse.quote("singleValueExtendedProperties($filter=id eq 'String 0x001A')")
+    status, _headers, body = call(lab, f"/v1.0/users/{MAILBOX}/messages/{rest}?$select=subject&$expand={expand}",
+                                  token=token)
+    assert status == 200
+    assert body["singleValueExtendedProperties"] == [{"id": "String 0x1a", "value": "REPORT.IPM.Note.NDR"}]
+    status, _headers, body = call(lab, f"/v1.0/users/{MAILBOX}/messages/{rest}?$expand=attachments", token=token)
+    assert (status, body["error"]["code"]) == (400, "BadRequest")
+    request = urllib.request.Request(f"{app(lab).url}/v1.0/users/{MAILBOX}/messages/{rest}/$value",  # noqa: S310
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, context=lab.ca.client_context(), timeout=10) as reply:  # noqa: S310
+        assert reply.headers.get_content_type() == "text/plain"
+        assert reply.read() == item.raw

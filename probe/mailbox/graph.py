@@ -5,7 +5,11 @@ flight was sent (``$filter=receivedDateTime ge ...``), only the fields the probe
 thousand a page, more pages by ``@odata.nextLink``. Delta queries were weighed: they also cost one request
 per folder per poll, and their first round pages through the whole folder, so they save no requests here.
 The receipt stamp is ``receivedDateTime`` (whole seconds); the server clock's offset comes from the HTTP
-Date of every response, narrowed by timed requests. ``429`` and ``503`` are retried after their
+Date of every response, narrowed by timed requests. The same listings cover the delivery status reports of
+the probes whose NDRs come back here (``reports_for``): each listed message comes with its message class
+(``$expand`` of the extended property ``String 0x001A``, ``REPORT.IPM.Note.NDR`` for an NDR, as EWS's item
+class); a report's MIME content (``/messages/{id}/$value``) is read once, one request per report, and
+handed over raw for probe.dsn. ``429`` and ``503`` are retried after their
 ``Retry-After``, a bounded number of times; a ``401`` gets one fresh token. Cleanup acts on verified probes
 twenty at a time in JSON batches (``$batch``): move to deleteditems, DELETE, or permanentDelete. There is
 no push: a probe behind a firewall cannot take Graph's webhooks, so the mailbox is polled.
@@ -31,7 +35,7 @@ import requests.adapters
 from probe import message as probe_message
 from probe.config import GraphConfig, MailboxConfig
 from probe.local_faults import local_fault
-from probe.mailbox.base import CleanupResult, ItemRef, SearchResult, Sighting
+from probe.mailbox.base import CleanupResult, ItemRef, ReportCandidate, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
 from probe.mailbox.graph_auth import GraphAuthError, GraphTokens
 from probe.mailbox.received import parse_received as parse_hops
@@ -48,6 +52,9 @@ BATCH_SIZE: Final = 20  # Graph's limit of requests in one $batch
 SEARCH_MARGIN: Final = 300.0
 DEFAULT_LOOKBACK: Final = 86400.0
 SELECT: Final = "id,subject,receivedDateTime,internetMessageId,internetMessageHeaders"
+EXPAND: Final = "singleValueExtendedProperties($filter=id eq 'String 0x001A')"  # PidTagMessageClass
+_REPORT_CLASS: Final = "REPORT."  # the message classes of delivery status reports (REPORT.IPM.Note.NDR, ...)
+MAX_REPORTS_KEPT: Final = 1000  # raw reports kept between polls (a delay notification is looked at until decided)
 _ACTIONS: Final = {  # cleanup mode -> (method, path after the message, body)
     "move_to_deleted_items": ("POST", "/move", {"destinationId": "deleteditems"}),
     "soft_delete": ("DELETE", "", None),
@@ -183,6 +190,15 @@ class _Message:
     headers: tuple[tuple[str, str], ...]
     probe_id: str | None
     forged: bool
+    report: bool = False  # a delivery status report (its message class): never a sighting
+
+
+def _message_class(item: dict[str, Any]) -> str:
+    """Return a listed message's class from its expanded extended properties ("" when absent)."""
+    for prop in item.get("singleValueExtendedProperties") or []:
+        if isinstance(prop, dict) and re.fullmatch(r"string\s+0x0*1a", str(prop.get("id", "")).strip().lower()):
+            return str(prop.get("value") or "")
+    return ""
 
 
 class _NoPush:
@@ -214,6 +230,7 @@ class GraphMailbox:
         self._user = f"/users/{quote(config.address, safe='@')}"
         self._first_seen: dict[str, float] = {}
         self._verified: set[str] = set()
+        self._raw: dict[str, bytes] = {}  # by message id: the MIME content of reports read, until cleaned up
         self._lock = threading.Lock()
 
     @property
@@ -224,11 +241,11 @@ class GraphMailbox:
     # -- requests ---------------------------------------------------------------------------------------
 
     def _request(self, method: str, url: str, *, deadline: float, params: dict[str, str] | None = None,
-                 body: object = None) -> requests.Response:
+                 body: object = None, accept: str = "application/json") -> requests.Response:
         """Send one request with the app's token; honour Retry-After and renew a refused token, boundedly."""
         refreshed = False
         for attempt in range(1, MAX_TRIES + 1):
-            headers = {"Authorization": f"Bearer {self._tokens.token()}", "Accept": "application/json"}
+            headers = {"Authorization": f"Bearer {self._tokens.token()}", "Accept": accept}
             response = self._session.request(method, url, params=params, json=body, headers=headers)
             if response.status_code == 401 and not refreshed:
                 self._tokens.drop()
@@ -288,20 +305,26 @@ class GraphMailbox:
 
     # -- search -------------------------------------------------------------------------------------------
 
-    def search(self, probe_ids: Collection[str], *, since: float | None = None,
-               deadline: float | None = None) -> SearchResult:
-        """Find the probes in flight with one request per folder (more only past a thousand messages); never raise."""
+    def search(self, probe_ids: Collection[str], *, since: float | None = None, deadline: float | None = None,
+               reports_for: Collection[str] = ()) -> SearchResult:
+        """Find the probes in flight (and the reports about ``reports_for``) with one request per folder (more only
+        past a thousand messages), and one per report not read before; never raise."""
         started = time.time()
         deadline = deadline if deadline is not None else started + 2 * self._graph.timeout
         since = since if since is not None else started - DEFAULT_LOOKBACK
+        wanted_reports = set(reports_for)
         try:
             found = [m for folder in self._config.folders for m in self._list(folder, since, deadline)]
-            sightings = self._sightings(found, set(probe_ids), time.time())
+            reports = [m for m in found if m.report and m.probe_id in wanted_reports]
+            self._read_raw(reports, deadline)
+            seen_at = time.time()
+            sightings = self._sightings(found, set(probe_ids), seen_at)
+            candidates = self._report_candidates(reports, seen_at)
         except Exception as exc:  # a failed search is a result, never a raise
             return self._failed(started, exc)
         estimate = self.clock.estimate()
         return SearchResult(
-            ok=True, started_at=started, finished_at=time.time(), sightings=sightings,
+            ok=True, started_at=started, finished_at=time.time(), sightings=sightings, reports=candidates,
             foreign_skipped=sum(1 for m in found if m.probe_id is None and not m.forged),
             forged=sum(1 for m in found if m.forged),
             clock_offset=None if estimate is None else estimate.offset,
@@ -321,7 +344,7 @@ class GraphMailbox:
         stamp = datetime.fromtimestamp(floor, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         url: str | None = f"{self._root}{self._user}/mailFolders/{folder}/messages"
         params: dict[str, str] | None = {"$filter": f"receivedDateTime ge {stamp}", "$select": SELECT,
-                                         "$top": str(PAGE_SIZE)}
+                                         "$expand": EXPAND, "$top": str(PAGE_SIZE)}
         for _page in range(MAX_PAGES):
             if url is None:
                 return
@@ -340,14 +363,45 @@ class GraphMailbox:
         return _Message(ref=ItemRef(str(item.get("id", ""))), folder=folder, subject=subject, headers=headers,
                         received=parse_received(str(item.get("receivedDateTime") or "")),
                         message_id=str(item.get("internetMessageId") or "").strip(), probe_id=genuine,
-                        forged=forged or (tag is not None and genuine is None))
+                        forged=forged or (tag is not None and genuine is None),
+                        report=_message_class(item).upper().startswith(_REPORT_CLASS))
+
+    def _read_raw(self, reports: Sequence[_Message], deadline: float) -> None:
+        """Read the MIME content of the reports not read before: one request each."""
+        for m in reports:
+            if m.ref.key not in self._raw:
+                url = f"{self._root}{self._user}/messages/{quote(m.ref.key, safe='')}/$value"
+                content = self._request("GET", url, deadline=deadline, accept="*/*").content
+                with self._lock:
+                    self._raw[m.ref.key] = content
+        with self._lock:
+            while len(self._raw) > MAX_REPORTS_KEPT:  # the oldest go first; they are read again if still wanted
+                del self._raw[next(iter(self._raw))]
+
+    def _report_candidates(self, reports: Sequence[_Message], seen_at: float) -> list[ReportCandidate]:
+        """Return the reports' raw content with their arrival, for probe.dsn to read (never parsed here)."""
+        estimate = self.clock.estimate()
+        candidates = []
+        for m in reports:
+            raw = self._raw.get(m.ref.key)
+            if raw is None or m.received is None or m.probe_id is None:
+                continue
+            with self._lock:
+                first_seen = self._first_seen.setdefault(m.ref.key, seen_at)
+                self._verified.add(m.ref.key)  # its subject's tag verifies: a cleanup needs no second look
+            arrival = local_arrival(received_server=m.received[0].timestamp(), precise=m.received[1],
+                                    first_seen_local=first_seen, offset=estimate)
+            candidates.append(ReportCandidate(
+                probe_id=m.probe_id, mailbox=self.name, folder=m.folder, item=m.ref, raw=raw,
+                received_server=m.received[0], received_local=arrival.at, first_seen_local=first_seen))
+        return candidates
 
     def _sightings(self, found: Sequence[_Message], wanted: set[str], seen_at: float) -> list[Sighting]:
         estimate = self.clock.estimate()
         sightings = []
         for m in found:
-            if m.probe_id is None or m.probe_id not in wanted or m.received is None:
-                continue
+            if m.probe_id is None or m.probe_id not in wanted or m.received is None or m.report:
+                continue  # a report names its probe in its subject, but is not the probe
             with self._lock:
                 first_seen = self._first_seen.setdefault(m.ref.key, seen_at)
                 self._verified.add(m.ref.key)
@@ -384,6 +438,7 @@ class GraphMailbox:
             for ref in (*deleted, *gone, *missing):
                 self._verified.discard(ref.key)
                 self._first_seen.pop(ref.key, None)
+                self._raw.pop(ref.key, None)
         return CleanupResult(ok=True, deleted=len(deleted), missing=len(gone) + len(missing),
                              refused=len(items) - len(verified) - len(missing), gone=(*deleted, *gone, *missing))
 

@@ -4,7 +4,9 @@ What Microsoft documents for listing messages, and the lab does: ``$filter`` on 
 (``ge gt le lt eq``, joined by ``and``); ``$orderby`` only on properties that the ``$filter`` names first and
 in the same order, else ``400 InefficientFilter`` ("The restriction or sort order is too complex for this
 operation."); ``$select`` of known properties (``internetMessageHeaders`` only when selected);
-``$top`` 1 to 1000 (default 10), further pages by ``@odata.nextLink``; ``receivedDateTime`` in whole seconds.
+``$top`` 1 to 1000 (default 10), further pages by ``@odata.nextLink``; ``receivedDateTime`` in whole seconds;
+``$expand`` of one single-value extended property, the message class (``PidTagMessageClass``,
+``String 0x001A``: ``IPM.Note``, an NDR's ``REPORT.IPM.Note.NDR``), shown as Graph shows it (``String 0x1a``).
 Ids are the store's EWS ids in their REST form (``/`` and ``+`` as ``-`` and ``_``); a moved message
 gets a new one.
 """
@@ -29,6 +31,9 @@ KNOWN_FIELDS: Final = frozenset({*DEFAULT_FIELDS, "internetMessageHeaders", "cre
                                  "lastModifiedDateTime"})
 _CLAUSE: Final = re.compile(r"\s*(\w+)\s+(ge|gt|le|lt|eq)\s+(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)\s*", re.I)
 _ORDER: Final = re.compile(r"\s*(\w+)(?:\s+(asc|desc))?\s*", re.I)
+_EXPAND_CLASS: Final = re.compile(r"\s*singleValueExtendedProperties\(\s*\$filter\s*=\s*id\s+eq\s+"
+                                  r"'String\s+0x0*1a'\s*\)\s*", re.I)
+MESSAGE_CLASS_ID: Final = "String 0x1a"  # how Graph names PidTagMessageClass back
 
 
 class GraphRequestError(Exception):
@@ -113,6 +118,15 @@ def parse_select(text: str | None) -> tuple[str, ...]:
     return ("id", *[f for f in fields if f != "id"])
 
 
+def parse_expand(text: str | None) -> bool:
+    """Read ``$expand``: only the message class extended property is known here; say whether it is asked for."""
+    if not text:
+        return False
+    if _EXPAND_CLASS.fullmatch(text) is None:
+        raise GraphRequestError(400, "BadRequest", f"Parsing OData Select and Expand failed: {text.strip()[:80]}")
+    return True
+
+
 def parse_int(text: str | None, *, name: str, default: int, high: int) -> int:
     """Read ``$top`` or ``$skip``."""
     if text is None:
@@ -129,8 +143,8 @@ def _matches(item: StoredItem, clauses: Sequence[Clause]) -> bool:
     return all(tests[c.op](c.value) for c in clauses)
 
 
-def message_json(item: StoredItem, fields: Sequence[str]) -> dict[str, Any]:
-    """Return a message as Graph shows it, with ``fields`` only."""
+def message_json(item: StoredItem, fields: Sequence[str], *, message_class: bool = False) -> dict[str, Any]:
+    """Return a message as Graph shows it, with ``fields`` only (and its message class when expanded)."""
     whole = {
         "id": rest_id(item.item_id), "receivedDateTime": graph_time(item.received),
         "createdDateTime": graph_time(item.received), "lastModifiedDateTime": graph_time(item.received),
@@ -140,7 +154,10 @@ def message_json(item: StoredItem, fields: Sequence[str]) -> dict[str, Any]:
                                                               "")}},
         "internetMessageHeaders": [{"name": k, "value": v} for k, v in item.headers],
     }
-    return {"@odata.etag": f'W/"{item.change_key}"', **{name: whole[name] for name in fields}}
+    shown = {"@odata.etag": f'W/"{item.change_key}"', **{name: whole[name] for name in fields}}
+    if message_class:
+        shown["singleValueExtendedProperties"] = [{"id": MESSAGE_CLASS_ID, "value": item.item_class}]
+    return shown
 
 
 def list_page(items: Sequence[StoredItem], query: dict[str, str], *, url: str) -> dict[str, Any]:
@@ -148,11 +165,12 @@ def list_page(items: Sequence[StoredItem], query: dict[str, str], *, url: str) -
     clauses = parse_filter(query.get("$filter"))
     order = parse_orderby(query.get("$orderby"), clauses)
     fields = parse_select(query.get("$select"))
+    expand = parse_expand(query.get("$expand"))
     top = parse_int(query.get("$top"), name="$top", default=DEFAULT_TOP, high=MAX_TOP) or DEFAULT_TOP
     skip = parse_int(query.get("$skip"), name="$skip", default=0, high=10**9)
     chosen = [i for i in items if _matches(i, clauses)]
     chosen.sort(key=lambda i: i.received, reverse=not order or order[0][1])  # newest first unless asked
-    page: dict[str, Any] = {"value": [message_json(i, fields) for i in chosen[skip:skip + top]]}
+    page: dict[str, Any] = {"value": [message_json(i, fields, message_class=expand) for i in chosen[skip:skip + top]]}
     if skip + top < len(chosen):
         page["@odata.nextLink"] = f"{url}?{urlencode({**query, '$skip': str(skip + top)})}"
     return page

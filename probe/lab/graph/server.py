@@ -6,11 +6,13 @@ refuses every token (``401 InvalidAuthenticationToken``) and every credential at
 (``401 invalid_client``); ``server_error`` answers ``500``; ``server_busy`` answers ``429`` with
 ``Retry-After`` (whole seconds, at least 1); ``clock_offset`` moves the Date header and the store's stamps.
 Requests are counted per operation in the lab's stats (``GET /stats``, key ``graph``); the calls inside a
-``$batch`` as ``batched OPERATION``, apart from the HTTP requests.
+``$batch`` as ``batched OPERATION``, apart from the HTTP requests. A message's MIME content
+(``/messages/{id}/$value``) is answered as Graph does, ``text/plain``; in a ``$batch``, base64 in the body.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import json
@@ -27,7 +29,15 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from probe.lab.faults import Fault, FaultRegistry, MailboxFault
-from probe.lab.graph.messages import FOLDERS, GraphRequestError, list_page, message_json, parse_select, store_id
+from probe.lab.graph.messages import (
+    FOLDERS,
+    GraphRequestError,
+    list_page,
+    message_json,
+    parse_expand,
+    parse_select,
+    store_id,
+)
 from probe.lab.graph.tokens import Tenant, TokenRefused
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore, StoredItem
@@ -147,7 +157,10 @@ class GraphServer:
 
     def _act(self, operation: str, item: StoredItem, query: dict[str, str], body: object) -> tuple[int, Any]:
         if operation == "getMessage":
-            return 200, message_json(item, parse_select(query.get("$select")))
+            return 200, message_json(item, parse_select(query.get("$select")),
+                                     message_class=parse_expand(query.get("$expand")))
+        if operation == "getMessageContent":
+            return 200, item.raw
         if operation == "deleteMessage":
             self.store.delete(item.item_id, "SoftDelete")
             return 204, None
@@ -176,6 +189,9 @@ class GraphServer:
         url = urlsplit("/v1.0/" + str(call["url"]).lstrip("/"))
         status, body = self.api(str(call.get("method", "GET")).upper(), url.path, dict(parse_qsl(url.query)),
                                 call.get("body"), auth, batched=True)
+        if isinstance(body, bytes):  # a MIME content: base64 in a batch, as Graph sends a body that is not JSON
+            return {"id": str(call["id"]), "status": status, "headers": {"Content-Type": "text/plain"},
+                    "body": base64.b64encode(body).decode()}
         return {"id": str(call["id"]), "status": status, "headers": {"Content-Type": "application/json"},
                 **({"body": body} if body is not None else {})}
 
@@ -186,6 +202,7 @@ def _operation(method: str, parts: list[str]) -> str:
         ("GET", "mailFolders", 3, "messages"): "listMessages",
         ("GET", "mailFolders", 2, None): "getFolder",
         ("GET", "messages", 2, None): "getMessage",
+        ("GET", "messages", 3, "$value"): "getMessageContent",
         ("DELETE", "messages", 2, None): "deleteMessage",
         ("POST", "messages", 3, "move"): "move",
         ("POST", "messages", 3, "permanentDelete"): "permanentDelete",
@@ -296,11 +313,14 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _reply(self, status: int, payload: Any, headers: dict[str, str]) -> None:
-        data = b"" if payload is None else json.dumps(payload).encode()
+        raw = isinstance(payload, bytes)  # a message's MIME content
+        data = payload if raw else b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        if payload is not None:
+        if raw:
+            self.send_header("Content-Type", "text/plain")
+        elif payload is not None:
             self.send_header("Content-Type", "application/json; odata.metadata=minimal; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("request-id", f"{time.time_ns():x}")
