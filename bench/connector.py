@@ -66,7 +66,7 @@ def measure(lab: LabProcess, config: Config, count: int) -> list[list[object]]:
     assert route.connector is not None
     given = replace(source, backend=replace(source.backend, version="15.2.1544.4"))
     port = lab.info["forests"]["contoso"]["submission"]
-    password = config.mailboxes["contoso"].backend.password
+    password = source.backend.password
     smtp = submission_host(replace(route.connector, submit="smtp", host=port["host"], port=port["port"],
                                    username=route.sender, password=password, ca_file=route.smart_hosts[0].ca_file))
 

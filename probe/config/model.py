@@ -39,8 +39,9 @@ class MailboxConfig:
 
     name: str  # its key under ``mailboxes``
     address: str
-    backend: BackendConfig  # exactly one backend section: ``ews:`` (EwsConfig)
-    folders: tuple[MailboxFolder, ...] = DEFAULTS["mailbox"]["folders"]
+    backend: BackendConfig  # exactly one backend section: ``ews:``, ``imap:`` or ``graph:``
+    # neutral names (EWS, Graph); IMAP: mailbox names, with inbox and junkemail as neutral names
+    folders: tuple[MailboxFolder | str, ...] = DEFAULTS["mailbox"]["folders"]
     cleanup: Cleanup = DEFAULTS["mailbox"]["cleanup"]
     watch: WatchMode = DEFAULTS["mailbox"]["watch"]
     poll_interval: float = DEFAULTS["mailbox"]["poll_interval"]

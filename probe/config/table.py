@@ -65,10 +65,12 @@ _MAILBOX: Final = (
     _F(key="address", kind="address", required=True, doc="The mailbox's email address."),
     *(_F(key=backend.name, kind="section", section=backend.name, required=True, one_of="backend",
          doc=backend.doc) for backend in BACKENDS),
-    _F(key="folders", kind="choice_list", choices=tuple(SEARCHED_FOLDERS), default=SEARCHED_FOLDERS,
-       doc="The folders searched for probes."),
+    _F(key="folders", kind="folder_list", noun="folder", default=SEARCHED_FOLDERS,
+       doc="The folders searched for probes: inbox and junkemail (EWS, Graph), or IMAP mailbox names; "
+           "read as the backend's row says (probe.config.backends)."),
     _F(key="cleanup", kind="choice", choices=get_args(Cleanup), default="move_to_deleted_items",
-       doc="What is done with a probe once found (only probes whose tag verifies are ever touched)."),
+       doc="What is done with a probe once found (only probes whose tag verifies are ever touched); IMAP: "
+           "move_to_deleted_items is UID MOVE to \\Trash, hard_delete is \\Deleted + UID EXPUNGE."),
     _F(key="watch", kind="choice", choices=get_args(WatchMode), default="streaming",
        doc="Streaming notifications, or polling only."),
     _F(key="poll_interval", kind="duration", positive=True, default=10.0, doc="How often the mailbox is searched."),

@@ -1,4 +1,4 @@
-"""Faults on demand: what the lab's smart hosts and EWS endpoints should get wrong, and where.
+"""Faults on demand: what the lab's smart hosts and mailbox servers should get wrong, and where.
 
 The kinds of each target type are an enum; each member is one row: its name in the admin API and its
 parameters (required or with a default). A fault is checked against its row when it is posted, so a
@@ -89,8 +89,10 @@ class ConnectorFault(FaultKind):
     PIN = "pin", Param("smart_host", required=True)  # always this smart host: no failover
 
 
-class EwsFault(FaultKind):
-    """What a forest's EWS endpoint (target ``ews/FOREST``) can get wrong."""
+class MailboxFault(FaultKind):
+    """What a forest's mailbox server can get wrong: its EWS endpoint (target ``ews/FOREST``), its IMAP
+    server (``imap/FOREST``) or its Graph endpoint (``graph/FOREST``); each backend's lab part acts on them
+    in its own protocol's terms (probe.lab.imap_front, probe.lab.graph)."""
 
     UNAUTHORIZED = "unauthorized"
     SERVER_ERROR = "server_error"
@@ -100,10 +102,13 @@ class EwsFault(FaultKind):
     CLOCK_OFFSET = "clock_offset", SECONDS
 
 
+EwsFault = MailboxFault  # the name the EWS endpoint's code knows them by
+
+MAILBOX_TARGET_TYPES: Final = ("ews", "imap", "graph")
 TARGET_TYPES: Final[dict[str, type[FaultKind]]] = {
-    "smarthost": SmartHostFault, "ews": EwsFault, "connector": ConnectorFault,
+    "smarthost": SmartHostFault, "connector": ConnectorFault, **dict.fromkeys(MAILBOX_TARGET_TYPES, MailboxFault),
 }
-_TARGETS: Final = "smarthost/NAME, ews/FOREST or connector/FOREST"
+_TARGETS: Final = "smarthost/NAME, connector/FOREST, or ews/FOREST, imap/FOREST or graph/FOREST"
 
 
 class FaultError(ValueError):
@@ -112,7 +117,8 @@ class FaultError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Fault:
-    """One fault: a target (``smarthost/NAME``, ``ews/FOREST`` or ``connector/FOREST``), a kind, and its parameters."""
+    """One fault: a target (``smarthost/NAME``, ``connector/FOREST``, or ``ews/FOREST``, ``imap/FOREST``,
+    ``graph/FOREST``), a kind, and its parameters."""
 
     target: str
     kind: FaultKind
@@ -126,7 +132,7 @@ class Fault:
 
     @property
     def target_type(self) -> str:
-        """Return ``smarthost``, ``ews`` or ``connector``."""
+        """Return ``smarthost``, ``connector``, ``ews``, ``imap`` or ``graph``."""
         return self.target.split("/", 1)[0]
 
     @property

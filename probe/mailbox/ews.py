@@ -79,10 +79,10 @@ DEFAULT_LOOKBACK: Final = 86400.0  # how far back a search looks when the caller
 PAGE_SIZE: Final = 500
 GET_CHUNK: Final = 500
 WATCH_MINUTES: Final = 1  # GetStreamingEvents ConnectionTimeout; the stream is reopened after it
-_EWS_FOLDERS: Final = {  # the neutral folder names as EWS distinguished folder ids
+_EWS_FOLDERS: Final[dict[MailboxFolder | str, str]] = {  # the neutral folder names as EWS distinguished ids
     MailboxFolder.INBOX: "inbox", MailboxFolder.JUNKEMAIL: "junkemail", MailboxFolder.DELETEDITEMS: "deleteditems",
 }
-_NEUTRAL_FOLDERS: Final = {ews_id: folder for folder, ews_id in _EWS_FOLDERS.items()}
+_NEUTRAL_FOLDERS: Final = {ews_id: MailboxFolder(folder) for folder, ews_id in _EWS_FOLDERS.items()}
 _DELETE_TYPES: Final = {
     "move_to_deleted_items": "MoveToDeletedItems", "soft_delete": "SoftDelete", "hard_delete": "HardDelete",
 }
@@ -205,7 +205,7 @@ def _build(cfg: Any) -> Version | None:
     return Version(build=Build(*parts))
 
 
-def _folder_id(config: MailboxConfig, folder: MailboxFolder) -> DistinguishedFolderId:
+def _folder_id(config: MailboxConfig, folder: MailboxFolder | str) -> DistinguishedFolderId:
     """Return the EWS distinguished folder of the mailbox that a neutral folder name stands for."""
     return DistinguishedFolderId(id=_EWS_FOLDERS[folder], mailbox=EwsAddress(email_address=config.address))
 

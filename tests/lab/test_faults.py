@@ -67,8 +67,8 @@ def test_the_kinds_are_those_of_the_design() -> None:
     ({"target": "smarthost/x", "kind": "bounce"}, 'bounce needs status, an enhanced status code of a failure'),
     ({"target": "smarthost/x", "kind": "delay_delivery", "seconds": 5, "notify_after": -1},
      "delay_delivery: notify_after must be a number of seconds (0 or more)"),
-    ({"target": "mta/x", "kind": "disabled"}, "unknown target type 'mta': use smarthost/NAME, ews/FOREST or "
-     "connector/FOREST"),
+    ({"target": "mta/x", "kind": "disabled"}, "unknown target type 'mta': use smarthost/NAME, connector/FOREST, "
+     "or ews/FOREST, imap/FOREST or graph/FOREST"),
     ({"target": "connector/x", "kind": "pin"}, "pin needs smart_host, the name of a smart host of the lab"),
     ({"target": "connector/x", "kind": "pin", "smart_host": 3}, "pin: smart_host must be the name of a smart host"),
     ({"target": "connector/x", "kind": "refuse_connections"}, "unknown connector fault kind 'refuse_connections'; "
@@ -106,3 +106,19 @@ def test_every_lookup_names_its_kind_by_enum_member() -> None:
                   if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                   and node.value.id in {"SmartHostFault", "EwsFault"})
     assert lookups >= 18
+
+
+def test_every_mailbox_backend_has_the_same_fault_kinds() -> None:
+    """ews/FOREST, imap/FOREST and graph/FOREST take the same kinds: each backend's lab part acts on all of them."""
+    assert TARGET_TYPES["ews"] is TARGET_TYPES["imap"] is TARGET_TYPES["graph"]
+
+
+def test_a_fault_for_a_backend_the_lab_does_not_run_is_refused(tmp_path: Path) -> None:
+    """In a lab serving its mailboxes over EWS, an imap/ or graph/ fault is refused, saying which target to use."""
+    from probe.lab import Lab
+
+    with Lab.start(tmp_path / "lab", smart_hosts_per_forest=1) as lab:
+        for target_type in ("imap", "graph"):
+            with pytest.raises(FaultError, match=f"over ews, not {target_type}: use ews/FOREST"):
+                lab.add_fault(target=f"{target_type}/contoso", kind="unreachable")
+        assert lab.add_fault(target="ews/contoso", kind="unreachable").target == "ews/contoso"
