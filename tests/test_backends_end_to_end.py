@@ -55,7 +55,8 @@ def lab_command(state_dir: Path, backend: str) -> Iterator[dict[str, object]]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_lab_command_then_check_json_delivers_every_pair(tmp_path: Path, backend: str) -> None:
     """The lab started with --mailbox-backend writes a probe.yaml whose mailboxes use that backend; check
-    --format json over it says delivered for every (route, smart host), and exits 0."""
+    --format json over it says delivered for every (route, smart host) and for each route's connector probe
+    (over EWS, or by client submission when the mailboxes are on IMAP or Graph), and exits 0."""
     with lab_command(tmp_path / "lab", backend) as info:
         assert info["mailbox_backend"] == backend
         config = (tmp_path / "lab" / "probe.yaml").read_text()
@@ -64,7 +65,12 @@ def test_the_lab_command_then_check_json_delivers_every_pair(tmp_path: Path, bac
                                "--format", "json"], cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
     results = json.loads(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(results) == 4
+    connector = "ews" if backend == "ews" else "smtp"
+    assert f"submit: {connector}" in config
+    pairs = {(r["route"], r["smart_host"]) for r in results}
+    assert len(results) == len(pairs) == 6
+    assert {host for _, host in pairs} == {"@connector", "contoso-edge-1", "contoso-edge-2", "fourthcoffee-edge-1",
+                                           "fourthcoffee-edge-2"}
     assert {r["verdict"] for r in results} == {"delivered"}
     assert all(0 <= r["latency_seconds"] < 5 for r in results)
 
