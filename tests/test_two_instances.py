@@ -24,7 +24,7 @@ import yaml
 
 from probe.lab import Lab
 from probe.message import parse_tag
-from tests.daemon_harness import fetch, free_port, scrape, start_process, value, wait_for
+from tests.daemon_harness import bound_port, fetch, scrape, start_process, value, wait_for
 
 INTERVAL = 2.0
 INTERVALS = 3
@@ -34,13 +34,13 @@ PAIRS = 4  # the lab's 2 forests x 2 smart hosts
 
 @dataclass
 class Instance:
-    """One daemon process: its name, config, state file, port and log."""
+    """One daemon process: its name, config, state file, log and port (0 until it listens)."""
 
     name: str
     config: Path
     state: Path
-    port: int
     log: Path
+    port: int = 0
 
     def ledger(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         """Return the rows of a query on the daemon's state file (read-only)."""
@@ -64,15 +64,17 @@ def write_instance(lab: Lab, folder: Path, name: str, *, key: Path, cleanup: str
     for mailbox in config["mailboxes"].values():
         mailbox["cleanup"] = cleanup
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return Instance(name, path, state, free_port(), folder / f"{name}.log")
+    return Instance(name, path, state, folder / f"{name}.log")
 
 
 @contextlib.contextmanager
 def running(instances: list[Instance]) -> Iterator[None]:
-    """Run each instance as its own ``mailflow-probe run`` process; SIGTERM them all at the end."""
-    processes = [start_process(i.config, i.port, i.log) for i in instances]
+    """Run each instance as its own ``mailflow-probe run`` process on a port the kernel picks (its ``port`` once it
+    listens); SIGTERM them all at the end."""
+    processes = [start_process(i.config, i.log) for i in instances]
     try:
         for instance, process in zip(instances, processes, strict=True):
+            instance.port = bound_port(process, instance.log)
             def ready(instance: Instance = instance, process: Any = process) -> bool:
                 assert process.poll() is None, instance.log.read_text(errors="replace")[-3000:]
                 with contextlib.suppress(OSError):
