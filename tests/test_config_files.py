@@ -7,9 +7,11 @@ sees them), and ``mailflow-probe validate`` run as its own process.
 
 from __future__ import annotations
 
+import contextlib
 import encodings.utf_8_sig  # noqa: F401 - imported before a child drops root (it may not read the library then)
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -206,7 +208,8 @@ def test_a_state_file_nobody_can_write_or_in_a_read_only_directory_is_refused(sh
     key_dir.mkdir()
     key_dir.chmod(0o777)
     state = shared_dir / "state.db"
-    subprocess.run(["sqlite3", str(state), "CREATE TABLE t (x)"], check=True)
+    with contextlib.closing(sqlite3.connect(state)) as db:  # Python's sqlite3: no sqlite3 command on a bare Debian
+        db.execute("CREATE TABLE t (x)")
     state.chmod(0o644)
     config = config_with(shared_dir, key="signing_key_file: keys/signing.key\n")
     assert load_as_nobody(config) == f"{config}:3: state_file: cannot write {state}: permission denied"
