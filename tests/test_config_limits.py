@@ -29,9 +29,10 @@ mailboxes:
       username: FOURTHCOFFEE\\svc-mailflow
       password_env: BENCH_EWS_PASSWORD
 """
-ROUTE = ("  - {{name: r{i}, sender: p@contoso.com, mailbox: fourthcoffee, smart_hosts: [{{name: e1, host: 64.4.6.1, "
-         "username: u@contoso.com, password_env: BENCH_SMTP_PASSWORD}}]}}\n")
-NODES_PER_ROUTE = 1 + 2 * 4 + 1 + 2 * 4  # the route's mapping and 4 pairs (a list the last value), the host's and 4
+# a route that reads its NDRs from the mailbox it sends to (bounces_mailbox): it loads without a warning
+ROUTE = ("  - {{name: r{i}, sender: p@contoso.com, mailbox: fourthcoffee, bounces_mailbox: fourthcoffee, "
+         "smart_hosts: [{{name: e1, host: 64.4.6.1, username: u@contoso.com, password_env: BENCH_SMTP_PASSWORD}}]}}\n")
+NODES_PER_ROUTE = 1 + 2 * 5 + 1 + 2 * 4  # the route's mapping and 5 pairs (a list the last value), the host's and 4
 SHORT_ROUTE = "- {{name: r{i}, sender: p@a.co, mailbox: m, smart_hosts: [{{name: e, host: 10.0.0.1}}]}}\n"  # 88 bytes
 NODES_PER_SHORT_ROUTE = 1 + 2 * 4 + 1 + 2 * 2
 # the top mapping, two paths, mailboxes (key, mapping), the mailbox (key, mapping), its address, ews (key, mapping)

