@@ -52,9 +52,9 @@ from exchangelib.util import TNS
 
 from probe import message as probe_message
 from probe.config import EwsConfig, MailboxConfig
-from probe.local_faults import local_fault
+from probe.mailbox import search_results
 from probe.mailbox.base import CleanupResult, ItemRef, ReportCandidate, SearchResult, Sighting
-from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
+from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate
 from probe.mailbox.ews_errors import classify, describe
 from probe.mailbox.ews_internals import (
     FOLDER_ATTR,
@@ -66,7 +66,6 @@ from probe.mailbox.ews_internals import (
     read_whole,
     streaming_response,
 )
-from probe.mailbox.received import parse_received
 from probe.vocabulary import MailboxFolder, MailboxReason
 
 log = logging.getLogger(__name__)
@@ -321,22 +320,10 @@ class EwsMailbox:
             sightings = self._sightings(wanted, details, seen_at)
             candidates = self._report_candidates(reports, details, seen_at)
         except Exception as exc:  # a failed search is a result, never a raise
-            return self._failed(started, exc)
-        estimate = self.clock.estimate()
-        return SearchResult(
-            ok=True, started_at=started, finished_at=time.time(), sightings=sightings, reports=candidates,
-            foreign_skipped=screened.foreign, forged=screened.forged,
-            clock_offset=None if estimate is None else estimate.offset,
-            clock_uncertainty=None if estimate is None else estimate.uncertainty,
-        )
-
-    def _failed(self, started: float, exc: BaseException) -> SearchResult:
-        local, text = local_fault(exc), describe(exc)
-        if local is not None:  # the probe's own host failed: not the mailbox's error (the observer logs it)
-            return SearchResult(ok=False, started_at=started, finished_at=time.time(), local=local, error=text)
-        reason = classify(exc)
-        log.warning("mailbox %s: search failed (%s): %s", self._config.name, reason, text)
-        return SearchResult(ok=False, started_at=started, finished_at=time.time(), error_reason=reason, error=text)
+            return search_results.failed(mailbox=self._config.name, started=started, exc=exc, classify=classify,
+                                         describe=describe, log=log)
+        return search_results.found(started=started, sightings=sightings, reports=candidates,
+                                    foreign_skipped=screened.foreign, forged=screened.forged, clock=self.clock)
 
     def _find(self, since: float) -> list[_RawItem]:
         estimate = self.clock.estimate()
@@ -399,12 +386,10 @@ class EwsMailbox:
             with self._lock:
                 first_seen = self._first_seen.setdefault(detail.item_id, seen_at)
                 self._verified.add(detail.item_id)  # its subject's tag verifies: a cleanup needs no second look
-            arrival = local_arrival(received_server=stamp[0].timestamp(), precise=stamp[1],
-                                    first_seen_local=first_seen, offset=estimate)
-            candidates.append(ReportCandidate(
+            candidates.append(search_results.report_candidate(
                 probe_id=candidate.probe_id, mailbox=self._config.name,
                 folder=_NEUTRAL_FOLDERS.get(candidate.item.folder, MailboxFolder.INBOX), item=detail.ref,
-                raw=detail.mime, received_server=stamp[0], received_local=arrival.at, first_seen_local=first_seen))
+                raw=detail.mime, received=stamp[0], precise=stamp[1], first_seen=first_seen, estimate=estimate))
         return candidates
 
     def _sightings(self, wanted: Sequence[_Candidate], details: Sequence[_RawItem],
@@ -423,16 +408,11 @@ class EwsMailbox:
             with self._lock:
                 first_seen = self._first_seen.setdefault(detail.item_id, seen_at)
                 self._verified.add(detail.item_id)
-            arrival = local_arrival(received_server=stamp[0].timestamp(), precise=stamp[1],
-                                    first_seen_local=first_seen, offset=estimate)
-            sightings.append(Sighting(
+            sightings.append(search_results.sighting(
                 probe_id=candidate.probe_id, tag=candidate.tag, mailbox=self._config.name,
                 folder=_NEUTRAL_FOLDERS.get(candidate.item.folder, MailboxFolder.INBOX), item=detail.ref,
-                message_id=detail.message_id, subject=detail.subject, received_server=stamp[0],
-                received_precise=stamp[1], received_local=arrival.at,
-                received_uncertainty=(arrival.latest - arrival.earliest) / 2, first_seen_local=first_seen,
-                hops=parse_received([v for k, v in detail.headers if k.lower() == "received"]),
-            ))
+                message_id=detail.message_id, subject=detail.subject, received=stamp[0], precise=stamp[1],
+                first_seen=first_seen, estimate=estimate, headers=detail.headers))
         return sightings
 
     def _retrying(self, action: Callable[[], T], deadline: float) -> T:

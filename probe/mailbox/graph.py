@@ -34,11 +34,10 @@ import requests.adapters
 
 from probe import message as probe_message
 from probe.config import GraphConfig, MailboxConfig
-from probe.local_faults import local_fault
+from probe.mailbox import search_results
 from probe.mailbox.base import CleanupResult, ItemRef, ReportCandidate, SearchResult, Sighting
-from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
+from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate
 from probe.mailbox.graph_auth import GraphAuthError, GraphTokens
-from probe.mailbox.received import parse_received as parse_hops
 from probe.secret import redact
 from probe.vocabulary import MailboxFolder, MailboxReason
 
@@ -321,22 +320,12 @@ class GraphMailbox:
             sightings = self._sightings(found, set(probe_ids), seen_at)
             candidates = self._report_candidates(reports, seen_at)
         except Exception as exc:  # a failed search is a result, never a raise
-            return self._failed(started, exc)
-        estimate = self.clock.estimate()
-        return SearchResult(
-            ok=True, started_at=started, finished_at=time.time(), sightings=sightings, reports=candidates,
+            return search_results.failed(mailbox=self.name, started=started, exc=exc, classify=classify,
+                                         describe=describe, log=log)
+        return search_results.found(
+            started=started, sightings=sightings, reports=candidates,
             foreign_skipped=sum(1 for m in found if m.probe_id is None and not m.forged),
-            forged=sum(1 for m in found if m.forged),
-            clock_offset=None if estimate is None else estimate.offset,
-            clock_uncertainty=None if estimate is None else estimate.uncertainty)
-
-    def _failed(self, started: float, exc: BaseException) -> SearchResult:
-        local, text = local_fault(exc), describe(exc)
-        if local is not None:
-            return SearchResult(ok=False, started_at=started, finished_at=time.time(), local=local, error=text)
-        reason = classify(exc)
-        log.warning("mailbox %s: search failed (%s): %s", self.name, reason, text)
-        return SearchResult(ok=False, started_at=started, finished_at=time.time(), error_reason=reason, error=text)
+            forged=sum(1 for m in found if m.forged), clock=self.clock)
 
     def _list(self, folder: MailboxFolder | str, since: float, deadline: float) -> Iterator[_Message]:
         estimate = self.clock.estimate()
@@ -389,11 +378,9 @@ class GraphMailbox:
             with self._lock:
                 first_seen = self._first_seen.setdefault(m.ref.key, seen_at)
                 self._verified.add(m.ref.key)  # its subject's tag verifies: a cleanup needs no second look
-            arrival = local_arrival(received_server=m.received[0].timestamp(), precise=m.received[1],
-                                    first_seen_local=first_seen, offset=estimate)
-            candidates.append(ReportCandidate(
+            candidates.append(search_results.report_candidate(
                 probe_id=m.probe_id, mailbox=self.name, folder=m.folder, item=m.ref, raw=raw,
-                received_server=m.received[0], received_local=arrival.at, first_seen_local=first_seen))
+                received=m.received[0], precise=m.received[1], first_seen=first_seen, estimate=estimate))
         return candidates
 
     def _sightings(self, found: Sequence[_Message], wanted: set[str], seen_at: float) -> list[Sighting]:
@@ -405,15 +392,10 @@ class GraphMailbox:
             with self._lock:
                 first_seen = self._first_seen.setdefault(m.ref.key, seen_at)
                 self._verified.add(m.ref.key)
-            stamp, precise = m.received
-            arrival = local_arrival(received_server=stamp.timestamp(), precise=precise, first_seen_local=first_seen,
-                                    offset=estimate)
-            sightings.append(Sighting(
+            sightings.append(search_results.sighting(
                 probe_id=m.probe_id, tag=str(probe_message.parse_tag(m.subject)), mailbox=self.name, folder=m.folder,
-                item=m.ref, message_id=m.message_id, subject=m.subject, received_server=stamp,
-                received_precise=precise, received_local=arrival.at,
-                received_uncertainty=(arrival.latest - arrival.earliest) / 2, first_seen_local=first_seen,
-                hops=parse_hops([v for k, v in m.headers if k.lower() == "received"])))
+                item=m.ref, message_id=m.message_id, subject=m.subject, received=m.received[0],
+                precise=m.received[1], first_seen=first_seen, estimate=estimate, headers=m.headers))
         return sightings
 
     # -- cleanup ------------------------------------------------------------------------------------------

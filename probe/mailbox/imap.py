@@ -32,9 +32,9 @@ from imapclient import IMAPClient
 from probe import message as probe_message
 from probe.config import MailboxConfig
 from probe.dsn import MAX_BYTES as REPORT_BYTES
-from probe.local_faults import local_fault
+from probe.mailbox import search_results
 from probe.mailbox.base import CleanupResult, ItemRef, ReportCandidate, SearchResult, Sighting
-from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
+from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate
 from probe.mailbox.imap_session import (
     Folder,
     Folders,
@@ -49,7 +49,6 @@ from probe.mailbox.imap_session import (
     shut,
 )
 from probe.mailbox.imap_watch import ImapWatch
-from probe.mailbox.received import parse_received
 from probe.vocabulary import MailboxReason
 
 log = logging.getLogger(__name__)
@@ -277,23 +276,12 @@ class ImapMailbox:
             sightings = self._sightings(found, set(probe_ids), seen_at)
             candidates = self._report_candidates(reports, seen_at)
         except Exception as exc:  # a failed search is a result, never a raise
-            return self._failed(started, exc)
-        estimate = self.clock.estimate()
-        return SearchResult(
-            ok=True, started_at=started, finished_at=time.time(), sightings=sightings, reports=candidates,
+            return search_results.failed(mailbox=self.name, started=started, exc=exc, classify=classify,
+                                         describe=describe, log=log)
+        return search_results.found(
+            started=started, sightings=sightings, reports=candidates,
             foreign_skipped=sum(1 for f in found if f.probe_id is None and not f.forged),
-            forged=sum(1 for f in found if f.forged),
-            clock_offset=None if estimate is None else estimate.offset,
-            clock_uncertainty=None if estimate is None else estimate.uncertainty,
-        )
-
-    def _failed(self, started: float, exc: BaseException) -> SearchResult:
-        local, text = local_fault(exc), describe(exc)
-        if local is not None:  # the probe's own host failed: not the mailbox's error
-            return SearchResult(ok=False, started_at=started, finished_at=time.time(), local=local, error=text)
-        reason = classify(exc)
-        log.warning("mailbox %s: search failed (%s): %s", self.name, reason, text)
-        return SearchResult(ok=False, started_at=started, finished_at=time.time(), error_reason=reason, error=text)
+            forged=sum(1 for f in found if f.forged), clock=self.clock)
 
     def _search_all(self, since: float) -> list[_Fetched]:
         estimate = self.clock.estimate()
@@ -388,11 +376,9 @@ class ImapMailbox:
             if raw is None or item.received is None or item.probe_id is None:
                 continue
             first_seen = self._first_seen.setdefault(item.ref.key, seen_at)
-            arrival = local_arrival(received_server=item.received.timestamp(), precise=False,
-                                    first_seen_local=first_seen, offset=estimate)
-            candidates.append(ReportCandidate(
+            candidates.append(search_results.report_candidate(
                 probe_id=item.probe_id, mailbox=self.name, folder=item.folder.reported, item=item.ref, raw=raw,
-                received_server=item.received, received_local=arrival.at, first_seen_local=first_seen))
+                received=item.received, precise=False, first_seen=first_seen, estimate=estimate))
         return candidates
 
     def _screen(self, key: str, folder: Folder, data: dict[bytes, object]) -> _Fetched:
@@ -418,16 +404,11 @@ class ImapMailbox:
             if item.probe_id is None or item.probe_id not in wanted or item.received is None or item.report:
                 continue  # a report names its probe in its subject, but is not the probe
             first_seen = self._first_seen.setdefault(item.ref.key, seen_at)
-            arrival = local_arrival(received_server=item.received.timestamp(), precise=False,
-                                    first_seen_local=first_seen, offset=estimate)
-            tag = probe_message.parse_tag(item.subject)
-            sightings.append(Sighting(
-                probe_id=item.probe_id, tag=str(tag), mailbox=self.name, folder=item.folder.reported, item=item.ref,
-                message_id=item.message_id, subject=item.subject, received_server=item.received,
-                received_precise=False, received_local=arrival.at,
-                received_uncertainty=(arrival.latest - arrival.earliest) / 2, first_seen_local=first_seen,
-                hops=parse_received([v for k, v in item.headers if k.lower() == "received"]),
-            ))
+            sightings.append(search_results.sighting(
+                probe_id=item.probe_id, tag=str(probe_message.parse_tag(item.subject)), mailbox=self.name,
+                folder=item.folder.reported, item=item.ref, message_id=item.message_id, subject=item.subject,
+                received=item.received, precise=False, first_seen=first_seen, estimate=estimate,
+                headers=item.headers))
         return sightings
 
     # -- cleanup --------------------------------------------------------------------------------------
