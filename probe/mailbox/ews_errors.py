@@ -1,7 +1,8 @@
 """An EWS failure in the probe's words: which mailbox reason an exchangelib, requests or socket error is.
 
 Shared by the two EWS clients of the probe, the mailbox backend (probe.mailbox.ews) and the connector probe's
-submission (probe.submit.ews), so both read the same exception the same way.
+submission (probe.submit.ews), so both read the same exception the same way; what every backend shares about a
+failure (probe.mailbox.failures) is handed on from here, so the submission imports no more of probe.mailbox.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from exchangelib.errors import (
     UnauthorizedError,
 )
 
-from probe.secret import redact
+from probe.mailbox.failures import cause_chain, describe
 from probe.vocabulary import MailboxReason
 
-_MAX_ERROR: Final = 400
+__all__ = ["cause_chain", "classify", "describe"]  # the submission's EWS client takes them from here
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -75,11 +76,3 @@ def classify(exc: BaseException) -> MailboxReason:
         if any(matches(e) for e in chain):
             return reason
     return MailboxReason.PROTOCOL
-
-
-def describe(exc: BaseException) -> str:
-    """Return a short, redacted description of a failure."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    if len(text) > _MAX_ERROR:
-        text = text[:_MAX_ERROR] + "..."
-    return redact(text)

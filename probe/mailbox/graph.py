@@ -37,8 +37,8 @@ from probe.config import GraphConfig, MailboxConfig
 from probe.mailbox import search_results
 from probe.mailbox.base import CleanupResult, ItemRef, ReportCandidate, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate
+from probe.mailbox.failures import ReasonedError, cause_chain, describe
 from probe.mailbox.graph_auth import GraphAuthError, GraphTokens
-from probe.secret import redact
 from probe.vocabulary import MailboxFolder, MailboxReason
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ _ACTIONS: Final = {  # cleanup mode -> (method, path after the message, body)
     "soft_delete": ("DELETE", "", None),
     "hard_delete": ("POST", "/permanentDelete", None),
 }
-_MAX_ERROR: Final = 400
 _STAMP: Final = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,7})?Z")
 
 
@@ -76,12 +75,8 @@ def parse_received(text: str) -> tuple[datetime, bool] | None:
     return stamp.replace(microsecond=int((fraction[1:] + "000000")[:6])) if fraction else stamp, fraction is not None
 
 
-class GraphError(Exception):
+class GraphError(ReasonedError):
     """Graph answered with an error status; ``reason`` says what it counts as."""
-
-    def __init__(self, reason: MailboxReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def graph_section(config: MailboxConfig) -> GraphConfig:
@@ -102,18 +97,9 @@ def status_reason(status: int, *, retry_after: bool) -> MailboxReason:
     return MailboxReason.PROTOCOL
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain and len(chain) < 16:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
 def classify(exc: BaseException) -> MailboxReason:
     """Say why a Graph request failed, from our own finding or the most specific cause in the chain."""
-    chain = _chain(exc)
+    chain = cause_chain(exc)
     for link in chain:
         if isinstance(link, GraphError | GraphAuthError):
             return link.reason
@@ -127,12 +113,6 @@ def classify(exc: BaseException) -> MailboxReason:
         if any(isinstance(link, kinds) for link in chain):
             return reason
     return MailboxReason.PROTOCOL
-
-
-def describe(exc: BaseException) -> str:
-    """Return a short, redacted description of a failure (no token, no secret)."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return redact(text[:_MAX_ERROR] + ("..." if len(text) > _MAX_ERROR else ""))
 
 
 def retry_after(response: requests.Response, *, now: float) -> float | None:

@@ -18,15 +18,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from probe.config import GraphConfig
+from probe.mailbox.failures import ReasonedError
 from probe.vocabulary import MailboxReason
 
 
-class GraphAuthError(Exception):
+class GraphAuthError(ReasonedError):
     """No token: the authority refused the app (reason unauthorized) or could not be asked; the text is redacted."""
-
-    def __init__(self, reason: MailboxReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def certificate_credential(pem: bytes) -> dict[str, str]:

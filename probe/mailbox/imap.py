@@ -35,13 +35,13 @@ from probe.dsn import MAX_BYTES as REPORT_BYTES
 from probe.mailbox import search_results
 from probe.mailbox.base import CleanupResult, ItemRef, ReportCandidate, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate
+from probe.mailbox.failures import describe
 from probe.mailbox.imap_session import (
     Folder,
     Folders,
     ImapError,
     classify,
     connect,
-    describe,
     header_pairs,
     imap_section,
     logout,

@@ -28,12 +28,11 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
 from probe.config import ImapConfig, MailboxConfig
-from probe.secret import redact
+from probe.mailbox.failures import ReasonedError, cause_chain
 from probe.vocabulary import MailboxFolder, MailboxReason
 
 JUNK_FLAG: Final = b"\\Junk"
 TRASH_FLAG: Final = b"\\Trash"
-_MAX_ERROR: Final = 400
 _CODE: Final = re.compile(r"\[([A-Z-]+)")
 _CODES: Final = {  # RFC 5530 response codes (and Exchange's THROTTLED) to reasons
     "AUTHENTICATIONFAILED": MailboxReason.UNAUTHORIZED, "AUTHORIZATIONFAILED": MailboxReason.UNAUTHORIZED,
@@ -43,12 +42,8 @@ _CODES: Final = {  # RFC 5530 response codes (and Exchange's THROTTLED) to reaso
 }
 
 
-class ImapError(Exception):
+class ImapError(ReasonedError):
     """A failure the probe found itself (no STARTTLS, no such mailbox...), with the reason it counts as."""
-
-    def __init__(self, reason: MailboxReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def imap_section(config: MailboxConfig) -> ImapConfig:
@@ -181,15 +176,6 @@ def _decoded(value: str) -> str:
 # -- errors -------------------------------------------------------------------------------------------
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain and len(chain) < 16:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
 def _by_code(exc: BaseException) -> MailboxReason | None:
     if not isinstance(exc, IMAPClientError | imaplib.IMAP4.error):
         return None
@@ -210,7 +196,7 @@ _RULES: Final[tuple[tuple[MailboxReason, Callable[[BaseException], bool]], ...]]
 
 def classify(exc: BaseException) -> MailboxReason:
     """Say why an IMAP operation failed: the probe's own finding, a response code, or the exception's kind."""
-    chain = _chain(exc)
+    chain = cause_chain(exc)
     for link in chain:
         if isinstance(link, ImapError):
             return link.reason
@@ -221,11 +207,3 @@ def classify(exc: BaseException) -> MailboxReason:
         if any(matches(link) for link in chain):
             return reason
     return MailboxReason.PROTOCOL
-
-
-def describe(exc: BaseException) -> str:
-    """Return a short, redacted description of a failure."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    if len(text) > _MAX_ERROR:
-        text = text[:_MAX_ERROR] + "..."
-    return redact(text)

@@ -21,7 +21,8 @@ from typing import Final
 from imapclient import IMAPClient
 
 from probe.config import ImapConfig
-from probe.mailbox.imap_session import classify, connect, describe, logout, shut
+from probe.mailbox.failures import describe
+from probe.mailbox.imap_session import classify, connect, logout, shut
 
 log = logging.getLogger(__name__)
 

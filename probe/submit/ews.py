@@ -28,7 +28,7 @@ from exchangelib.transport import BASIC, NTLM
 
 from probe.config import EwsConfig, MailboxConfig
 from probe.local_faults import local_fault
-from probe.mailbox.ews_errors import classify, describe
+from probe.mailbox.ews_errors import cause_chain, classify, describe
 from probe.mailbox.ews_internals import own_protocol
 from probe.secret import redact
 from probe.smtp import SubmitResult
@@ -125,21 +125,12 @@ def _failure(exc: BaseException, exchanges: _Exchanges, mailbox: MailboxConfig) 
     if reason is MailboxReason.TIMEOUT:
         stage, why = (Stage.CONNECT if exchanges.last_arrival is None else Stage.DATA), SendReason.TIMEOUT
     elif reason is MailboxReason.TLS:
-        certificate = any(isinstance(e, ssl.SSLCertVerificationError) for e in _causes(exc))
+        certificate = any(isinstance(e, ssl.SSLCertVerificationError) for e in cause_chain(exc, limit=32))
         stage, why = Stage.STARTTLS, SendReason.TLS_CERTIFICATE if certificate else SendReason.TLS_HANDSHAKE
     elif reason is MailboxReason.PROTOCOL and isinstance(exc, ResponseMessageError):
         stage, why = Stage.DATA, SendReason.REJECTED  # the server refused the message (ErrorSendAsDenied...)
     return SubmitResult(ok=False, stage=stage, reason=why, smtp_reply=describe(exc), error=text,
                         transcript=transcript)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen and len(seen) < 32:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
 
 
 def send_from_mailbox(mailbox: MailboxConfig, *, message: bytes,
