@@ -24,7 +24,6 @@ import secrets
 import socket
 import ssl
 import struct
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -37,6 +36,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException
 from probe.lab import exchange
 from probe.lab.ca import LabCA
 from probe.lab.faults import Fault, FaultRegistry, SmartHostFault
+from probe.lab.loop_thread import LoopThread
 from probe.lab.ndr import Notice, delay_notification, non_delivery_report
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
@@ -517,40 +517,23 @@ class SmartHostFleet:
         self._stats = stats
         self._untrusted_dir = untrusted_dir
         self._untrusted: LabCA | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="lab-smarthosts", daemon=True)
+        self._runner = LoopThread(name="lab-smarthosts")
+        self._loop = self._runner.loop
         self._servers: list[asyncio.AbstractServer] = []
         self._live: set[LabSMTP] = set()
-        self._started = False
 
     def start(self) -> None:
         """Start the event loop thread."""
-        self._thread.start()
-        self._started = True
+        self._runner.start()
 
     def add(self, specs: Sequence[LabSmartHost], *, timeout: float = 60.0) -> list[LabSmartHost]:
         """Start listening for each smart host; return them with their bound ports."""
         _raise_fd_limit(len(self._servers) + len(specs))
-        future = asyncio.run_coroutine_threadsafe(self._bind_all(specs), self._loop)
-        return future.result(timeout=timeout)
+        return self._runner.run(self._bind_all(specs), timeout=timeout)
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Close every listener and connection and end the loop thread."""
-        if not self._started:
-            self._loop.close()
-            return
-        self._started = False
-        with contextlib.suppress(TimeoutError, RuntimeError):
-            asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(timeout=timeout)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.close()
+        self._runner.stop(self._close_all, timeout=timeout)
 
     def _untrusted_ca(self) -> LabCA:
         if self._untrusted is None:
@@ -583,10 +566,7 @@ class SmartHostFleet:
             if connection.transport is not None:
                 connection.transport.close()
         await asyncio.gather(*(s.wait_closed() for s in self._servers), return_exceptions=True)
-        tasks = [t for t in asyncio.all_tasks(self._loop) if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._runner.cancel_the_rest()
 
 
 def _bind_failure(spec: LabSmartHost, error: BaseException) -> str:

@@ -11,16 +11,15 @@ one event loop in one background thread, each on its forest's own loopback addre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import ssl
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+from probe.lab.loop_thread import LoopThread
 from probe.lab.stats import LabStats
 from probe.lab.transport import SourceTransport
 from probe.secret import Secret
@@ -102,34 +101,18 @@ class SubmissionServers:
 
     def __init__(self, *, stats: LabStats) -> None:
         self._stats = stats
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="lab-submission", daemon=True)
+        self._runner = LoopThread(name="lab-submission")
+        self._loop = self._runner.loop
         self._servers: list[asyncio.AbstractServer] = []
-        self._started = False
 
     def start(self, specs: Sequence[SubmissionPort], *, timeout: float = 30.0) -> list[int]:
         """Listen for each forest; return the bound ports in order."""
-        self._thread.start()
-        self._started = True
-        return asyncio.run_coroutine_threadsafe(self._bind_all(specs), self._loop).result(timeout=timeout)
+        self._runner.start()
+        return self._runner.run(self._bind_all(specs), timeout=timeout)
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Close every listener and end the loop thread."""
-        if not self._started:
-            self._loop.close()
-            return
-        self._started = False
-        with contextlib.suppress(TimeoutError, RuntimeError):
-            asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(timeout=timeout)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.close()
+        self._runner.stop(self._close_all, timeout=timeout)
 
     async def _bind_all(self, specs: Sequence[SubmissionPort]) -> list[int]:
         return [await self._bind(spec) for spec in specs]
@@ -151,7 +134,4 @@ class SubmissionServers:
         for server in self._servers:
             server.close()
         await asyncio.gather(*(s.wait_closed() for s in self._servers), return_exceptions=True)
-        tasks = [t for t in asyncio.all_tasks(self._loop) if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._runner.cancel_the_rest()
