@@ -14,7 +14,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,12 @@ import pytest
 
 from probe.check import CheckOptions, run_check
 from probe.config import GraphConfig, MailboxConfig, load_config
-from probe.dsn import DsnAction, read_report
 from probe.lab import Lab
-from probe.lab.ndr import Notice, delay_notification, non_delivery_report
 from probe.mailbox.graph import GraphMailbox
 from probe.message import build_probe_message
 from probe.secret import Secret
-from probe.vocabulary import MailboxFolder, MailboxReason, Verdict
+from probe.vocabulary import MailboxReason, Verdict
+from tests.mailbox_cases import MAILBOX_FAULTS, assert_probe_and_reports, exchange_report
 
 MAILBOX = "mailflow.probe@fourthcoffee.test"
 ROUTE = "contoso-to-fourthcoffee"
@@ -248,12 +246,7 @@ def test_retry_after_is_honoured_then_the_search_succeeds(lab: Lab) -> None:
     assert took >= 1.0
 
 
-@pytest.mark.parametrize(("kind", "params", "reason"), [
-    ("unauthorized", {}, MailboxReason.UNAUTHORIZED),
-    ("server_error", {}, MailboxReason.SERVER_ERROR),
-    ("server_busy", {"back_off_ms": 100}, MailboxReason.THROTTLED),
-    ("unreachable", {}, MailboxReason.UNREACHABLE),
-])
+@pytest.mark.parametrize(("kind", "params", "reason"), MAILBOX_FAULTS)
 def test_each_mailbox_fault_gives_its_reason(lab: Lab, kind: str, params: dict[str, object],
                                              reason: MailboxReason) -> None:
     """A search through each fault of graph/FOREST fails with the reason EWS gives for the same fault."""
@@ -355,19 +348,11 @@ def test_pages_are_followed_by_next_link(lab: Lab, monkeypatch: pytest.MonkeyPat
 
 # -- delivery status reports: found by the same listings as the probes, their content handed over raw ----------
 
-REPORT_TO = "mailflow.probe@contoso.test"
 
 
 def _report(probe_key: bytes = KEY, *, delayed: bool = False) -> tuple[str, bytes]:
     """Return a probe id and an Exchange NDR (or delay notification) of its message, as if sent from this mailbox."""
-    original = build_probe_message(key=probe_key, route="fourthcoffee-to-contoso", smart_host="contoso-edge-1",
-                                   sender=MAILBOX, recipient=REPORT_TO)
-    now = datetime.now(UTC)
-    notice = Notice(status="4.4.7" if delayed else "5.1.1", recipient=REPORT_TO, sender=MAILBOX,
-                    postmaster="postmaster@contoso.test", reporting_mta="CONTOSO-MBX-1.contoso.test", arrival=now,
-                    when=now)
-    build = delay_notification if delayed else non_delivery_report
-    return original.probe_id, build(original.raw, notice)
+    return exchange_report(key=probe_key, mailbox=MAILBOX, delayed=delayed)
 
 
 def test_reports_come_from_the_probes_listings_and_one_read_of_their_content(lab: Lab) -> None:
@@ -393,15 +378,7 @@ def test_reports_come_from_the_probes_listings_and_one_read_of_their_content(lab
         mailbox.close()
     assert result.ok, result.error
     assert (first, second) == ((2, 2), (4, 2))
-    assert [s.probe_id for s in result.sightings] == [probe_id]
-    assert sorted(r.probe_id for r in result.reports) == sorted([bounced, delayed])
-    assert sorted(r.probe_id for r in again.reports) == sorted([bounced, delayed])
-    actions = {r.probe_id: read_report(r.raw, key=KEY).report for r in result.reports}
-    assert {p: (a.action if a else None) for p, a in actions.items()} == {
-        bounced: DsnAction.FAILED, delayed: DsnAction.DELAYED}
-    report = next(r for r in result.reports if r.probe_id == bounced)
-    assert report.folder == MailboxFolder.INBOX
-    assert abs(report.received_local - time.time()) < 30
+    assert_probe_and_reports(result, again, probe_id=probe_id, bounced=bounced, delayed=delayed, key=KEY)
 
 
 def test_a_report_is_neither_a_probe_nor_wanted_unless_asked_for(lab: Lab) -> None:
