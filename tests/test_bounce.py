@@ -25,7 +25,7 @@ from probe.lab.ndr import Notice, non_delivery_report
 from probe.ledger import Ledger
 from probe.message import build_probe_message, make_tag
 from probe.signing import load_or_create_key
-from tests.daemon_harness import EVENT_WAIT, fetch, running_daemon, scrape, value, wait_for
+from tests.daemon_harness import EVENT_WAIT, Samples, fetch, running_daemon, scrape, value, wait_for
 from tests.test_metrics import samples as metric_samples
 
 ROUTE: Final = "contoso-to-fourthcoffee"
@@ -195,7 +195,21 @@ def test_forged_ndrs_change_nothing_and_are_never_deleted(lab: Lab, tmp_path: Pa
     """NDRs in the sender's mailbox that name a probe in flight without a verifying returned tag, that are signed
     under another key, or that carry no tag: the probe stays lost (its smart host drops it), nothing bounces, each
     forged one is counted in forged_tags_total, and none is ever deleted."""
-    path = config_at(lab, tmp_path / "probe.yaml", interval=3, timeout=4)
+    forged, samples, row = run_with_forged_ndrs(lab, tmp_path / "probe.yaml")
+    assert row["state"] == "lost"
+    assert "bounce" not in row["detail"]
+    left = {item.message_id for item in lab.store.items(SENDER_BOX, ["inbox", "junkemail"])}
+    assert forged <= left
+    assert value(samples, "mailflow_probe_forged_tags_total", mailbox="contoso") >= 2
+    assert sum(value(samples, "mailflow_probe_bounced_total", route=ROUTE, smart_host=BOUNCING, reason=r)
+               for _, r in CASES) == 0
+
+
+def run_with_forged_ndrs(lab: Lab, path: Path) -> tuple[set[str], Samples, dict[str, Any]]:
+    """Run the daemon (a probe every 3 s, a 4 s timeout) with the bouncing host dropping its probes, and forged NDRs
+    naming one of them in flight (forge_ndrs); return the forged NDRs' Message-IDs, the metrics scraped 2 s after
+    that probe was decided, and its ledger row."""
+    path = config_at(lab, path, interval=3, timeout=4)
     config = load_config(path)
     key = load_or_create_key(config.signing_key_file)
     lab.add_fault(target=f"smarthost/{BOUNCING}", kind="drop")
@@ -208,14 +222,7 @@ def test_forged_ndrs_change_nothing_and_are_never_deleted(lab: Lab, tmp_path: Pa
                  timeout=30, what="the victim decided")
         time.sleep(2.0)  # more searches and cleanups of the sender's mailbox
         samples = scrape(server.port)
-    row = daemon_probe(config, victim.probe_id)
-    assert row["state"] == "lost"
-    assert "bounce" not in row["detail"]
-    left = {item.message_id for item in lab.store.items(SENDER_BOX, ["inbox", "junkemail"])}
-    assert forged <= left
-    assert value(samples, "mailflow_probe_forged_tags_total", mailbox="contoso") >= 2
-    assert sum(value(samples, "mailflow_probe_bounced_total", route=ROUTE, smart_host=BOUNCING, reason=r)
-               for _, r in CASES) == 0
+    return forged, samples, daemon_probe(config, victim.probe_id)
 
 
 def forge_ndrs(lab: Lab, config: Config, key: bytes, probe_id: str) -> set[str]:

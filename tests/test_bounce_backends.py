@@ -19,9 +19,8 @@ from probe.check import CheckOptions, run_check
 from probe.config import ImapConfig, MailboxConfig, load_config
 from probe.lab import Lab
 from probe.mailbox.imap import ImapMailbox
-from probe.signing import load_or_create_key
-from tests.daemon_harness import running_daemon, scrape, value, wait_for
-from tests.test_bounce import BOUNCING, CASES, ROUTE, SENDER_BOX, SIBLING, bounce, config_at, daemon_probe, forge_ndrs
+from tests.daemon_harness import value
+from tests.test_bounce import BOUNCING, CASES, ROUTE, SENDER_BOX, SIBLING, bounce, config_at, run_with_forged_ndrs
 
 BACKENDS: Final = ("imap", "graph")
 
@@ -99,20 +98,7 @@ def test_forged_ndrs_change_nothing_and_are_never_deleted(lab: Lab, tmp_path: Pa
     """The daemon over IMAP or Graph: NDRs in the sender's mailbox that name a probe in flight without a verifying
     returned tag, that are signed under another key, or that carry no tag: the probe stays lost (its smart host
     drops it), nothing bounces, the forged ones are counted in forged_tags_total, and none is ever deleted."""
-    path = config_at(lab, tmp_path / "probe.yaml", interval=3, timeout=4)
-    config = load_config(path)
-    key = load_or_create_key(config.signing_key_file)
-    lab.add_fault(target=f"smarthost/{BOUNCING}", kind="drop")
-    with running_daemon(path) as (daemon, server):
-        wait_for(lambda: bool([p for p in daemon.ledger.open_probes("fourthcoffee") if p.smart_host == BOUNCING
-                               and p.accepted_at is not None]), timeout=30, what="a dropped probe in flight")
-        victim = next(p for p in daemon.ledger.open_probes("fourthcoffee") if p.smart_host == BOUNCING)
-        forged = forge_ndrs(lab, config, key, victim.probe_id)
-        wait_for(lambda: (daemon.ledger.probe(victim.probe_id) or {}).get("state") not in ("in_flight", None),
-                 timeout=30, what="the victim decided")
-        time.sleep(2.0)  # more searches and cleanups of the sender's mailbox
-        samples = scrape(server.port)
-    row = daemon_probe(config, victim.probe_id)
+    forged, samples, row = run_with_forged_ndrs(lab, tmp_path / "probe.yaml")
     assert row["state"] == "lost"
     assert "bounce" not in row["detail"]
     left, cleaned = sender_mail(lab)
