@@ -43,6 +43,7 @@ class LabProcess:
     process: subprocess.Popen[bytes]
     state_dir: Path
     info: dict[str, Any]
+    backend: str = "ews"  # how its mailboxes are read: ews, imap or graph
 
     @property
     def admin_url(self) -> str:
@@ -75,6 +76,17 @@ class LabProcess:
         """Return how many EWS requests the lab has served, of every operation and forest."""
         return sum(int(n) for n in self.stats()["ews_total"].values())
 
+    def mailbox_requests(self) -> int:
+        """Return how many requests the lab's mailbox servers of this lab's backend have served.
+
+        EWS: every operation; IMAP: every command (not the connections); Graph: every HTTP request (a $batch
+        is one; the calls inside it are counted apart, as ``batched ...``), tokens included.
+        """
+        stats = self.stats()
+        totals: dict[str, int] = stats.get(f"{self.backend}_total", {})
+        return sum(int(n) for name, n in totals.items()
+                   if name not in ("connections", "login_before_tls") and not name.startswith("batched "))
+
     def deliveries(self, offset: int = 0) -> list[dict[str, Any]]:
         """Return the lab's delivery records from ``offset`` on."""
         result: list[dict[str, Any]] = self.request("GET", f"/deliveries?offset={offset}")
@@ -101,7 +113,7 @@ def stop_process(process: subprocess.Popen[bytes], *, grace: float, kill_wait: f
 
 
 @contextlib.contextmanager
-def lab_process(state_dir: Path, *, smart_hosts: int, mailboxes: int) -> Iterator[LabProcess]:
+def lab_process(state_dir: Path, *, smart_hosts: int, mailboxes: int, backend: str = "ews") -> Iterator[LabProcess]:
     """Start a lab in a child process, wait for its ``lab.json``, and stop it on exit."""
     state_dir.mkdir(parents=True, exist_ok=True)
     json_path = state_dir / "lab.json"
@@ -109,8 +121,8 @@ def lab_process(state_dir: Path, *, smart_hosts: int, mailboxes: int) -> Iterato
     log = (state_dir / "lab.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "probe", "lab", "--state-dir", str(state_dir), "--smart-hosts", str(smart_hosts),
-         "--mailboxes", str(mailboxes)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    lab = LabProcess(process=process, state_dir=state_dir, info={})
+         "--mailboxes", str(mailboxes), "--mailbox-backend", backend], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    lab = LabProcess(process=process, state_dir=state_dir, info={}, backend=backend)
     try:
         lab.info = _wait_for_lab(process, json_path, state_dir / "probe.yaml")
         yield lab
@@ -138,9 +150,13 @@ def _wait_for_lab(process: subprocess.Popen[bytes], json_path: Path, config_path
 
 def write_config(lab: LabProcess, path: Path, *, interval: float, timeout: float, jitter: float = 0.0,
                  watch: str = "streaming", poll_interval: float = 2.0, routes: Sequence[str] | None = None,
-                 state_dir: Path | None = None) -> Path:
-    """Write a probe config for the lab: its ``probe.yaml`` with these timings, routes and state files."""
+                 state_dir: Path | None = None, connector: bool = False) -> Path:
+    """Write a probe config for the lab: its ``probe.yaml`` with these timings, routes and state files (and its
+    connector probes only when ``connector``: the benchmarks measure the direct pairs)."""
     config = yaml.safe_load((lab.state_dir / "probe.yaml").read_text(encoding="utf-8"))
+    if not connector:
+        for route in config["routes"]:
+            route.pop("connector", None)
     config["defaults"] = {"interval": _duration(interval), "timeout": _duration(timeout),
                           "jitter": _duration(jitter)}
     if routes is not None:

@@ -110,6 +110,15 @@ def flow_panels() -> list[Panel]:
         Panel("timeseries", "In flight",
               "Probes accepted by a smart host and not yet decided (mailflow_probe_in_flight).",
               [Query(f"sum by (route, smart_host) ({sel('in_flight')})", "{{route}} / {{smart_host}}")], 8),
+        Panel("timeseries", "Smart host the Send connector chose",
+              "Connector probes (smart_host=\"@connector\": sent as a user of the source forest, so its Send "
+              "connector picks the smart host) delivered, by the smart host that carried them "
+              "(mailflow_probe_connector_carried_total, read from the Received chain at the target). A move from "
+              "one smart host to another is the connector failing over.",
+              [Query(rate_sum("increase", "connector_carried_total", "route, smart_host"),
+                     "{{route}} via {{smart_host}}")], 24, 7,
+              options={"legend": {"displayMode": "table", "placement": "right", "calcs": ["sum"]}},
+              field_config={"custom": {"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal"}}}),
         Panel("timeseries", "Lost, late and unknown",
               "Verdicts that need a look: lost (accepted, never seen while the mailbox was observable), late "
               "(seen after being declared lost), unknown (the mailbox could not be observed long enough).",

@@ -18,7 +18,7 @@ from probe.local_faults import explain, local_fault
 from probe.logs import configure_logging
 from probe.mailbox.backends import MailboxFactory, open_mailbox
 from probe.mailbox.base import Mailbox
-from probe.pipeline import NullObserver, Target, confirm, expire, send_probe, targets
+from probe.pipeline import Carriers, NullObserver, Target, carriers, confirm, expire, send_probe, targets
 from probe.report import EXIT_UNKNOWN, EXIT_USAGE, FORMATS, Format, Report
 from probe.secret import redact
 from probe.signing import SigningKeyError, load_or_create_key
@@ -58,7 +58,7 @@ def run_check(config: Config, options: CheckOptions, mailbox_factory: MailboxFac
     mailboxes = {name: factory(config.mailboxes[name], key) for name in sorted(names)}
     try:
         decisions = _send_all(chosen, mailboxes, key=key, ledger=ledger, timeout=options.timeout)
-        decisions += _wait(mailboxes, key=key, ledger=ledger, options=options)
+        decisions += _wait(mailboxes, key=key, ledger=ledger, options=options, carried=carriers(config))
     finally:
         for mailbox in mailboxes.values():
             mailbox.close()
@@ -79,7 +79,8 @@ def _send_all(chosen: Sequence[Target], mailboxes: dict[str, Mailbox], *, key: b
     return [d for d in results if d is not None]
 
 
-def _wait(mailboxes: dict[str, Mailbox], *, key: bytes, ledger: Ledger, options: CheckOptions) -> list[Decision]:
+def _wait(mailboxes: dict[str, Mailbox], *, key: bytes, ledger: Ledger, options: CheckOptions,
+          carried: Carriers) -> list[Decision]:
     """Search each mailbox a probe waits on (its target, and its route's bounces mailbox) until every probe has a
     verdict or the last deadline passed; then one last look, and the rest is lost or unknown."""
     decisions: list[Decision] = []
@@ -88,14 +89,16 @@ def _wait(mailboxes: dict[str, Mailbox], *, key: bytes, ledger: Ledger, options:
     while ledger.open_probes() and time.time() < last_deadline:
         for name, mailbox in mailboxes.items():
             if ledger.awaits(name):
-                decisions += confirm(name, mailbox, key=key, ledger=ledger, observer=observer, late_window=0)
+                decisions += confirm(name, mailbox, key=key, ledger=ledger, observer=observer, late_window=0,
+                                     carriers=carried)
         _progress(options.progress, ledger, last_deadline)
         if ledger.open_probes():
             time.sleep(min(options.poll_seconds, max(0.0, last_deadline - time.time())))
     # One last look, started after every deadline: what it does not find is lost; if it fails, unknown.
     for name, mailbox in mailboxes.items():
         if ledger.awaits(name):
-            decisions += confirm(name, mailbox, key=key, ledger=ledger, observer=observer, late_window=0)
+            decisions += confirm(name, mailbox, key=key, ledger=ledger, observer=observer, late_window=0,
+                                 carriers=carried)
     decisions += expire(ledger, observer=observer, unknown_after=0.0, now=max(time.time(), last_deadline))
     _progress(options.progress, ledger, last_deadline, final=True)
     return decisions

@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--smart-hosts", type=int, default=2, metavar="N", help="smart hosts per forest")
     lab.add_argument("--mailboxes", type=int, default=1, metavar="N", help="probe mailboxes per forest")
     lab.add_argument("--fixed-ports", action="store_true", help="use the demo's fixed ports")
+    lab.add_argument("--mailbox-backend", choices=("ews", "imap", "graph"), default="ews",
+                     help="how probe.yaml's mailboxes are read, and where the smart hosts deliver (default: ews)")
 
     demo = sub.add_parser("demo", help="the lab and the daemon together, on fixed local ports")
     demo.add_argument("--state-dir", default="demo-state", metavar="DIR")

@@ -23,7 +23,9 @@ def _count(number: int, noun: str) -> str:
 def summary(config: Config) -> str:
     """Return the one line ``validate`` prints for a good config."""
     hosts = sum(len(route.smart_hosts) for route in config.routes)
-    return (f"config OK: {_count(len(config.routes), 'route')}, {_count(hosts, 'smart host')}, "
+    connectors = sum(1 for route in config.routes if route.connector is not None)
+    through = f"{_count(connectors, 'connector probe')}, " if connectors else ""
+    return (f"config OK: {_count(len(config.routes), 'route')}, {_count(hosts, 'smart host')}, {through}"
             f"{_count(len(config.mailboxes), 'mailbox')}")
 
 

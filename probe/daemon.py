@@ -29,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from probe.config import Config, ConfigError, MailboxConfig, load_config, load_config_with_warnings
+from probe.diagnosis import DiagnosisTracker, RouteDiagnosis, last_decisive
 from probe.http_server import MAX_CONNECTIONS
 from probe.ledger import Decision, Ledger, LedgerError
 from probe.local_faults import explain, local_fault
@@ -36,12 +37,12 @@ from probe.logs import Throttle, configure_logging, log_decision
 from probe.mailbox.backends import MailboxFactory, open_mailbox
 from probe.mailbox.base import Mailbox, SearchResult, Watch
 from probe.metrics import ProbeMetrics
-from probe.pipeline import Target, confirm, expire, send_probe, targets
+from probe.pipeline import Target, carriers, confirm, expire, send_probe, targets
 from probe.runtime import limit_malloc_arenas, raise_open_files_limit
 from probe.shard import Shard
 from probe.signing import SigningKeyError, load_or_create_key
 from probe.smtp import SubmitResult
-from probe.vocabulary import LocalResource, UnknownReason
+from probe.vocabulary import CONNECTOR_PAIR, LocalResource, UnknownReason, Verdict
 
 log = logging.getLogger("probe.daemon")
 
@@ -65,8 +66,8 @@ class _Observer:
 
     def on_submit(self, target: Target, result: SubmitResult) -> None:
         """Count a submission and time its stages."""
-        if self._daemon.has_pair(target.route.name, target.smart_host.name):
-            self._daemon.metrics.observe_submit(target.route.name, target.smart_host.name, result)
+        if self._daemon.has_pair(*target.key):
+            self._daemon.metrics.observe_submit(*target.key, result)
 
     def on_search(self, mailbox: str, result: SearchResult) -> None:
         """Record a mailbox's health (a search the host itself failed is a local fault, not the mailbox's)."""
@@ -108,10 +109,16 @@ class _Observer:
                            "will_retry_until": report.get("will_retry_until")})
 
     def on_decision(self, decision: Decision) -> None:
-        """Count a verdict and log its line."""
+        """Count a verdict and log its line; for a route with a connector probe, which smart host carried it and
+        any change of the route's diagnosis."""
         log_decision(log, decision)
-        if self._daemon.has_pair(decision.route, decision.smart_host):
-            self._daemon.metrics.observe_decision(decision)
+        if not self._daemon.has_pair(decision.route, decision.smart_host):
+            return
+        self._daemon.metrics.observe_decision(decision)
+        arrived = decision.verdict in (Verdict.DELIVERED, Verdict.LATE)
+        if decision.smart_host == CONNECTOR_PAIR and arrived and decision.carried_by:
+            self._daemon.metrics.observe_carried(decision.route, decision.carried_by)
+        self._daemon.diagnose(decision)
 
 
 @dataclass
@@ -175,6 +182,7 @@ class Daemon:
         self._pairs: dict[tuple[str, str], Target] = {}
         self._watchers: dict[str, _MailboxWatcher] = {}
         self._scheduled: dict[str, datetime] = {}
+        self._diagnoses = DiagnosisTracker()
         self._ready = threading.Event()
         self.scheduler = BackgroundScheduler(
             executors={"default": _SendPool(SEND_WORKERS, self._scheduled, self._observer.on_local_fault),
@@ -187,6 +195,7 @@ class Daemon:
 
     def start(self) -> None:
         """Resolve what a previous run left half-done, schedule every pair, start every watcher, and begin."""
+        self._seed_diagnoses()
         for decision in self.ledger.recover_interrupted():
             self._observer.on_decision(decision)
         # Jobs are added before the scheduler starts, so none falls due while thousands are still being added.
@@ -235,6 +244,30 @@ class Daemon:
         """Say whether (route, smart host) is in the running configuration."""
         return (route, smart_host) in self._pairs
 
+    # -- diagnosis across both kinds of probe -------------------------------------------------------
+
+    def _seed_diagnoses(self) -> None:
+        """Start from each pair's last decisive verdict in the state file (of routes with a connector probe)."""
+        for route in self.config.routes:
+            if route.connector is None:
+                continue
+            for host in (*(h.name for h in route.smart_hosts), CONNECTOR_PAIR):
+                row = last_decisive(self.ledger.history(route.name, host, limit=10))
+                if row is not None:
+                    carried = (row.get("detail") or {}).get("carried_by")
+                    self._diagnoses.note(route.name, host, str(row["state"]), carried)
+
+    def diagnose(self, decision: Decision) -> None:
+        """Fold a verdict into its route's diagnosis; log the diagnosis when it changes."""
+        target = self._pairs.get((decision.route, decision.smart_host))
+        route = None if target is None else target.route
+        if route is None or route.connector is None:
+            return
+        changed = self._diagnoses.update(route.name, [h.name for h in route.smart_hosts], decision.smart_host,
+                                         str(decision.verdict), decision.carried_by)
+        if changed is not None:
+            _log_diagnosis(changed)
+
     # -- reload ------------------------------------------------------------------------------------
 
     def reload(self) -> tuple[bool, str]:
@@ -252,6 +285,7 @@ class Daemon:
             self._apply(new, first=False)
             self.config = new
             self.metrics.apply_config(new)
+            self._diagnoses.forget(r.name for r in new.routes if r.connector is not None)
         self.metrics.set_reload(True, time.time())
         log.info("reloaded", extra={"pairs": len(self._pairs), "mailboxes": len(self._watchers)})
         return True, f"reloaded: {len(self._pairs)} pairs, {len(self._watchers)} mailboxes"
@@ -261,8 +295,8 @@ class Daemon:
         if self.shard is None:
             return config
         share = self.shard.share(config)
-        pairs = sum(len(r.smart_hosts) for r in share.routes)
-        facts = {"shard": str(self.shard), "pairs": pairs, "of_pairs": sum(len(r.smart_hosts) for r in config.routes),
+        pairs = len(targets(share))  # connector pairs too
+        facts = {"shard": str(self.shard), "pairs": pairs, "of_pairs": len(targets(config)),
                  "mailboxes": len(share.mailboxes)}
         if pairs:
             log.info("this instance probes its shard of the pairs", extra=facts)
@@ -321,7 +355,7 @@ class Daemon:
         except LedgerError as exc:
             self._ledger_failed(exc, "probe not sent: the state file cannot be written")
         except Exception as exc:  # a local fault outside the submission (building, recording), or a bug
-            self._job_failed(exc, f"sending through {target.smart_host.name}")
+            self._job_failed(exc, f"sending through {target.via}")
         for name in (target.mailbox.name, target.bounces):  # the probe waits on both: to arrive, or its NDR
             watcher = self._watchers.get(name) if name is not None else None
             if watcher is not None and time.time() + target.route.timeout < watcher.wake_at:
@@ -408,7 +442,7 @@ class Daemon:
         late_window = self._longest_timeout() * 2
         try:
             confirm(watcher.name, watcher.mailbox, key=self.key, ledger=self.ledger, observer=self._observer,
-                    late_window=late_window, cleanup=watcher.config.cleanup != "keep")
+                    late_window=late_window, cleanup=watcher.config.cleanup != "keep", carriers=carriers(self.config))
         except LedgerError as exc:
             self._ledger_failed(exc, "search results not recorded: the state file cannot be written")
         except Exception as exc:  # a bug must not kill the watcher thread; it is logged with its traceback
@@ -427,6 +461,15 @@ class Daemon:
             self._observer.on_local_fault(resource, what)
         else:
             log.exception("unexpected error (a bug: please report it)", extra={"while": what})
+
+def _log_diagnosis(found: RouteDiagnosis) -> None:
+    fields = {"route": found.route, "diagnosis": None if found.diagnosis is None else str(found.diagnosis),
+              "failing_smart_hosts": list(found.failing), "carried_by": found.carried_by}
+    if found.diagnosis is None:
+        log.info("route diagnosis cleared: the connector and its smart hosts agree again", extra=fields)
+    else:
+        log.warning(f"route diagnosis: {found.text}", extra=fields)
+
 
 def _notify(watcher: _MailboxWatcher) -> None:
     watcher.notified.set()

@@ -111,6 +111,7 @@ class Decision:
     smtp_code: int | None = None
     latency: float | None = None
     decided_at: float = 0.0
+    carried_by: str | None = None  # a connector probe's: the smart host its Received chain names
     status_code: str | None = None  # bounced: the NDR's enhanced status code, e.g. 5.1.1
     reporting_mta: str | None = None  # bounced: the server that wrote the NDR
     diagnostic: str | None = None  # bounced: the refusing server's words
@@ -188,7 +189,7 @@ def _decision(row: sqlite3.Row, decided_at: float) -> Decision:
     return Decision(
         probe_id=row["probe_id"], route=row["route"], smart_host=row["smart_host"], mailbox=row["mailbox"],
         message_id=row["message_id"], verdict=Verdict(row["state"]), stage=row["stage"], reason=row["reason"],
-        smtp_code=row["smtp_code"], latency=row["latency"], decided_at=decided_at,
+        smtp_code=row["smtp_code"], latency=row["latency"], decided_at=decided_at, carried_by=detail.get("carried_by"),
         status_code=bounce.get("status"), reporting_mta=bounce.get("reporting_mta"),
         diagnostic=bounce.get("diagnostic"), slowest_hop=slowest_hop(hops) if isinstance(hops, list) else None,
     )
@@ -540,6 +541,18 @@ class Ledger:
             rows = self._db.execute("SELECT route, smart_host, COUNT(*) FROM probes WHERE state IN (?, ?)"
                                     " GROUP BY route, smart_host", _OPEN_STATES).fetchall()
         return {(r[0], r[1]): r[2] for r in rows}
+
+    def pairs_of(self, probe_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Return the (route, smart host) of each of these probes that the ledger knows."""
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(probe_ids), 500):  # well under SQLite's limit of bound parameters
+            chunk = tuple(probe_ids[start:start + 500])
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT probe_id, route, smart_host FROM probes WHERE probe_id IN ({marks})"  # noqa: S608 - ? only
+            with self._lock:
+                rows = self._db.execute(query, chunk).fetchall()
+            found.update((r["probe_id"], (r["route"], r["smart_host"])) for r in rows)
+        return found
 
     def pending_cleanup(self, mailbox: str, *, limit: int = 100) -> list[ItemRef]:
         """Return the items of verified sightings in ``mailbox`` not yet cleaned up."""

@@ -150,6 +150,8 @@ def log_decision(logger: logging.Logger, decision: Decision) -> None:
         "status_code": decision.status_code, "reporting_mta": decision.reporting_mta,
         "diagnostic": decision.diagnostic,
     }
+    if decision.carried_by is not None:
+        fields["carried_by"] = decision.carried_by  # a connector probe's: the smart host that carried it
     logger.log(_VERDICT_LEVELS.get(decision.verdict, logging.INFO), "probe %s", decision.verdict, extra=fields)
 
 

@@ -65,6 +65,7 @@ class PairShape:
     smart_host: str
     tls: bool  # the smart host is spoken to over TLS (tls: starttls or implicit)
     auth: bool  # the probe authenticates (a username is configured)
+    carriers: tuple[str, ...] = ()  # a connector pair's: the route's smart hosts, one of which carries each probe
 
 
 # -- which series a pair has from start-up ---------------------------------------------------------------
@@ -90,6 +91,11 @@ def one_unnamed(_pair: PairShape) -> tuple[LabelValues, ...]:
     return (("",),)
 
 
+def each_carrier(pair: PairShape) -> tuple[LabelValues, ...]:
+    """Return a series per smart host that may carry the pair's probes (a connector pair's; none for the others)."""
+    return tuple((host,) for host in pair.carriers)
+
+
 def every_stage(_pair: PairShape) -> tuple[LabelValues, ...]:
     """Return a series per SMTP stage."""
     return tuple((str(stage),) for stage in Stage)
@@ -110,6 +116,8 @@ STAGE_LADDER: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60
 class Row:
     """One family of the pairs.
 
+    ``labels``: the family's own, besides the pair's; one named as a pair label stands instead of the pair's
+    (the connector pair's carried count names the smart host that carried a probe, not "@connector");
     ``created``: the label values of the series a pair has from start-up (at 0), so absence never hides a
     pair; ``grows``: an observation with other label values adds its series (else it is ignored, as a
     certificate's expiry for a pair without TLS is); ``replaces``: a pair has one series of the family, and
@@ -165,6 +173,9 @@ class PairFamily(Enum):
                               "chain, labelled by the hop's receiving host (one series per pair; hop=\"\" and 0 "
                               "until a delivered probe's chain has a timed hop).", labels=("hop",),
                               created=one_unnamed, replaces=True)
+    CONNECTOR_CARRIED = Row(kind=Kind.COUNTER, help="Connector probes (smart_host=\"@connector\") delivered, by the "
+                            "smart host the source forest's Send connector chose (read from the Received chain at the "
+                            "target).", labels=("smart_host",), created=each_carrier)
 
     # Members are dict keys on every observation and in every render; Enum's own __hash__ is a Python function
     # (hash of the name), object's is C: a member is equal only to itself either way.

@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from probe import __version__
-from probe.config import Config, SmartHostConfig
+from probe.config import Config, RouteConfig, SmartHostConfig
 from probe.exposition import Values, cached_parts, generate_text
 from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
@@ -38,7 +38,7 @@ from probe.metric_families import PAIR_LABELS, PREFIX, LabelValues, Limit, PairF
 from probe.pair_series import HEADS, SeriesSet, Snapshot, bucket_texts, render, to_metrics
 from probe.prometheus_internals import encoder_style
 from probe.smtp import SubmitResult
-from probe.vocabulary import BounceReason, LocalResource, MailboxReason, Verdict
+from probe.vocabulary import CONNECTOR_PAIR, BounceReason, LocalResource, MailboxReason, Verdict
 
 PAIR: Final = PAIR_LABELS
 WATCH_MODES: Final = ("streaming", "polling")
@@ -56,6 +56,32 @@ _LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 def shape_of(route: str, host: SmartHostConfig) -> PairShape:
     """Return what the family table needs to know of a configured pair."""
     return PairShape(route=route, smart_host=host.name, tls=host.tls != "none", auth=host.username is not None)
+
+
+def connector_shape(route: RouteConfig) -> PairShape | None:
+    """Return what the family table needs to know of a route's connector pair (None: the route has none).
+
+    Its smart hosts are its carriers; it speaks TLS when submitted over SMTP with TLS (the submission server's
+    certificate); it always authenticates (as the sender, over SMTP or EWS).
+    """
+    if route.connector is None:
+        return None
+    smtp_tls = route.connector.submit == "smtp" and route.connector.tls != "none"
+    return PairShape(route=route.name, smart_host=CONNECTOR_PAIR, tls=smtp_tls, auth=True,
+                     carriers=tuple(host.name for host in route.smart_hosts))
+
+
+def pair_shapes(config: Config) -> dict[tuple[str, str], PairShape]:
+    """Return the shape of every pair of ``config``, in config order: each route's smart hosts, then its
+    connector pair."""
+    shapes = {}
+    for route in config.routes:
+        for host in route.smart_hosts:
+            shapes[(route.name, host.name)] = shape_of(route.name, host)
+        connector = connector_shape(route)
+        if connector is not None:
+            shapes[(route.name, CONNECTOR_PAIR)] = connector
+    return shapes
 
 
 ALL_PAIRS: Final = PairShape(route="", smart_host="", tls=True, auth=True)  # the set summed over the pairs
@@ -77,7 +103,9 @@ def histogram_bounds(config: Config) -> dict[PairFamily, tuple[float, ...]]:
     """Return each histogram family's bucket bounds (ending with +Inf) for ``config``'s longest timeouts."""
     limits = {
         Limit.ROUTE_TIMEOUT: max([r.timeout for r in config.routes] or [config.defaults.timeout]),
-        Limit.SMART_HOST_TIMEOUT: max([h.timeout for r in config.routes for h in r.smart_hosts] or [30.0]),
+        Limit.SMART_HOST_TIMEOUT: max([h.timeout for r in config.routes for h in r.smart_hosts]
+                                      + [r.connector.timeout for r in config.routes if r.connector is not None]
+                                      or [30.0]),
     }
     return {family: (*family.row.buckets.bounds(limits[family.row.buckets.limit]), math.inf)
             for family in PairFamily if family.row.buckets is not None}
@@ -94,8 +122,7 @@ class _Layout:
 
     @classmethod
     def of(cls, config: Config) -> _Layout:
-        pairs = {(route.name, host.name): shape_of(route.name, host) for route in config.routes
-                 for host in route.smart_hosts}
+        pairs = pair_shapes(config)
         backends = {name: mailbox.backend.name for name, mailbox in config.mailboxes.items()}
         return cls(pairs, frozenset(config.mailboxes), backends, per_pair_families(config))
 
@@ -300,6 +327,13 @@ class ProbeMetrics:
             if not result.ok:
                 reason = str(result.error_reason) if result.error_reason is not None else "unknown"
                 self._child(self.mailbox_errors, mailbox, reason).inc()
+
+    def observe_carried(self, route: str, smart_host: str) -> None:
+        """Count a connector probe delivered through ``smart_host`` (ignored unless one of the route's)."""
+        with self._lock:
+            series = self._pair(route, CONNECTOR_PAIR)
+            if series is not None:
+                series.inc(PairFamily.CONNECTOR_CARRIED, (smart_host,))
 
     def observe_local(self, resource: LocalResource) -> None:
         """Count a failure of the probe's own host (what ran out)."""

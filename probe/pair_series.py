@@ -61,10 +61,12 @@ class Snapshot:
     histograms: tuple[tuple[PairFamily, tuple[tuple[LabelValues, tuple[float, ...], float], ...]], ...]
 
     def labels_of(self, family: PairFamily, values: LabelValues) -> dict[str, str]:
-        """Return a series' labels (the pair's and the family's own) as a dict."""
+        """Return a series' labels (the pair's and the family's own; an own label of a pair label's name stands
+        instead of the pair's) as a dict."""
         labels = dict(zip(family.row.labels, values, strict=True))
         if self.pair is not None:
-            labels.update(zip(PAIR_LABELS, self.pair, strict=True))
+            for name, value in zip(PAIR_LABELS, self.pair, strict=True):
+                labels.setdefault(name, value)
         return labels
 
 

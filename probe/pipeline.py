@@ -7,33 +7,48 @@ What happens is reported to an ``Observer`` (metrics, logs, the check's table).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from probe.carrier import carried_by
 from probe.config import Config, MailboxConfig, RouteConfig, SmartHostConfig
 from probe.dsn import DsnAction, read_report
 from probe.ledger import Arrival, Decision, Ledger, ReportArrival
 from probe.mailbox.base import Mailbox, ReportCandidate, SearchResult, Sighting
 from probe.message import build_probe_message
 from probe.smtp import SubmitResult, submit
-from probe.vocabulary import LocalResource, UnknownReason
+from probe.submit.connector import Submission, submit_connector_probe
+from probe.vocabulary import CONNECTOR_PAIR, LocalResource, UnknownReason
+
+Carriers = Mapping[str, Sequence[SmartHostConfig]]
+"""Each route's smart hosts, by route name: what a connector probe's Received chain is read against."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Target:
-    """One (route, smart host) pair: what one probe is sent through and where it should land."""
+    """One (route, smart host) pair: what one probe is sent through and where it should land.
+
+    A direct probe has its ``smart_host``; a route's connector probe has none (the source forest's Send
+    connector picks one) and is the pair ``(route, "@connector")``, sent from ``source`` with ``submit: ews``.
+    """
 
     route: RouteConfig
-    smart_host: SmartHostConfig
     mailbox: MailboxConfig
     recipient: str
+    smart_host: SmartHostConfig | None = None
+    source: MailboxConfig | None = None  # the connector probe's sender mailbox (submit: ews)
     bounces: str | None = None  # the mailbox the route's NDRs come back to (Config.bounces_mailbox_of)
 
     @property
+    def via(self) -> str:
+        """Return the pair's smart_host label: the smart host's name, or "@connector"."""
+        return self.smart_host.name if self.smart_host is not None else CONNECTOR_PAIR
+
+    @property
     def key(self) -> tuple[str, str]:
-        """Return (route name, smart host name)."""
-        return (self.route.name, self.smart_host.name)
+        """Return (route name, smart host name or "@connector")."""
+        return (self.route.name, self.via)
 
 
 class Observer(Protocol):
@@ -75,30 +90,52 @@ class NullObserver:
 
 
 def targets(config: Config, routes: Iterable[str] | None = None) -> list[Target]:
-    """Return every (route, smart host) pair of the chosen routes (all when ``routes`` is None)."""
+    """Return every (route, smart host) pair of the chosen routes (all when ``routes`` is None), each route's
+    connector probe after its smart hosts."""
     wanted = None if routes is None else set(routes)
-    return [
-        Target(route=route, smart_host=host, mailbox=config.mailboxes[route.mailbox],
-               recipient=config.recipient_of(route), bounces=config.bounces_mailbox_of(route))
-        for route in config.routes if wanted is None or route.name in wanted
-        for host in route.smart_hosts
-    ]
+    chosen: list[Target] = []
+    for route in config.routes:
+        if wanted is not None and route.name not in wanted:
+            continue
+        mailbox, recipient = config.mailboxes[route.mailbox], config.recipient_of(route)
+        bounces = config.bounces_mailbox_of(route)
+        chosen += [Target(route=route, smart_host=host, mailbox=mailbox, recipient=recipient, bounces=bounces)
+                   for host in route.smart_hosts]
+        if route.connector is not None:
+            chosen.append(Target(route=route, mailbox=mailbox, recipient=recipient, bounces=bounces,
+                                 source=config.sender_mailbox(route)))
+    return chosen
+
+
+def carriers(config: Config) -> dict[str, tuple[SmartHostConfig, ...]]:
+    """Return each route's smart hosts by route name (what ``confirm`` reads connector probes' chains against)."""
+    return {route.name: route.smart_hosts for route in config.routes}
+
+
+def _submit(target: Target, message: bytes) -> SubmitResult:
+    """Submit straight to the target's smart host, or into the source forest for a connector probe."""
+    sender = target.route.sender
+    if target.smart_host is not None:
+        return submit(host=target.smart_host, sender=sender, recipient=target.recipient, message=message)
+    if target.route.connector is None:
+        raise ValueError(f"route {target.route.name} has no connector")
+    return submit_connector_probe(Submission(connector=target.route.connector, source=target.source, sender=sender,
+                                             recipient=target.recipient, message=message))
 
 
 def send_probe(target: Target, *, key: bytes, ledger: Ledger, observer: Observer,
                timeout: float | None = None, clock: Callable[[], float] = time.time) -> Decision | None:
     """Build, record and submit one probe; return the send_failed (or local unknown) decision, or None when accepted."""
-    message = build_probe_message(key=key, route=target.route.name, smart_host=target.smart_host.name,
+    message = build_probe_message(key=key, route=target.route.name, smart_host=target.via,
                                   sender=target.route.sender, recipient=target.recipient)
-    ledger.open_probe(probe_id=message.probe_id, route=target.route.name, smart_host=target.smart_host.name,
+    ledger.open_probe(probe_id=message.probe_id, route=target.route.name, smart_host=target.via,
                       mailbox=target.mailbox.name, message_id=message.message_id,
                       deadline=clock() + (timeout if timeout is not None else target.route.timeout),
                       bounce_mailbox=target.bounces)
-    result = submit(host=target.smart_host, sender=target.route.sender, recipient=target.recipient,
-                    message=message.raw)
+    result = _submit(target, message.raw)
     detail = submit_detail(result)
     if result.local is not None:  # the host failed, not the smart host: unknown (local), no send counted
-        observer.on_local_fault(result.local, f"sending through {target.smart_host.name}")
+        observer.on_local_fault(result.local, f"sending through {target.via}")
         local = ledger.record_local_failure(message.probe_id, resource=result.local, detail=detail)
         if local is not None:
             observer.on_decision(local)
@@ -136,9 +173,13 @@ def submit_detail(result: SubmitResult) -> dict[str, Any]:
 
 
 def confirm(mailbox_name: str, mailbox: Mailbox, *, key: bytes, ledger: Ledger, observer: Observer,
-            late_window: float, cleanup: bool = True, search_deadline: float | None = None) -> list[Decision]:
+            late_window: float, cleanup: bool = True, search_deadline: float | None = None,
+            carriers: Carriers | None = None) -> list[Decision]:
     """Search one mailbox once for every probe in flight to it and every report of the probes bouncing to it;
-    record what it saw; clean up."""
+    record what it saw; clean up.
+
+    ``carriers`` (each route's smart hosts) lets a connector probe's arrival record which smart host carried it.
+    """
     probe_ids, since = ledger.watch_list(mailbox_name, late_window=late_window)
     report_ids, reports_since = ledger.report_watch_list(mailbox_name, late_window=late_window)
     oldest = min((t for t in (since, reports_since) if t is not None), default=None)
@@ -147,7 +188,7 @@ def confirm(mailbox_name: str, mailbox: Mailbox, *, key: bytes, ledger: Ledger, 
         result = mailbox.search(probe_ids, since=oldest, deadline=search_deadline, reports_for=report_ids)
         reports, forged = _read_reports(result.reports, key)
         observer.on_search(mailbox_name, replace(result, forged=result.forged + forged) if forged else result)
-        decisions = _record_sightings(ledger, result.sightings, observer)
+        decisions = _record_sightings(ledger, result.sightings, observer, carriers or {})
         decisions += _record_reports(ledger, reports, observer)
         ledger.record_observation(mailbox_name, ok=result.ok, started_at=result.started_at,
                                   finished_at=result.finished_at,
@@ -163,17 +204,27 @@ def _observation_reason(result: SearchResult) -> str | None:
     return None if result.local is None else str(UnknownReason.LOCAL)
 
 
-def _record_sightings(ledger: Ledger, sightings: Sequence[Sighting], observer: Observer) -> list[Decision]:
+def _record_sightings(ledger: Ledger, sightings: Sequence[Sighting], observer: Observer,
+                      carriers: Carriers) -> list[Decision]:
     """Record a search's sightings in one transaction, then report each verdict it decided."""
+    pairs = ledger.pairs_of([s.probe_id for s in sightings if s.hops]) if carriers else {}
     decisions = ledger.record_arrivals(Arrival(
         probe_id=s.probe_id, item=s.item, folder=str(s.folder),
         received_at=s.received_local, seen_at=s.first_seen_local,
         detail={"hops": [hop.to_json() for hop in s.hops], "folder": str(s.folder),
-                "received_server": s.received_server.isoformat()},
+                "received_server": s.received_server.isoformat(),
+                **_carried(pairs.get(s.probe_id), s, carriers)},
     ) for s in sightings)
     for decision in decisions:
         observer.on_decision(decision)
     return decisions
+
+
+def _carried(pair: tuple[str, str] | None, sighting: Sighting, carriers: Carriers) -> dict[str, Any]:
+    """Return ``{"carried_by": name or None}`` for a connector probe's arrival, read from its Received chain."""
+    if pair is None or pair[1] != CONNECTOR_PAIR or pair[0] not in carriers:
+        return {}
+    return {"carried_by": carried_by(sighting.hops, carriers[pair[0]])}
 
 
 def _read_reports(candidates: Sequence[ReportCandidate], key: bytes) -> tuple[list[ReportArrival], int]:

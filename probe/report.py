@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from probe.diagnosis import RouteDiagnosis, diagnose_decisions
 from probe.ledger import Decision
 from probe.secret import redact
-from probe.vocabulary import Verdict
+from probe.vocabulary import CONNECTOR_PAIR, Verdict
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -54,6 +55,15 @@ class Report:
     def detail(self, decision: Decision) -> Mapping[str, Any]:
         """Return one probe's details (transcript, hops, reply), redacted where shown."""
         return self.details.get(decision.probe_id, {})
+
+    def diagnoses(self) -> dict[str, RouteDiagnosis]:
+        """Return the diagnosis of each route with a connector probe, by route (probe.diagnosis)."""
+        return diagnose_decisions(self.decisions)
+
+    @property
+    def has_connector(self) -> bool:
+        """Say whether any row is a connector probe's."""
+        return any(d.smart_host == CONNECTOR_PAIR for d in self.decisions)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +130,19 @@ def _summary(decisions: Sequence[Decision]) -> str:
     return f"{len(decisions)} probes: " + (", ".join(parts) if parts else "none")
 
 
+def _carried(decision: Decision) -> str:
+    if decision.smart_host != CONNECTOR_PAIR:
+        return "-"
+    if decision.carried_by:
+        return decision.carried_by
+    return "unknown path" if decision.verdict in (Verdict.DELIVERED, Verdict.LATE) else "-"
+
+
+def _diagnosis_lines(report: Report) -> list[str]:
+    return [f"diagnosis: {terminal_safe(route)}: {d.text}" for route, d in sorted(report.diagnoses().items())
+            if d.text is not None]
+
+
 def _debug_lines(report: Report, decision: Decision) -> list[str]:
     """Return a probe's debug lines (header, transcript, hops), redacted and terminal-safe."""
     detail = report.detail(decision)
@@ -164,12 +187,15 @@ def _tracking_lines(tracking: object) -> list[str]:
 
 def format_table(report: Report) -> str:
     """Return an aligned plain-text table, one row per (route, smart host); with debug, the transcripts after."""
-    header = ["ROUTE", "SMART HOST", "VERDICT", "LATENCY", "STAGE/REASON", "SMTP REPLY"]
-    rows = [header] + [[terminal_safe(d.route), terminal_safe(d.smart_host), str(d.verdict), _latency(d), _why(d),
-                        _reply(report, d)] for d in report.sorted()]
+    carried = report.has_connector  # the CARRIED BY column shows only beside connector rows
+    header = ["ROUTE", "SMART HOST", "VERDICT", "LATENCY", *(["CARRIED BY"] if carried else []), "STAGE/REASON",
+              "SMTP REPLY"]
+    rows = [header] + [[terminal_safe(d.route), terminal_safe(d.smart_host), str(d.verdict), _latency(d),
+                        *([terminal_safe(_carried(d))] if carried else []), _why(d), _reply(report, d)]
+                       for d in report.sorted()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     lines = ["  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]).rstrip() for r in rows]
-    lines += ["", _summary(report.decisions)]
+    lines += ["", _summary(report.decisions), *_diagnosis_lines(report)]
     if report.debug:
         lines += [line for d in report.sorted() for line in _debug_lines(report, d)]
     return "\n".join(lines) + "\n"
@@ -192,11 +218,18 @@ def _debug_json(report: Report, decision: Decision) -> dict[str, Any]:
 
 
 def format_json(report: Report) -> str:
-    """Return the JSON list of DESIGN.md (route, smart_host, verdict, stage, reason, smtp_code, latency...);
-    with debug, each object also holds ``debug`` (transcript, hops, reply, error)."""
+    """Return the JSON list of DESIGN.md (route, smart_host, verdict, stage, reason, smtp_code, latency...); a
+    connector row also holds ``carried_by`` and ``diagnosis`` (source_side, failing_over, target_side or null) with
+    ``diagnosis_text``; with debug, each object also holds ``debug`` (transcript, hops, reply, error)."""
     items = []
+    diagnoses = report.diagnoses()
     for d in report.sorted():
         item = d.to_json()
+        if d.smart_host == CONNECTOR_PAIR:
+            found = diagnoses.get(d.route)
+            item["carried_by"] = d.carried_by
+            item["diagnosis"] = None if found is None or found.diagnosis is None else str(found.diagnosis)
+            item["diagnosis_text"] = None if found is None else found.text
         if report.debug:
             item["debug"] = _debug_json(report, d)
         items.append(item)
@@ -223,6 +256,7 @@ def format_nagios(report: Report) -> str:
     text = _summary(decisions)
     if bad:
         text += "; " + ", ".join(f"{d.route}/{d.smart_host} {d.verdict} {_why(d)}" for d in bad)
+    text += "".join(f"; {line}" for line in _diagnosis_lines(report))
     perf = [f"'{d.route}/{d.smart_host}'={d.latency:.3f}s;;;0" for d in decisions if d.latency is not None]
     delivered = sum(1 for d in decisions if d.verdict is Verdict.DELIVERED)
     perf.append(f"delivered={delivered};;;0;{len(decisions)}")

@@ -5,7 +5,12 @@ of its route and smart host names: the pair goes to the shard whose SHA-256 of (
 is highest. The share depends on the names only, so reordering the config, adding or removing other pairs,
 or reloading never moves a pair; going from N to N+1 shards moves only the pairs the new shard takes (about
 1/(N+1) of them), each from the shard that had it. Every instance reads the same config file; each keeps
-the routes with a pair of its share (only those smart hosts) and the mailboxes they send to.
+the routes with a pair of its share (only those smart hosts) and the mailboxes they send to, read from or
+submit from.
+
+A route with a connector probe falls whole to the shard of its connector pair (route, "@connector"): which
+smart host carried a connector probe, and the diagnosis across both kinds of probe, are read against all of
+the route's smart hosts, so its pairs are never split.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Final
 
-from probe.config import Config
+from probe.config import Config, RouteConfig
+from probe.vocabulary import CONNECTOR_PAIR
 
 _FORM: Final = re.compile(r"([0-9]{1,6})/([0-9]{1,6})")
 
@@ -50,15 +56,23 @@ class Shard:
         return shard_of(route, smart_host, self.count) == self.index
 
     def share(self, config: Config) -> Config:
-        """Return ``config`` with only this shard's pairs, and the mailboxes they send to."""
-        routes = []
-        for route in config.routes:
-            hosts = tuple(host for host in route.smart_hosts if self.owns(route.name, host.name))
-            if hosts:
-                routes.append(replace(route, smart_hosts=hosts))
-        used = {route.mailbox for route in routes}
+        """Return ``config`` with only this shard's pairs, and the mailboxes its routes send to, read their NDRs
+        from or submit their connector probes from (``submit: ews``: the sender's own mailbox)."""
+        routes = [route for route in map(self._share_of, config.routes) if route is not None]
+        used: set[str | None] = {route.mailbox for route in routes}
+        for route in routes:
+            used.add(config.bounces_mailbox_of(route))
+            sender = config.sender_mailbox(route) if route.connector is not None else None
+            used.add(sender.name if sender is not None else None)
         mailboxes = {name: mailbox for name, mailbox in config.mailboxes.items() if name in used}
         return replace(config, routes=tuple(routes), mailboxes=mailboxes)
+
+    def _share_of(self, route: RouteConfig) -> RouteConfig | None:
+        """Return the part of ``route`` in this shard (all of it or none, with a connector probe), or None."""
+        if route.connector is not None:
+            return route if self.owns(route.name, CONNECTOR_PAIR) else None
+        hosts = tuple(host for host in route.smart_hosts if self.owns(route.name, host.name))
+        return replace(route, smart_hosts=hosts) if hosts else None
 
 
 def shard_of(route: str, smart_host: str, count: int) -> int:

@@ -92,3 +92,16 @@ class MailboxFolder(StrEnum):
 
 SEARCHED_FOLDERS: tuple[MailboxFolder, ...] = (MailboxFolder.INBOX, MailboxFolder.JUNKEMAIL)
 """The folders a mailbox's ``folders`` may name: where a probe can arrive."""
+
+
+CONNECTOR_PAIR = "@connector"
+"""The ``smart_host`` label of a route's connector probe: submitted into the source forest as a user would send it,
+so that its Send connector, not the probe, chooses the smart host (``connector_carried_total`` says which)."""
+
+
+class Diagnosis(StrEnum):
+    """Where a route's trouble lies, read across its connector probe and its direct probes."""
+
+    SOURCE_SIDE = "source_side"  # the connector path fails while a smart host delivers directly
+    FAILING_OVER = "failing_over"  # the connector delivers while a smart host fails directly: redundancy lost
+    TARGET_SIDE = "target_side"  # the connector path and every smart host fail

@@ -12,9 +12,13 @@ from urllib.parse import urlencode
 
 import yaml
 
-from probe.config import Config, RouteConfig, SmartHostConfig, redacted_view
+from probe.config import Config, ConnectorConfig, RouteConfig, SmartHostConfig, redacted_view
+from probe.diagnosis import RouteDiagnosis, diagnose_history
 from probe.secret import redact
 from probe.tracking import tracking_hint
+from probe.vocabulary import CONNECTOR_PAIR
+
+Via = SmartHostConfig | ConnectorConfig  # what a pair goes through: a smart host, or the route's connector
 
 HISTORY_LIMIT: Final = 20
 REFRESH_SECONDS: Final = 10
@@ -33,6 +37,7 @@ th{background:#f0f0f0}
 .delivered{background:#2e7d32}.send_failed{background:#c62828}.lost{background:#6a1b9a}
 .late{background:#ef6c00}.bounced{background:#ad1457}.unknown{background:#757575}.none{background:#bdbdbd}
 .warn{color:#e65100;font-size:.9em}
+.diagnosis{border-left:4px solid #c62828;background:#fff;padding:.3em .6em;margin:.3em 0}
 pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow-x:auto;font-size:12.5px}
 a{color:#1565c0}
 """
@@ -114,6 +119,19 @@ def _chips(route: str, smart_host: str, rows: Sequence[Mapping[str, Any]], now: 
     return "".join(chips)
 
 
+def _name_of(via: Via) -> str:
+    return via.name if isinstance(via, SmartHostConfig) else CONNECTOR_PAIR
+
+
+def _path(via: Via) -> str:
+    """Return what a pair goes through, as the row's second line shows it."""
+    if isinstance(via, SmartHostConfig):
+        return f"{via.host}:{via.port} {via.tls}"
+    if via.submit == "ews":
+        return "the Send connector, sent from the sender's mailbox over EWS"
+    return f"the Send connector, submitted to {via.host}:{via.port} {via.tls}"
+
+
 def _where(row: Mapping[str, Any]) -> str:
     """Return a verdict's stage and reason (a bounce's: its NDR's status code and reason class)."""
     bounce = (row.get("detail") or {}).get("bounce") if row.get("state") == "bounced" else None
@@ -132,22 +150,49 @@ def _delay_warning(rows: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
-def _pair_row(source: HistorySource, route: RouteConfig, host: SmartHostConfig, now: float) -> str:
-    rows = source.history(route.name, host.name, HISTORY_LIMIT)
+def _pair_row(source: HistorySource, route: RouteConfig, via: Via, rows: Sequence[Mapping[str, Any]],
+              now: float) -> str:
+    name = _name_of(via)
     last: Mapping[str, Any] = rows[0] if rows else {}
     where = _where(last)
-    warning = _delay_warning([*source.waiting(route.name, host.name, HISTORY_LIMIT), *rows[:1]])
-    return (f"<tr><td>{_e(host.name)}<br><span class=meta>{_e(host.host)}:{host.port} {_e(host.tls)}</span>"
-            f"{warning}</td>"
-            f"<td>{_verdict(last.get('state'))}</td><td>{_e(_latency(last.get('latency')))}</td>"
+    warning = _delay_warning([*source.waiting(route.name, name, HISTORY_LIMIT), *rows[:1]])
+    carried = ""
+    if route.connector is not None:
+        carried_by = ((last.get("detail") or {}).get("carried_by") or "") if name == CONNECTOR_PAIR else ""
+        carried = f"<td>{_e(carried_by)}</td>"
+    return (f"<tr><td>{_e(name)}<br><span class=meta>{_e(_path(via))}</span>{warning}</td>"
+            f"<td>{_verdict(last.get('state'))}</td><td>{_e(_latency(last.get('latency')))}</td>{carried}"
             f"<td>{_e(where)}</td><td>{_e(last.get('smtp_code'))}</td>"
             f"<td>{_e(_when(last.get('decided_at'), now))}</td>"
-            f"<td>{_chips(route.name, host.name, rows, now)}</td>"
-            f'<td><a href="{_e(debug_link(route.name, host.name))}">debug</a></td></tr>')
+            f"<td>{_chips(route.name, name, rows, now)}</td>"
+            f'<td><a href="{_e(debug_link(route.name, name))}">debug</a></td></tr>')
+
+
+def _diagnosis(found: RouteDiagnosis) -> str:
+    if found.text is None:
+        return ""
+    return (f'<p class="diagnosis" data-diagnosis="{_e(found.diagnosis)}"><strong>Diagnosis:</strong> '
+            f"{_e(found.text)}</p>")
+
+
+def _route_section(source: HistorySource, config: Config, route: RouteConfig, now: float) -> list[str]:
+    vias: list[Via] = [*route.smart_hosts, *([route.connector] if route.connector is not None else [])]
+    history = {_name_of(via): source.history(route.name, _name_of(via), HISTORY_LIMIT) for via in vias}
+    carried = "<th>carried by</th>" if route.connector is not None else ""
+    parts = [f"<h2>{_e(route.name)}</h2><p class=meta>{_e(route.sender)} → {_e(config.recipient_of(route))}"
+             f" (mailbox {_e(route.mailbox)}), every {route.interval:g} s, timeout {route.timeout:g} s</p>",
+             f"<table><tr><th>smart host</th><th>last verdict</th><th>latency</th>{carried}<th>stage / reason</th>"
+             "<th>SMTP code</th><th>decided</th><th>recent (oldest → newest)</th><th></th></tr>"]
+    parts.extend(_pair_row(source, route, via, history[_name_of(via)], now) for via in vias)
+    parts.append("</table>")
+    if route.connector is not None:
+        parts.append(_diagnosis(diagnose_history(route.name, history)))
+    return parts
 
 
 def status_page(source: HistorySource, *, now: float | None = None) -> str:
-    """Return the status page: per route and smart host, the last verdict and the recent history."""
+    """Return the status page: per route, each smart host and the connector probe with the last verdict and the
+    recent history, and the route's diagnosis across both kinds of probe."""
     now = time.time() if now is None else now
     config = source.config()
     parts = [f"<h1>mailflow-probe</h1><p class=meta>{_e(_stamp(now))} · refreshes every "
@@ -155,12 +200,7 @@ def status_page(source: HistorySource, *, now: float | None = None) -> str:
     if not config.routes:
         parts.append("<p>No routes are configured.</p>")
     for route in config.routes:
-        parts.append(f"<h2>{_e(route.name)}</h2><p class=meta>{_e(route.sender)} → {_e(config.recipient_of(route))}"
-                     f" (mailbox {_e(route.mailbox)}), every {route.interval:g} s, timeout {route.timeout:g} s</p>")
-        parts.append("<table><tr><th>smart host</th><th>last verdict</th><th>latency</th><th>stage / reason</th>"
-                     "<th>SMTP code</th><th>decided</th><th>recent (oldest → newest)</th><th></th></tr>")
-        parts.extend(_pair_row(source, route, host, now) for host in route.smart_hosts)
-        parts.append("</table>")
+        parts.extend(_route_section(source, config, route, now))
     return _page("mailflow-probe status", "".join(parts), refresh=True)
 
 
@@ -232,35 +272,39 @@ def _report_sections(row: Mapping[str, Any], detail: Mapping[str, Any]) -> list[
     return parts
 
 
-def _effective_config(config: Config, route: RouteConfig, host: SmartHostConfig) -> str:
+def _effective_config(config: Config, route: RouteConfig, host: Via) -> str:
     effective = {
-        "route": {k: v for k, v in redacted_view(route).items() if k != "smart_hosts"},
-        "smart_host": redacted_view(host),
+        "route": {k: v for k, v in redacted_view(route).items() if k not in ("smart_hosts", "connector")},
+        "smart_host" if isinstance(host, SmartHostConfig) else "connector": redacted_view(host),
         "mailbox": redacted_view(config.mailboxes.get(route.mailbox)),
     }
     text = yaml.safe_dump(effective, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return f"<h2>Effective configuration</h2><pre>{_e(text)}</pre>"
 
 
-def find_pair(config: Config, route: str, smart_host: str) -> tuple[RouteConfig, SmartHostConfig] | None:
-    """Return the configured route and smart host of a pair, or None."""
+def find_pair(config: Config, route: str, smart_host: str) -> tuple[RouteConfig, Via] | None:
+    """Return the configured route and smart host (or connector, for "@connector") of a pair, or None."""
     for each in config.routes:
-        if each.name == route:
-            for host in each.smart_hosts:
-                if host.name == smart_host:
-                    return each, host
+        if each.name != route:
+            continue
+        if smart_host == CONNECTOR_PAIR and each.connector is not None:
+            return each, each.connector
+        for host in each.smart_hosts:
+            if host.name == smart_host:
+                return each, host
     return None
 
 
-def debug_page(source: HistorySource, route: RouteConfig, host: SmartHostConfig, *, probe_id: str | None = None,
+def debug_page(source: HistorySource, route: RouteConfig, host: Via, *, probe_id: str | None = None,
                now: float | None = None) -> str:
     """Return the debug view of a pair: a probe's transcript, hops and TLS facts, and the effective config."""
     now = time.time() if now is None else now
-    rows = source.history(route.name, host.name, HISTORY_LIMIT)
+    name = _name_of(host)
+    rows = source.history(route.name, name, HISTORY_LIMIT)
     chosen = next((r for r in rows if r.get("probe_id") == probe_id), rows[0] if rows else None)
-    parts = [f'<p><a href="/">← status</a></p><h1>{_e(route.name)} via {_e(host.name)}</h1>',
-             f"<p class=meta>recent: {_chips(route.name, host.name, rows, now)}</p>"]
+    parts = [f'<p><a href="/">← status</a></p><h1>{_e(route.name)} via {_e(name)}</h1>',
+             f"<p class=meta>recent: {_chips(route.name, name, rows, now)}</p>"]
     parts.append(_probe_section(chosen, now) if chosen is not None else "<p>No probe of this pair has a verdict "
                  "yet.</p>")
     parts.append(_effective_config(source.config(), route, host))
-    return _page(f"mailflow-probe: {route.name} via {host.name}", "".join(parts), refresh=False)
+    return _page(f"mailflow-probe: {route.name} via {name}", "".join(parts), refresh=False)

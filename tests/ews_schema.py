@@ -17,6 +17,7 @@ from probe.lab.ews import EwsServer, add_response_observer, remove_response_obse
 from probe.lab.faults import EwsFault, FaultRegistry
 from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
+from probe.lab.transport import RecordedNotices, SourceTransport
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "data" / "ews" / "schema"  # copied from ../shared/ews/schema
 EWS_NAMESPACES = frozenset({
@@ -120,6 +121,7 @@ class StandaloneEws:
     stats: LabStats
     ca_file: Path
     responses: list[tuple[bytes, str]] = field(default_factory=list)
+    notices: RecordedNotices = field(default_factory=RecordedNotices)  # the NDRs its transport owes senders
 
     def schema_problems(self) -> list[str]:
         """Return every schema problem of every response seen so far."""
@@ -142,15 +144,22 @@ def standalone_ews(directory: Path) -> Iterator[StandaloneEws]:
     server = EwsServer(FOREST, store=store, faults=faults, stats=stats, users=USERS, host="127.0.0.1",
                        ssl_context=ca.issue("ews", ["127.0.0.1"]).server_context())
     env = StandaloneEws(server, store, faults, stats, ca.ca_file)
+    # the forest's transport without Send connectors: its own mailbox gets what it sends, anything else an NDR
+    transport = SourceTransport(forest=FOREST, domain=FOREST, fqdn=f"mail.{FOREST}", address="127.0.0.1",
+                                connectors=(), store=store, faults=faults, stats=stats, ca_file=ca.ca_file,
+                                notify=env.notices)
+    server.outbox = transport
 
     def observe(body: bytes, operation: str) -> None:
         env.responses.append((body, operation))
 
     add_response_observer(observe)
     server.start()
+    transport.start()
     try:
         yield env
     finally:
+        transport.stop()
         server.stop()
         remove_response_observer(observe)
 

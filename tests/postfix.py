@@ -591,3 +591,110 @@ class PostfixSmartHost:
             self.postfix("stop")
         finally:
             _stop_pid_file(pid_file, marker=f"MAIL_CONFIG={self.config_dir}", name="Postfix master")
+
+
+# -- Postfix as a source forest's transport: a Send connector through smart hosts
+
+
+_SEND_CONNECTOR_CF: Final = """\
+# A private Postfix for one test run: a source forest's transport on {address}:{port}, relaying everything
+# through its smart hosts exactly as a Send connector does: the first as relayhost, the rest as fallback
+# relays, STARTTLS required (encrypt) before the stored credentials (SASL) are sent.
+compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = {maillog}
+maillog_file_prefixes = {directory}
+myhostname = postfix.contoso.test
+mydomain = contoso.test
+myorigin = $myhostname
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+smtp_bind_address = {address}
+mynetworks =
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+biff = no
+smtputf8_enable = no
+smtpd_peername_lookup = no
+smtp_dns_support_level = disabled
+relay_domains =
+relayhost = {relayhost}
+smtp_fallback_relay = {fallback}
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = private/auth
+smtpd_sasl_security_options = noanonymous
+smtpd_tls_security_level = may
+smtpd_tls_auth_only = yes
+smtpd_tls_cert_file = {cert}
+smtpd_tls_key_file = {key}
+smtpd_tls_loglevel = 1
+smtpd_tls_received_header = yes
+smtpd_tls_session_cache_database =
+smtp_sasl_auth_enable = yes
+smtp_sasl_password_maps = texthash:{passwords}
+smtp_sasl_security_options = noanonymous
+smtp_sasl_tls_security_options = noanonymous
+smtp_tls_security_level = encrypt
+smtp_tls_CAfile = {ca_file}
+smtp_tls_loglevel = 1
+smtp_tls_session_cache_database =
+smtp_connect_timeout = 10s
+delay_warning_time = 0
+smtpd_error_sleep_time = 0
+"""
+
+
+class PostfixSendConnector(PostfixSmartHost):
+    """A private Postfix in the source forest's place: authenticated submission in, a Send connector out.
+
+    ``relays`` are the connector's smart hosts in order: ``relayhost`` is the first, ``smtp_fallback_relay``
+    the others; each gets the connector's stored credentials in ``smtp_sasl_password_maps``.
+    """
+
+    relays: tuple[Relay, ...] = ()
+
+    @classmethod
+    def configure_connector(cls, directory: Path, *, address: str, cert: IssuedCert,
+                            relays: tuple[Relay, ...]) -> PostfixSendConnector:
+        """Write the configuration; :meth:`start` starts it (Dovecot must serve :attr:`auth_socket` first)."""
+        connector = cls(directory, address=address, port=free_port(address), cert=cert, relay=relays[0], tls=True)
+        connector.relays = relays
+        connector._configure()
+        return connector
+
+    def _configure(self) -> None:
+        if not self.relays:
+            raise MailServerError("a Send connector needs its smart hosts: use configure_connector")
+        for path in (self.config_dir, self.queue_dir, self.directory / "data"):
+            path.mkdir(parents=True, exist_ok=True)
+        owner = pwd.getpwnam("postfix")
+        os.chown(self.directory / "data", owner.pw_uid, owner.pw_gid)
+        private = self.queue_dir / "private"
+        private.mkdir(mode=0o700, exist_ok=True)
+        os.chown(private, owner.pw_uid, owner.pw_gid)
+        self.store_password(self.relays[0].password)
+        _write(self.config_dir / "main.cf", _SEND_CONNECTOR_CF.format(
+            queue=self.queue_dir, data=self.directory / "data", maillog=self.maillog_file,
+            directory=self.directory, address=self.address, port=self.port, relayhost=self.relays[0].nexthop,
+            fallback=", ".join(relay.nexthop for relay in self.relays[1:]), passwords=self.passwords_file,
+            ca_file=self.relays[0].ca_file, cert=self.cert.cert_file, key=self.cert.key_file))
+        _write(self.config_dir / "master.cf", _MASTER_CF.format(address=self.address, port=self.port))
+
+    @property
+    def passwords_file(self) -> Path:
+        """Return the connector's stored credentials, one line per smart host (``smtp_sasl_password_maps``)."""
+        return self.config_dir / "relay_passwords"
+
+    def store_password(self, password: Secret) -> None:
+        """Store ``password`` as the connector's credentials for every smart host (``postfix reload`` when running)."""
+        _write(self.passwords_file, "".join(f"{relay.nexthop} {relay.username}:{password.reveal()}\n"
+                                            for relay in self.relays), mode=0o600)
+        if self._running:
+            self.postfix("reload")

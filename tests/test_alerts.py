@@ -27,13 +27,17 @@ CONTRACT_METRICS = frozenset(f.metric_name + ("_total" if f.row.kind is Kind.COU
         "mailbox_watcher_up"))
 EXPECTED_ALERTS = {
     "MailflowRouteDown", "MailflowSmartHostFailing", "MailflowDeliverySlow", "MailflowMailboxUnobservable",
-    "MailflowProbeStale", "MailflowCertificateExpiring", "MailflowLost",
+    "MailflowProbeStale", "MailflowCertificateExpiring", "MailflowLost", "MailflowConnectorSourceSide",
+    "MailflowConnectorFailingOver", "MailflowConnectorTargetSide",
 }
 # Alerts whose cause is told by a reason label; their runbook must say which one to read.
 REASON_LABEL_ALERTS = {
     "MailflowRouteDown": "mailflow_probe_send_failures_total",
     "MailflowSmartHostFailing": "mailflow_probe_send_failures_total",
     "MailflowMailboxUnobservable": "mailflow_probe_mailbox_errors_total",
+    "MailflowConnectorSourceSide": "mailflow_probe_send_failures_total",
+    "MailflowConnectorFailingOver": "mailflow_probe_send_failures_total",
+    "MailflowConnectorTargetSide": "mailflow_probe_send_failures_total",
 }
 
 

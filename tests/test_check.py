@@ -53,16 +53,26 @@ def one_route(lab: Any, tmp_path: Path, **kwargs: Any) -> Config:
 
 
 def test_check_on_the_labs_own_config_delivers_through_every_smart_host(lab: Any) -> None:
-    """The lab's ready probe.yaml: every smart host of both directions delivered, exit 0, a table on stdout."""
+    """The lab's ready probe.yaml: every smart host of both directions delivered, and beside them one connector
+    row per route (verdict, latency, and the smart host the Send connector chose); exit 0, no diagnosis."""
     out = io.StringIO()
     with redirect_stdout(out):
         code = cli_main(["check", "--config.file", str(lab.config_path), "--timeout", "20s"])
     table = out.getvalue()
     assert code == 0, table
+    lines = table.splitlines()
+    assert lines[0].split() == ["ROUTE", "SMART", "HOST", "VERDICT", "LATENCY", "CARRIED", "BY", "STAGE/REASON",
+                                "SMTP", "REPLY"]
     hosts = [h.name for h in lab.smart_hosts]
     for name in hosts:
-        assert any(name in line and "delivered" in line for line in table.splitlines()), table
-    assert f"{len(hosts)} probes: {len(hosts)} delivered" in table
+        assert any(name in line and "delivered" in line for line in lines), table
+    for route, first in ((ROUTE, EDGE_1), ("fourthcoffee-to-contoso", "contoso-edge-1")):
+        (row,) = [line.split() for line in lines if line.startswith(f"{route} ") and "@connector" in line]
+        assert row[2:3] == ["delivered"]
+        assert row[3].endswith("s")  # its latency
+        assert row[4] == first  # carried by the connector's first smart host
+    assert f"{len(hosts) + 2} probes: {len(hosts) + 2} delivered" in table
+    assert "diagnosis" not in table
 
 
 def test_json_output_has_the_contract_fields(lab: Any, tmp_path: Path) -> None:
@@ -220,7 +230,7 @@ def test_delay_beyond_the_timeout_is_lost_then_late_when_it_lands(lab: Any, tmp_
     config = one_route(lab, tmp_path, timeout=1.0)
     key = load_or_create_key(config.signing_key_file)
     ledger = Ledger(":memory:")
-    target = next(t for t in targets(config) if t.smart_host.name == EDGE_1)
+    target = next(t for t in targets(config) if t.via == EDGE_1)
     assert target.bounces is not None
     mailbox = EwsMailbox(config.mailboxes[target.mailbox.name], key=key)
     bounces = EwsMailbox(config.mailboxes[target.bounces], key=key)

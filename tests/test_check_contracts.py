@@ -132,12 +132,14 @@ def test_a_check_whose_host_runs_out_of_file_descriptors_keeps_its_contract(tmp_
 
 
 def test_a_non_ascii_smtp_password_delivers_through_the_lab(tmp_path: Path) -> None:
-    """Smart hosts whose account password is Pässwörd-2026: AUTH in UTF-8 (RFC 4616), every probe delivered."""
+    """Smart hosts whose account password is Pässwörd-2026: AUTH in UTF-8 (RFC 4616), every probe delivered, the
+    connector probes too (the lab's Send connectors store that password)."""
     with Lab.start(tmp_path / "lab", smart_hosts_per_forest=1, smtp_password=UTF8_PASSWORD) as lab:
         proc = run_check(lab.config_path, "--format", "nagios")
         stats = lab.stats.to_json()
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("MAILFLOW OK - 2 probes: 2 delivered")
+    assert proc.stdout.startswith("MAILFLOW OK - 4 probes: 4 delivered")
+    assert "'contoso-to-fourthcoffee/@connector'=" in proc.stdout
     assert "Traceback" not in proc.stderr
     assert UTF8_PASSWORD not in proc.stdout + proc.stderr
     assert json.dumps(stats).count("auth_success") >= 1

@@ -22,6 +22,8 @@ from probe.config import (
     SECTIONS,
     Config,
     ConfigError,
+    EwsConfig,
+    ImapConfig,
     LoadedConfig,
     config_json_schema,
     load_config,
@@ -30,6 +32,7 @@ from probe.config import (
 )
 from probe.duration import DurationError, format_duration, parse_duration
 from probe.secret import Secret
+from probe.vocabulary import MailboxFolder
 
 REPO = Path(__file__).resolve().parent.parent
 INVALID = REPO / "tests" / "config" / "invalid"
@@ -164,6 +167,7 @@ def test_without_a_defaults_section_the_built_in_defaults_apply() -> None:
     assert (route.interval, route.timeout, route.jitter) == (60.0, 300.0, 10.0)
     assert (host.port, host.tls, host.verify, host.allow_insecure) == (25, "starttls", True, False)
     assert config.mailboxes["fourthcoffee"].folders == ("inbox", "junkemail")
+    assert isinstance(config.mailboxes["fourthcoffee"].backend, EwsConfig)
     assert config.mailboxes["fourthcoffee"].backend.auth == "ntlm"
     assert config.recipient_of(route) == "probe@fourthcoffee.com"
 
@@ -212,6 +216,7 @@ def test_ews_version_and_timeouts_are_read(tmp_path: Path) -> None:
                         '      version: "15.2.1544.4"\n      timeout: 1500ms\n      verify: false\n')
     loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
     ews = loaded.config.mailboxes["fourthcoffee"].backend
+    assert isinstance(ews, EwsConfig)
     assert (ews.version, ews.timeout, ews.verify) == ("15.2.1544.4", 1.5, False)
     assert any("mailboxes.fourthcoffee.ews.verify: certificate verification is off" in w for w in loaded.warnings)
 
@@ -286,7 +291,9 @@ def test_a_password_file_is_read_without_its_trailing_newline(tmp_path: Path) ->
     secret_file.chmod(0o600)
     text = minimal_with("      password_env: FC_EWS_PASSWORD\n", "      password_file: fc-ews.pass\n")
     loaded = load_config_with_warnings(write(tmp_path, text), environ=ENV)
-    assert loaded.config.mailboxes["fourthcoffee"].backend.password == Secret("file-pass-31c7")
+    backend = loaded.config.mailboxes["fourthcoffee"].backend
+    assert isinstance(backend, EwsConfig)
+    assert backend.password == Secret("file-pass-31c7")
     assert warnings_besides_bounces(loaded) == ()
 
 
@@ -489,7 +496,7 @@ def test_each_backend_is_one_branch_of_the_mailbox_schema() -> None:
     assert list(validator.iter_errors(yaml.safe_load((INVALID / "mailbox-backend-missing.yaml").read_text()))) != []
 
 
-_MODEL_FILES = ("model.py", "ews.py")
+_MODEL_FILES = ("model.py", "ews.py", "connector.py")
 
 
 def _dataclass_defaults(path: Path) -> list[tuple[str, ast.expr]]:
@@ -564,3 +571,36 @@ def test_a_mangled_minimal_config_either_loads_or_raises_config_error(drops: lis
         path = Path(directory) / "mangled.yaml"
         path.write_text("".join(lines))
         assert load_outcome(path).startswith(str(path))
+
+
+# --- the imap: section ------------------------------------------------------------------------------------
+
+IMAP_SECTION = ("    imap:\n      host: imap.fourthcoffee.com\n      tls: starttls\n"
+                "      username: probe@fourthcoffee.com\n      password_env: FC_EWS_PASSWORD\n"
+                "      auth: login\n      trash_folder: Deleted Items\n"
+                "    folders: [INBOX, junkemail, Spam]\n    cleanup: hard_delete\n")
+EWS_SECTION = ("    ews:\n      url: https://mail.fourthcoffee.com/EWS/Exchange.asmx\n"
+               "      username: FOURTHCOFFEE\\svc-mailflow\n      password_env: FC_EWS_PASSWORD\n")
+
+
+def test_an_imap_mailbox_reads_mailbox_names_and_starttls_defaults_to_port_143(tmp_path: Path) -> None:
+    """An imap: section: STARTTLS on 143 by default, SASL LOGIN, mailbox names as folders (neutral names kept
+    neutral), a trash folder, and hard_delete; the JSON Schema accepts it and refuses soft_delete for it."""
+    import jsonschema
+
+    text = minimal_with(EWS_SECTION, IMAP_SECTION)
+    mailbox = load_config(write(tmp_path, text), environ=ENV).mailboxes["fourthcoffee"]
+    imap = mailbox.backend
+    assert isinstance(imap, ImapConfig)
+    assert (imap.port, imap.tls, imap.auth, imap.trash_folder) == (143, "starttls", "login", "Deleted Items")
+    assert mailbox.folders == ("INBOX", MailboxFolder.JUNKEMAIL, "Spam")
+    schema = config_json_schema()
+    document = yaml.safe_load(text)
+    jsonschema.validate(document, schema)
+    document["mailboxes"]["fourthcoffee"]["cleanup"] = "soft_delete"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)
+    ews_document = yaml.safe_load(MINIMAL.read_text())
+    ews_document["mailboxes"]["fourthcoffee"]["folders"] = ["INBOX"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(ews_document, schema)

@@ -85,8 +85,9 @@ def with_backend(root: Path) -> Path:
     table = root / "probe" / "config" / "backends.py"
     text = table.read_text()
     for old, new in (
-        ("from probe.config import ews\n", "from probe.config import ews, imapx\n"),
-        ("BackendConfig: TypeAlias = ews.EwsConfig", "BackendConfig: TypeAlias = ews.EwsConfig | imapx.ImapxConfig"),
+        ("from probe.config import ews, graph, imap\n", "from probe.config import ews, graph, imap, imapx\n"),
+        ("BackendConfig: TypeAlias = ews.EwsConfig | imap.ImapConfig | graph.GraphConfig",
+         "BackendConfig: TypeAlias = ews.EwsConfig | imap.ImapConfig | graph.GraphConfig | imapx.ImapxConfig"),
         ("    Backend(name=ews.EwsConfig.name, doc=ews.DOC, fields=ews.FIELDS, build=ews.build),\n",
          "    Backend(name=ews.EwsConfig.name, doc=ews.DOC, fields=ews.FIELDS, build=ews.build),\n"
          "    Backend(name=imapx.ImapxConfig.name, doc=imapx.DOC, fields=imapx.FIELDS, build=imapx.build),\n"),
@@ -117,12 +118,14 @@ def test_a_mailbox_of_the_new_backend_loads(outcome: dict[str, Any]) -> None:
 def test_a_mailbox_has_exactly_one_backend_section(outcome: dict[str, Any]) -> None:
     """Two backend sections, or none, are refused naming the alternatives."""
     assert outcome["both.yaml"] == ("both.yaml:10: mailboxes.fc.imapx: ews and imapx are both given; "
-                                    "give only one of ews or imapx")
-    assert outcome["none.yaml"] == 'none.yaml:5: mailboxes.fc: missing required key "ews" (or "imapx")'
+                                    "give only one of ews, imapx, imap or graph")
+    assert outcome["none.yaml"] == ('none.yaml:5: mailboxes.fc: missing required key "ews" '
+                                    '(or "imapx" or "imap" or "graph")')
 
 
 def test_the_schema_has_a_branch_per_backend(outcome: dict[str, Any]) -> None:
     """The mailbox schema requires exactly one of the backend sections, each a $ref of its own."""
     mailbox = outcome["schema"]
-    assert {"oneOf": [{"required": ["ews"]}, {"required": ["imapx"]}]} in mailbox["allOf"]
+    assert {"oneOf": [{"required": ["ews"]}, {"required": ["imapx"]}, {"required": ["imap"]},
+                                  {"required": ["graph"]}]} in mailbox["allOf"]
     assert mailbox["properties"]["imapx"]["$ref"] == "#/$defs/imapx"

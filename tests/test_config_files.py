@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from probe.config import ConfigError, load_config, load_config_with_warnings
+from probe.config import ConfigError, EwsConfig, load_config, load_config_with_warnings
 from probe.signing import SigningKeyError, load_or_create_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,8 +116,9 @@ def test_a_password_file_just_under_the_limit_is_read_and_one_over_is_refused(tm
     secret.write_text("p" * (64 << 10))
     secret.chmod(0o600)
     config = config_with(tmp_path, ews_password="      password_file: fc-ews.pass\n")
-    password = load_config(config, environ=ENV).mailboxes["fourthcoffee"].backend.password
-    assert len(password.reveal()) == 64 << 10
+    backend = load_config(config, environ=ENV).mailboxes["fourthcoffee"].backend
+    assert isinstance(backend, EwsConfig)
+    assert len(backend.password.reveal()) == 64 << 10
     secret.write_text("p" * ((64 << 10) + 1))
     with pytest.raises(ConfigError) as caught:
         load_config(config, environ=ENV)

@@ -24,7 +24,9 @@ from probe.daemon import start_daemon
 from probe.lab import Lab
 from probe.metric_families import Kind, PairFamily, PairShape
 
-ANY_PAIR = PairShape(route="r", smart_host="h", tls=True, auth=True)
+# A direct pair and a connector pair (whose route's smart hosts may carry its probes).
+ANY_PAIRS = (PairShape(route="r", smart_host="h", tls=True, auth=True),
+             PairShape(route="r", smart_host="@connector", tls=True, auth=True, carriers=("h",)))
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
@@ -41,7 +43,7 @@ CONTRACT_METRICS = PAIR_FAMILIES | frozenset(f"mailflow_probe_{name}" for name i
 # at their first observation rather than at start-up (the family table says which).
 OPTIONAL_PAIR = frozenset(f.metric_name for f in PairFamily if f.row.optional_pair_labels)
 CREATED_WHEN_SEEN = frozenset(f.metric_name + ("_total" if f.row.kind is Kind.COUNTER else "")
-                              for f in PairFamily if not tuple(f.row.created(ANY_PAIR)))
+                              for f in PairFamily if not any(tuple(f.row.created(p)) for p in ANY_PAIRS))
 MAILBOX_METRICS = frozenset(f"mailflow_probe_{n}" for n in ("mailbox_up", "mailbox_errors_total", "mailbox_watcher_up"))
 UNLABELLED_METRICS = frozenset(
     f"mailflow_probe_{n}" for n in ("build_info", "config_last_reload_successful", "scheduler_lag_seconds"))
@@ -278,7 +280,8 @@ def test_exposition_names_are_read_as_the_dashboard_names_them() -> None:
 
 def live_metrics(lab: Lab, tmp_path: Path) -> str:
     """Start the real daemon on the lab, read its /metrics over loopback once, and stop it."""
-    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=60.0, timeout=30.0, jitter=0.0)
+    config = lab.write_probe_config(tmp_path / "probe.yaml", interval=60.0, timeout=30.0, jitter=0.0,
+                                    connector="ews")
     daemon, server = start_daemon(config, listen_address="127.0.0.1:0")
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:

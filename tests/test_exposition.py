@@ -151,7 +151,8 @@ def reference_metrics(config: Config, registry: CollectorRegistry) -> dict[PairF
     made: dict[PairFamily, Counter | Gauge | Histogram] = {}
     for family in PairFamily:
         row = family.row
-        labels = ["route", "smart_host", *row.labels] if family in own else list(row.labels)
+        # an own label of a pair label's name stands instead of the pair's (connector_carried's smart_host)
+        labels = list(dict.fromkeys(["route", "smart_host", *row.labels])) if family in own else list(row.labels)
         if row.kind is Kind.COUNTER:
             made[family] = Counter(family.metric_name, row.help, labels, registry=registry)
         elif row.kind is Kind.GAUGE:

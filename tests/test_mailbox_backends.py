@@ -39,7 +39,9 @@ def _named_backend_classes(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("probe.mailbox."):
             backend_module = node.module not in {"probe.mailbox.base", "probe.mailbox.backends",
-                                                 "probe.mailbox.clock", "probe.mailbox.received"}
+                                                 "probe.mailbox.clock", "probe.mailbox.received",
+                                                 # EWS support that is no backend: its error words, its fence
+                                                 "probe.mailbox.ews_errors", "probe.mailbox.ews_internals"}
             names |= {f"{node.module}.{a.name}" for a in node.names if backend_module}
     return names
 

@@ -10,13 +10,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from probe.config import Config, EwsConfig, MailboxConfig, MetricsConfig, RouteConfig, SmartHostConfig
+from probe.config import (
+    Config,
+    ConnectorConfig,
+    EwsConfig,
+    MailboxConfig,
+    MetricsConfig,
+    RouteConfig,
+    SmartHostConfig,
+)
 from probe.ledger import Decision
 from probe.mailbox.base import SearchResult
 from probe.metric_families import Kind, PairFamily
-from probe.metrics import ALL_PAIRS, ProbeMetrics, per_pair_families, shape_of, wanted_series
+from probe.metrics import ALL_PAIRS, ProbeMetrics, pair_shapes, per_pair_families, wanted_series
 from probe.secret import Secret
 from probe.smtp import SubmitResult
 from probe.tls_facts import TlsFacts
@@ -26,8 +35,10 @@ P = "mailflow_probe_"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_config(routes: dict[str, list[str]] | None = None, *, tls_none: tuple[str, ...] = ()) -> Config:
-    """Return a config with the given routes (name -> smart host names), all into mailbox "fc"."""
+def make_config(routes: dict[str, list[str]] | None = None, *, tls_none: tuple[str, ...] = (),
+                connectors: tuple[str, ...] = ()) -> Config:
+    """Return a config with the given routes (name -> smart host names), all into mailbox "fc"; the routes named
+    in ``connectors`` have a connector probe (submit: smtp)."""
     routes = {"c2f": ["edge-1", "edge-2"]} if routes is None else routes
     mailbox = MailboxConfig(name="fc", address="probe@fourthcoffee.com",
                             backend=EwsConfig(url="https://127.0.0.1/EWS/Exchange.asmx", username="svc",
@@ -36,9 +47,13 @@ def make_config(routes: dict[str, list[str]] | None = None, *, tls_none: tuple[s
         RouteConfig(name=name, sender="probe@contoso.com", mailbox="fc", timeout=300.0, smart_hosts=tuple(
             SmartHostConfig(name=h, host="127.0.0.1", username="c@contoso.com", password=Secret("smtp-pw-456"),
                             tls="none" if h in tls_none else "starttls", allow_insecure=h in tls_none)
-            for h in hosts))
+            for h in hosts), connector=SUBMISSION if name in connectors else None)
         for name, hosts in routes.items())
     return Config(signing_key_file=Path("key"), state_file=Path("state.db"), mailboxes={"fc": mailbox}, routes=built)
+
+
+SUBMISSION = ConnectorConfig(submit="smtp", host="127.0.0.1", username="probe@contoso.com",
+                             password=Secret("sender-pw-789"), timeout=45.0)
 
 
 def samples(metrics: ProbeMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -86,8 +101,8 @@ def searched(*, ok: bool, error_reason: MailboxReason | None = None) -> SearchRe
 def created_samples(config: Config) -> list[tuple[str, dict[str, str]]]:
     """Return (sample name, labels) of one sample of every series the family table creates for ``config``'s pairs."""
     own = per_pair_families(config)
-    sets = [({"route": route.name, "smart_host": host.name}, wanted_series(shape_of(route.name, host), own))
-            for route in config.routes for host in route.smart_hosts]
+    sets = [({"route": route, "smart_host": host}, wanted_series(shape, own))
+            for (route, host), shape in pair_shapes(config).items()]
     sets.append(({}, wanted_series(ALL_PAIRS, set(PairFamily) - own)))
     out = []
     for pair_labels, wanted in sets:
@@ -100,8 +115,9 @@ def created_samples(config: Config) -> list[tuple[str, dict[str, str]]]:
 
 
 def test_every_configured_series_exists_at_zero_from_start_up():
-    """Each pair, mailbox and stage has its series at 0 before any probe, so absence never hides a route."""
-    config = make_config()
+    """Each pair (a connector pair too), mailbox and stage has its series at 0 before any probe, so absence never
+    hides a route."""
+    config = make_config(connectors=("c2f",))
     m = ProbeMetrics(config)
     v = Snapshot(m)
     expected = created_samples(config)
@@ -406,3 +422,65 @@ def test_the_slowest_hop_is_one_series_labelled_by_its_receiving_host():
     hops = [dict(lbls) for name, lbls in samples(m) if name == P + "slowest_hop_seconds"
             and dict(lbls)["smart_host"] == "edge-1"]
     assert hops == [{**pair, "hop": "edge-2.fourthcoffee.com"}]
+
+
+def test_a_connector_pair_has_its_series_and_a_carried_count_per_smart_host_from_start_up():
+    """A route's connector pair (smart_host="@connector") has a pair's series at 0 from start-up, and
+    connector_carried_total one series per smart host of its route (labelled by that host); a route without
+    a connector probe has neither."""
+    m = ProbeMetrics(make_config({"c2f": ["edge-1", "edge-2"], "f2c": ["edge-3"]}, connectors=("c2f",)),
+                     process_metrics=False)
+    v = Snapshot(m)
+    connector = {"route": "c2f", "smart_host": "@connector"}
+    for name in ("sent_total", "delivered_total", "lost_total", "success", "delivery_seconds_count",
+                 "tls_cert_expiry_timestamp_seconds"):  # submit: smtp over STARTTLS: the server's certificate
+        assert v(name, **connector) == 0.0, name
+    carried = {lbls for name, lbls in samples(m) if name == P + "connector_carried_total"}
+    assert carried == {frozenset({("route", "c2f"), ("smart_host", h)}) for h in ("edge-1", "edge-2")}
+    assert v("sent_total", route="f2c", smart_host="@connector") is None
+    assert m.render() == generate_latest(m.registry)
+
+
+def test_carried_counts_the_smart_host_that_carried_a_connector_probe_and_ignores_others():
+    """observe_carried counts the smart host of the route; a host not of the route, or a route without a
+    connector probe, is ignored; the connector pair's verdicts and send failures count under "@connector"."""
+    m = ProbeMetrics(make_config({"c2f": ["edge-1", "edge-2"], "f2c": ["edge-3"]}, connectors=("c2f",)),
+                     process_metrics=False)
+    m.observe_carried("c2f", "edge-2")
+    m.observe_carried("c2f", "edge-2")
+    m.observe_carried("c2f", "elsewhere")
+    m.observe_carried("f2c", "edge-3")
+    m.observe_decision(decision(Verdict.DELIVERED, host="@connector", latency=2.5))
+    m.observe_decision(decision(Verdict.SEND_FAILED, host="@connector", stage="auth", reason="auth_failed"))
+    v = Snapshot(m)
+    assert v("connector_carried_total", route="c2f", smart_host="edge-2") == 2.0
+    assert v("connector_carried_total", route="c2f", smart_host="edge-1") == 0.0
+    assert v("connector_carried_total", route="c2f", smart_host="elsewhere") is None
+    assert v("connector_carried_total", route="f2c", smart_host="edge-3") is None
+    assert v("delivered_total", route="c2f", smart_host="@connector") == 1.0
+    assert v("send_failures_total", route="c2f", smart_host="@connector", stage="auth", reason="auth_failed") == 1.0
+    assert v("success", route="c2f", smart_host="@connector") == 0.0
+    assert m.render() == generate_latest(m.registry)
+
+
+def test_a_reload_follows_the_connector_and_its_route_s_smart_hosts():
+    """A reload drops the carried series of a removed smart host (keeping the others' counts), and every
+    series of the connector pair when the route's connector probe is removed."""
+    m = ProbeMetrics(make_config({"c2f": ["edge-1", "edge-2"]}, connectors=("c2f",)))
+    m.observe_carried("c2f", "edge-1")
+    m.apply_config(make_config({"c2f": ["edge-1"]}, connectors=("c2f",)))
+    v = Snapshot(m)
+    assert v("connector_carried_total", route="c2f", smart_host="edge-1") == 1.0
+    assert v("connector_carried_total", route="c2f", smart_host="edge-2") is None
+    m.apply_config(make_config({"c2f": ["edge-1"]}))
+    assert names_with(m, smart_host="@connector") == set()
+    assert P + "connector_carried_total" not in {name for name, _ in samples(m)}
+    m.observe_carried("c2f", "edge-1")  # a connector probe decided after the reload
+    assert P + "connector_carried_total" not in {name for name, _ in samples(m)}
+
+
+def test_the_stage_buckets_reach_the_connector_submission_s_timeout():
+    """The stage histograms end at the longest timeout of a smart host or a connector submission."""
+    v = Snapshot(ProbeMetrics(make_config(connectors=("c2f",))))
+    assert v("smtp_stage_seconds_bucket", stage="connect", le="45.0") == 0.0
+    assert v("smtp_stage_seconds_bucket", stage="connect", le="30.0") == 0.0

@@ -8,19 +8,14 @@ renamed (as an upgrade's refactoring would) shows it: exactly that check fails, 
 from __future__ import annotations
 
 import ast
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import prometheus_client
 import pytest
 
 from probe.prometheus_internals import INTERNALS, Internal
+from tests.renamed_package import REPO, renamed_copy, run_fence_against
 
-REPO = Path(__file__).resolve().parent.parent
 FENCE = "probe/prometheus_internals.py"
 THIS = "tests/test_prometheus_internals.py"
 # prometheus_client's modules beyond its documented API (its top-level package, metrics_core's Metric and
@@ -62,37 +57,15 @@ def test_only_the_fence_reaches_into_prometheus_client(module: str) -> None:
     assert _private_uses(REPO / module) == []
 
 
-def renamed_copy(into: Path, name: str) -> Path:
-    """Copy the installed prometheus_client under ``into`` with every ``name`` renamed; return the path to use."""
-    target = into / "prometheus_client"
-    shutil.copytree(Path(prometheus_client.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__"))
-    pattern = re.compile(rf"\b{re.escape(name)}\b")
-    changed = 0
-    for source in target.rglob("*.py"):
-        text = source.read_text(encoding="utf-8")
-        new, count = pattern.subn(f"{name}_renamed", text)
-        if count:
-            source.write_text(new, encoding="utf-8")
-            changed += count
-    assert changed, f"{name} is not in prometheus_client at all"
-    return into
-
-
 @pytest.mark.parametrize(("name", "check"), [
     ("floatToGoString", "prometheus_client.utils:floatToGoString"),
     ("escape_label_name", "prometheus_client.openmetrics.exposition:escape_label_name"),
 ])
 def test_a_renamed_internal_fails_exactly_its_own_check(tmp_path: Path, name: str, check: str) -> None:
     """Against a prometheus_client with one name renamed, one fence check fails, naming it; the rest pass."""
-    path = renamed_copy(tmp_path, name)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), str(REPO)])}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"{THIS}::test_internal_is_as_the_renderer_expects"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False)
-    output = result.stdout + result.stderr
-    summary = output.strip().splitlines()[-1]
-    assert re.search(r"\b1 failed, \d+ passed\b", summary), output[-3000:]
-    failed = [line.split(" - ")[0] for line in output.splitlines() if line.startswith("FAILED ")]
-    assert failed == [f"FAILED {THIS}::test_internal_is_as_the_renderer_expects[{check}]"], output
-    assert re.search(rf"AssertionError: {re.escape(check)}: not found .* -- relied on because ", output), output
+    copy = renamed_copy(tmp_path, package="prometheus_client", name=name)
+    run = run_fence_against(copy, package="prometheus_client",
+                            tests=f"{THIS}::test_internal_is_as_the_renderer_expects")
+    assert re.search(r"\b1 failed, \d+ passed\b", run.summary), run.output[-3000:]
+    assert run.failed == [f"FAILED {THIS}::test_internal_is_as_the_renderer_expects[{check}]"], run.output
+    assert re.search(rf"AssertionError: {re.escape(check)}: not found .* -- relied on because ", run.output), run.output

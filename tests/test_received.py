@@ -55,6 +55,57 @@ def test_garbage_never_raises(values):
     assert len(hops) == len(values)
 
 
+# Exchange's forms (the source forest's own hops and an Exchange smart host) and Postfix's, as they arrive.
+EXCHANGE_SUBMISSION = (
+    "from CO-MBX-1.contoso.com (2001:db8::7) by CO-MBX-1.contoso.com (2001:db8::7) with Microsoft SMTP Server\r\n"
+    " (version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id 15.2.1544.4 via Mailbox Transport;\r\n"
+    " Sat, 28 Nov 2026 09:00:00 +0000"
+)
+EXCHANGE_SMART_HOST = (
+    "from CO-MBX-1.contoso.com (203.0.113.7) by FC-EDGE-2.fourthcoffee.com (198.51.100.12) with Microsoft SMTP"
+    " Server (version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id 15.2.1544.4; Sat, 28 Nov 2026"
+    " 09:00:01 +0000"
+)
+POSTFIX_SOURCE = (
+    "from probe.contoso.com (probe.contoso.com [192.0.2.44])\r\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384"
+    " (256/256 bits))\r\n\tby relay.contoso.com (Postfix) with ESMTPSA id 4R2aBc\r\n\tfor"
+    " <mailflow.probe@fourthcoffee.com>; Sat, 28 Nov 2026 09:00:00 +0000"
+)
+LITERALS = "from [192.0.2.9] ([192.0.2.9]) by [IPv6:2001:db8::25] with ESMTP id x1; Sat, 28 Nov 2026 09:00:02 +0000"
+
+
+def test_exchange_forms_give_both_hosts_and_their_addresses():
+    """Exchange's "from HOST (IP) by HOST (IP) with Microsoft SMTP Server (...) id 15.x" gives names and addresses."""
+    hop = parse_hop(EXCHANGE_SMART_HOST)
+    assert (hop.from_host, hop.from_address) == ("CO-MBX-1.contoso.com", "203.0.113.7")
+    assert (hop.by_host, hop.by_address) == ("FC-EDGE-2.fourthcoffee.com", "198.51.100.12")
+    assert hop.id == "15.2.1544.4"
+    submission = parse_hop(EXCHANGE_SUBMISSION)
+    assert submission.by_address == "2001:db8::7"
+    assert submission.timestamp == datetime(2026, 11, 28, 9, 0, 0, tzinfo=UTC)
+
+
+def test_postfix_forms_give_the_client_address_and_no_receiving_address():
+    """Postfix's "from HELO (RDNS [IP]) (using TLS...) by HOST (Postfix)" gives the client's address only."""
+    hop = parse_hop(POSTFIX_SOURCE)
+    assert (hop.from_host, hop.from_address) == ("probe.contoso.com", "192.0.2.44")
+    assert (hop.by_host, hop.by_address) == ("relay.contoso.com", None)
+    assert hop.for_address == "mailflow.probe@fourthcoffee.com"
+
+
+def test_address_literals_are_their_own_addresses():
+    """A host written as an address literal ([IP], [IPv6:IP]) is its own address."""
+    hop = parse_hop(LITERALS)
+    assert (hop.from_address, hop.by_address) == ("192.0.2.9", "2001:db8::25")
+    assert hop.to_json()["by_address"] == "2001:db8::25"
+
+
+def test_a_comment_without_an_address_gives_none():
+    """Comments that hold no IP address (a product name, TLS facts, a hex-looking word) give no address."""
+    hop = parse_hop("from cafe (deadbeef) by beef.example (ESMTP cafe) with SMTP; Sat, 28 Nov 2026 09:00:02 +0000")
+    assert (hop.from_address, hop.by_address) == (None, None)
+
+
 # Exchange's forms (on-premises and Exchange Online), as Exchange writes them: the build number as the id, the
 # server addresses in comments, "with Microsoft SMTP Server (version=..., cipher=...)", a local time zone.
 EXCHANGE_EDGE = (

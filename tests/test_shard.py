@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from probe.config import Config, EwsConfig, MailboxConfig, RouteConfig, SmartHostConfig, load_config
+from probe.config import Config, ConnectorConfig, EwsConfig, MailboxConfig, RouteConfig, SmartHostConfig, load_config
 from probe.lab import Lab
+from probe.pipeline import targets
 from probe.secret import Secret
 from probe.shard import Shard, ShardError, shard_of
+from probe.vocabulary import CONNECTOR_PAIR
 from tests.daemon_harness import fetch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +82,55 @@ def test_a_share_keeps_only_the_mailboxes_its_routes_send_to() -> None:
         share = Shard(k, 4).share(config)
         assert {route.mailbox for route in share.routes} == set(share.mailboxes)
         assert all(route.smart_hosts for route in share.routes)
+
+
+def with_connectors(config: Config) -> Config:
+    """Return ``config`` with a connector probe (submit: ews, from the sender's own mailbox "contoso") on every
+    other route, and NDRs read from mailbox "bounces"."""
+    ews = EwsConfig(url="https://127.0.0.1/EWS/Exchange.asmx", username="svc", password=Secret("pw"))
+    mailboxes = {**config.mailboxes, "contoso": MailboxConfig(name="contoso", address="probe@contoso.com", backend=ews),
+                 "bounces": MailboxConfig(name="bounces", address="ndr@contoso.com", backend=ews)}
+    routes = tuple(replace(route, connector=ConnectorConfig(submit="ews") if i % 2 == 0 else None,
+                           bounces_mailbox="bounces") for i, route in enumerate(config.routes))
+    return replace(config, mailboxes=mailboxes, routes=routes)
+
+
+def all_pairs_of(config: Config) -> set[tuple[str, str]]:
+    """Return every pair ``config`` probes, connector pairs included."""
+    return {target.key for target in targets(config)}
+
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_a_route_with_a_connector_probe_falls_whole_to_one_shard(count: int) -> None:
+    """The pairs of a route with a connector probe (its smart hosts and "@connector") are never split: which
+    smart host carried a connector probe and the route's diagnosis read all of them; the other routes' pairs
+    are shared out one by one; every pair is in exactly one shard."""
+    config = with_connectors(big_config(routes=12, hosts=6))
+    shares = [Shard(k, count).share(config) for k in range(1, count + 1)]
+    pairs = [all_pairs_of(share) for share in shares]
+    assert sum(map(len, pairs)) == len(all_pairs_of(config)) == 12 * 6 + 6
+    assert set().union(*pairs) == all_pairs_of(config)
+    whole = {route.name: route for route in config.routes if route.connector is not None}
+    for share in shares:
+        for route in share.routes:
+            if route.name in whole:
+                assert route == whole[route.name]
+                assert Shard(shares.index(share) + 1, count).owns(route.name, CONNECTOR_PAIR)
+    split = {r.name for share in shares for r in share.routes if r.name not in whole}
+    assert sum(1 for share in shares for r in share.routes if r.name in split) > len(split)  # some are split
+
+
+def test_a_share_keeps_the_mailboxes_its_routes_submit_from_and_read_ndrs_from() -> None:
+    """A shard with a connector route (submit: ews) keeps the sender's own mailbox; every shard with a route
+    keeps the route's bounces_mailbox; no other mailbox is kept."""
+    config = with_connectors(big_config(routes=6, hosts=2))
+    for k in range(1, 4):
+        share = Shard(k, 3).share(config)
+        expected = {route.mailbox for route in share.routes} | ({"bounces"} if share.routes else set())
+        if any(route.connector is not None for route in share.routes):
+            expected.add("contoso")
+        assert set(share.mailboxes) == expected
+        targets(share)  # every target's mailboxes are there
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -34,13 +34,13 @@ PAIRS = 4  # the lab's 2 forests x 2 smart hosts
 
 @dataclass
 class Instance:
-    """One daemon process: its name, config, state file, log and port (0 until it listens)."""
+    """One daemon process: its name, config, state file, port and log."""
 
     name: str
     config: Path
     state: Path
     log: Path
-    port: int = 0
+    port: int = 0  # the port the daemon bound (it listens on port 0), read once it runs
 
     def ledger(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         """Return the rows of a query on the daemon's state file (read-only)."""
@@ -69,8 +69,7 @@ def write_instance(lab: Lab, folder: Path, name: str, *, key: Path, cleanup: str
 
 @contextlib.contextmanager
 def running(instances: list[Instance]) -> Iterator[None]:
-    """Run each instance as its own ``mailflow-probe run`` process on a port the kernel picks (its ``port`` once it
-    listens); SIGTERM them all at the end."""
+    """Run each instance as its own ``mailflow-probe run`` process; SIGTERM them all at the end."""
     processes = [start_process(i.config, i.log) for i in instances]
     try:
         for instance, process in zip(instances, processes, strict=True):

@@ -42,7 +42,7 @@ def test_validate_accepts_the_example_and_summarises_it() -> None:
     """The example with its environment set: exit 0, one summary line, nothing on stderr."""
     result = run("validate", "--config.file", "config/example.yaml", env=EXAMPLE_ENV)
     assert (result.returncode, result.stdout, result.stderr) == (
-        0, "config OK: 2 routes, 4 smart hosts, 2 mailboxes\n", "")
+        0, "config OK: 2 routes, 4 smart hosts, 2 connector probes, 2 mailboxes\n", "")
 
 
 def test_validate_names_file_line_and_field_of_a_mistake() -> None:

@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 
 Kind = Literal[
     "string", "name", "host", "address", "url", "version", "port", "boolean", "duration", "path",
-    "choice", "choice_list", "secret", "section", "section_map", "section_list",
+    "choice", "choice_list", "text_list", "folder_list", "secret", "section", "section_map", "section_list",
 ]
 SECTION_KINDS: Final = frozenset({"section", "section_map", "section_list"})
 

@@ -35,12 +35,14 @@ def _creatable(ctx: Context, section: Section, key: str, file: Path) -> None:
         raise ctx.error(item.node, section.at(key), f"cannot create {file}{what}: {parent} is not writable")
 
 
-def _existing(ctx: Context, section: Section, key: str, file: Path) -> os.stat_result | None:
-    """Return the file's status, or None when it does not exist; raise if it is no regular file."""
+def _existing(ctx: Context, section: Section, key: str) -> tuple[Path, os.stat_result] | None:
+    """Return the file and its status; None when it does not exist and can be created; raise otherwise."""
     item = section.items[key]
+    file = _shown(ctx, section, key)
     try:
         status = file.stat()
     except FileNotFoundError:
+        _creatable(ctx, section, key, file)
         return None
     except OSError as exc:
         raise ctx.error(item.node, section.at(key), f"cannot use {file}: {exc.strerror}") from None
@@ -48,7 +50,7 @@ def _existing(ctx: Context, section: Section, key: str, file: Path) -> os.stat_r
         raise ctx.error(item.node, section.at(key), f"{file} is a directory, not a file")
     if not stat.S_ISREG(status.st_mode):
         raise ctx.error(item.node, section.at(key), f"{file} is not a regular file")
-    return status
+    return file, status
 
 
 def _head(ctx: Context, section: Section, key: str, file: Path, size: int) -> bytes:
@@ -64,11 +66,10 @@ def check_signing_key(ctx: Context, section: Section) -> None:
     """Raise unless the signing key can be read (a key of a sane size) or created; warn if others can read it."""
     key = "signing_key_file"
     item = section.items[key]
-    file = _shown(ctx, section, key)
-    status = _existing(ctx, section, key, file)
-    if status is None:
-        _creatable(ctx, section, key, file)
+    found = _existing(ctx, section, key)
+    if found is None:
         return
+    file, status = found
     if status.st_size > MAX_KEY_BYTES:
         raise ctx.error(item.node, section.at(key), f"{file} is {byte_size(status.st_size)}, more than a signing "
                         f"key file holds ({byte_size(MAX_KEY_BYTES)} at most); is this the right file?")
@@ -91,11 +92,10 @@ def check_state_file(ctx: Context, section: Section) -> None:
     """
     key = "state_file"
     item = section.items[key]
-    file = _shown(ctx, section, key)
-    status = _existing(ctx, section, key, file)
-    if status is None:
-        _creatable(ctx, section, key, file)
+    found = _existing(ctx, section, key)
+    if found is None:
         return
+    file, status = found
     if not os.access(file, os.R_OK | os.W_OK):
         raise ctx.error(item.node, section.at(key), f"cannot write {file}: permission denied")
     if not os.access(file.parent, os.W_OK | os.X_OK):

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe.config.backends import BackendConfig, backend_named
+from probe.config import connector
+from probe.config.backends import Backend, backend_named
 from probe.config.document import compose, read_text
 from probe.config.errors import ConfigError
 from probe.config.files import check_signing_key, check_state_file
@@ -18,6 +19,7 @@ from probe.config.model import Config, Defaults, MailboxConfig, MetricsConfig, R
 from probe.config.nodes import Context, Section, did_you_mean, show, warn_unverified
 from probe.config.reader import read_section
 from probe.config.table import IMPLICIT_TLS_PORT
+from probe.config.values import CONVERTERS
 from probe.duration import format_duration
 from probe.vocabulary import MailboxFolder
 
@@ -46,17 +48,34 @@ def _build_defaults(ctx: Context, section: Section | None) -> Defaults:
     return defaults
 
 
-def _build_backend(ctx: Context, section: Section) -> BackendConfig:
-    """Build the one backend section of a mailbox (the reader made sure there is exactly one)."""
+def _backend_of(section: Section) -> Backend:
+    """Return the backend of a mailbox section (the reader made sure it has exactly one)."""
     name = next(spec.key for spec in section.specs if spec.one_of == "backend" and spec.key in section.items)
-    return backend_named(name).build(ctx, section.items[name].value)
+    return backend_named(name)
+
+
+def _folders(ctx: Context, section: Section, backend: Backend) -> tuple[MailboxFolder | str, ...]:
+    """Read the mailbox's ``folders`` as its backend's row says; neutral names become MailboxFolder."""
+    item = section.items["folders"]
+    read = CONVERTERS[backend.folders.kind](ctx, backend.folders, item.node, section.at("folders"))
+    neutral = {str(folder) for folder in MailboxFolder}
+    return tuple(MailboxFolder(folder) if folder in neutral else folder for folder in read)
+
+
+def _check_cleanup(ctx: Context, section: Section, backend: Backend) -> None:
+    item = section.items.get("cleanup")
+    if item is not None and item.value in backend.refused_cleanups:
+        raise ctx.error(item.node, section.at("cleanup"),
+                        f"{item.value} is not available with {backend.name}: {backend.refused_cleanups[item.value]}")
 
 
 def _build_mailbox(ctx: Context, name: str, section: Section) -> MailboxConfig:
+    backend = _backend_of(section)
     values = section.scalars()
     if "folders" in values:
-        values["folders"] = tuple(MailboxFolder(folder) for folder in values["folders"])
-    return MailboxConfig(name=name, backend=_build_backend(ctx, section), **values)
+        values["folders"] = _folders(ctx, section, backend)
+    _check_cleanup(ctx, section, backend)
+    return MailboxConfig(name=name, backend=backend.build(ctx, section.items[backend.name].value), **values)
 
 
 def _build_smart_host(ctx: Context, section: Section) -> SmartHostConfig:
@@ -114,6 +133,10 @@ def _build_route(ctx: Context, section: Section, defaults: Defaults,
     host_sections: list[Section] = section.items["smart_hosts"].value
     _check_unique(ctx, host_sections, "smart host")
     hosts = tuple(_build_smart_host(ctx, host) for host in host_sections)
+    connector_item = section.items.get("connector")
+    if connector_item is not None:
+        values["connector"] = connector.build(ctx, connector_item.value, sender=values["sender"],
+                                              mailboxes=mailboxes)
     return RouteConfig(smart_hosts=hosts, **values)
 
 
@@ -137,11 +160,12 @@ def _build_config(ctx: Context, top: Section, *, uses_state_file: bool) -> Confi
     route_sections: list[Section] = top.items["routes"].value
     _check_unique(ctx, route_sections, "route")
     routes = tuple(_build_route(ctx, section, defaults, mailboxes) for section in route_sections)
-    _warn_unused(ctx, top, routes)
     metrics_item = top.items.get("metrics")
     metrics = MetricsConfig(**metrics_item.value.scalars()) if metrics_item else MetricsConfig()
-    return Config(defaults=defaults, metrics=metrics, mailboxes=mailboxes, routes=routes, source=ctx.file,
-                  **top.scalars())
+    config = Config(defaults=defaults, metrics=metrics, mailboxes=mailboxes, routes=routes, source=ctx.file,
+                    **top.scalars())
+    _warn_unused(ctx, top, routes)
+    return config
 
 
 @contextmanager

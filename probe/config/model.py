@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probe.config.backends import BackendConfig
+from probe.config.connector import ConnectorConfig
 from probe.config.table import DEFAULTS, Cleanup, TlsMode, WatchMode
 from probe.secret import Secret
 from probe.vocabulary import MailboxFolder
@@ -38,8 +39,9 @@ class MailboxConfig:
 
     name: str  # its key under ``mailboxes``
     address: str
-    backend: BackendConfig  # exactly one backend section: ``ews:`` (EwsConfig)
-    folders: tuple[MailboxFolder, ...] = DEFAULTS["mailbox"]["folders"]
+    backend: BackendConfig  # exactly one backend section: ``ews:``, ``imap:`` or ``graph:``
+    # neutral names (EWS, Graph); IMAP: mailbox names, with inbox and junkemail as neutral names
+    folders: tuple[MailboxFolder | str, ...] = DEFAULTS["mailbox"]["folders"]
     cleanup: Cleanup = DEFAULTS["mailbox"]["cleanup"]
     watch: WatchMode = DEFAULTS["mailbox"]["watch"]
     poll_interval: float = DEFAULTS["mailbox"]["poll_interval"]
@@ -72,6 +74,7 @@ class RouteConfig:
     mailbox: str
     smart_hosts: tuple[SmartHostConfig, ...]
     recipient: str | None = DEFAULTS["route"]["recipient"]  # None: the mailbox's address
+    connector: ConnectorConfig | None = DEFAULTS["route"]["connector"]  # None: no connector probe
     bounces_mailbox: str | None = DEFAULTS["route"]["bounces_mailbox"]  # None: the mailbox of the sender's address
     interval: float = DEFAULTS["route"]["interval"]  # the loader fills these three from ``defaults``
     timeout: float = DEFAULTS["route"]["timeout"]
@@ -93,6 +96,10 @@ class Config:
     def recipient_of(self, route: RouteConfig) -> str:
         """Return the address a route's probes are sent to."""
         return route.recipient or self.mailboxes[route.mailbox].address
+
+    def sender_mailbox(self, route: RouteConfig) -> MailboxConfig | None:
+        """Return the configured mailbox whose address is the route's sender (a connector's ``submit: ews``)."""
+        return next((m for m in self.mailboxes.values() if m.address.lower() == route.sender.lower()), None)
 
     def bounces_mailbox_of(self, route: RouteConfig) -> str | None:
         """Return the name of the mailbox a route's NDRs come back to: its ``bounces_mailbox``, else the mailbox

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from probe.config.backends import BACKENDS
 from probe.config.fields import (
     ADDRESS_PATTERN,
     ENV_NAME_PATTERN,
@@ -48,6 +49,10 @@ def _field_schema(spec: FieldSpec) -> dict[str, Any]:
         "choice": {"enum": list(spec.choices)},
         "choice_list": {"type": "array", "items": {"enum": list(spec.choices)}, "minItems": 1,
                         "uniqueItems": True},
+        "text_list": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                      "uniqueItems": True},
+        "folder_list": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                        "uniqueItems": True},
         "section": ref,
         "section_list": {"type": "array", "items": ref, "minItems": 1},
         "section_map": {"type": "object", "additionalProperties": ref, "minProperties": 1,
@@ -87,6 +92,17 @@ def _group_rules(specs: tuple[FieldSpec, ...]) -> list[dict[str, Any]]:
     return [{"oneOf": [{"required": [key]} for key in keys]} for keys in groups.values()]
 
 
+def _backend_rules() -> list[dict[str, Any]]:
+    """Return, per backend, how its row reads a mailbox's ``folders`` and which cleanups it refuses."""
+    rules: list[dict[str, Any]] = []
+    for backend in BACKENDS:
+        properties: dict[str, Any] = {"folders": _field_schema(backend.folders)}
+        if backend.refused_cleanups:
+            properties["cleanup"] = {"not": {"enum": list(backend.refused_cleanups)}}
+        rules.append({"if": {"required": [backend.name]}, "then": {"properties": properties}})
+    return rules
+
+
 def _section_schema(section: str) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     rules: list[dict[str, Any]] = []
@@ -105,6 +121,8 @@ def _section_schema(section: str) -> dict[str, Any]:
         if spec.required and spec.one_of is None:
             required.append(spec.key)
     rules.extend(_group_rules(SECTIONS[section]))
+    if section == "mailbox":
+        rules.extend(_backend_rules())
     if section == "smart_host":
         rules.append({"if": {"required": ["tls"], "properties": {"tls": {"const": "none"}}},
                       "then": {"required": ["allow_insecure"], "properties": {"allow_insecure": {"const": True}}}})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, get_args
 
+from probe.config import connector
 from probe.config.backends import BACKENDS
 from probe.config.fields import FieldSpec, default_of
 from probe.metric_families import OPTIONAL_PAIR_LABELS
@@ -31,6 +32,7 @@ SECTION_DOCS: Final[dict[str, str]] = {
     **{backend.name: backend.doc for backend in BACKENDS},
     "route": "A direction of mail flow: a sender, a target mailbox, and the smart hosts to probe it through.",
     "smart_host": "One smart host of a route: the server the probe submits to directly.",
+    "connector": connector.DOC,
 }
 
 _CONFIG: Final = (
@@ -63,10 +65,12 @@ _MAILBOX: Final = (
     _F(key="address", kind="address", required=True, doc="The mailbox's email address."),
     *(_F(key=backend.name, kind="section", section=backend.name, required=True, one_of="backend",
          doc=backend.doc) for backend in BACKENDS),
-    _F(key="folders", kind="choice_list", choices=tuple(SEARCHED_FOLDERS), default=SEARCHED_FOLDERS,
-       doc="The folders searched for probes."),
+    _F(key="folders", kind="folder_list", noun="folder", default=SEARCHED_FOLDERS,
+       doc="The folders searched for probes: inbox and junkemail (EWS, Graph), or IMAP mailbox names; "
+           "read as the backend's row says (probe.config.backends)."),
     _F(key="cleanup", kind="choice", choices=get_args(Cleanup), default="move_to_deleted_items",
-       doc="What is done with a probe once found (only probes whose tag verifies are ever touched)."),
+       doc="What is done with a probe once found (only probes whose tag verifies are ever touched); IMAP: "
+           "move_to_deleted_items is UID MOVE to \\Trash, hard_delete is \\Deleted + UID EXPUNGE."),
     _F(key="watch", kind="choice", choices=get_args(WatchMode), default="streaming",
        doc="Streaming notifications, or polling only."),
     _F(key="poll_interval", kind="duration", positive=True, default=10.0, doc="How often the mailbox is searched."),
@@ -82,6 +86,7 @@ _ROUTE: Final = (
            "mailbox whose address is the sender."),
     _F(key="smart_hosts", kind="section_list", section="smart_host", required=True, noun="smart host",
        doc="The smart hosts to probe the route through, each on its own."),
+    _F(key="connector", kind="section", section="connector", doc=SECTION_DOCS["connector"]),
     _F(key="interval", kind="duration", positive=True, inherited=True,
        doc="How often each smart host is probed; default: defaults.interval."),
     _F(key="timeout", kind="duration", positive=True, inherited=True,
@@ -118,6 +123,7 @@ SECTIONS: Final[dict[str, tuple[FieldSpec, ...]]] = {
     **{backend.name: backend.fields for backend in BACKENDS},
     "route": _ROUTE,
     "smart_host": _SMART_HOST,
+    "connector": connector.FIELDS,
 }
 
 

@@ -160,6 +160,23 @@ def _convert_choice_list(ctx: Context, spec: FieldSpec, node: yaml.Node, path: s
     return tuple(chosen)
 
 
+def _convert_text_list(ctx: Context, spec: FieldSpec, node: yaml.Node, path: str) -> tuple[str, ...]:
+    """Read a list of distinct non-empty strings (``spec.noun`` says what they are)."""
+    if not isinstance(node, yaml.SequenceNode):
+        raise ctx.error(node, path, f"expected a list of {spec.noun}s, got {got(ctx, node)}")
+    if not node.value:
+        raise ctx.error(node, path, f"must list at least one {spec.noun}")
+    chosen: list[str] = []
+    for index, item in enumerate(node.value):
+        value = text(ctx, item, f"{path}[{index}]", f"a {spec.noun}")
+        if any(ch in value for ch in "\x00\r\n"):
+            raise ctx.error(item, f"{path}[{index}]", f"a {spec.noun} has no NUL or line break, got {show(value)}")
+        if value in chosen:
+            raise ctx.error(item, f"{path}[{index}]", f"{show(value)} is listed twice")
+        chosen.append(value)
+    return tuple(chosen)
+
+
 CONVERTERS: Final[dict[str, Converter]] = {
     "string": lambda ctx, spec, node, path: text(ctx, node, path, "a string"),
     "name": _matching(NAME_PATTERN, 'a name of letters, digits, ".", "_" and "-" (at most 64)'),
@@ -173,4 +190,6 @@ CONVERTERS: Final[dict[str, Converter]] = {
     "path": _convert_path,
     "choice": _convert_choice,
     "choice_list": _convert_choice_list,
+    "text_list": _convert_text_list,
+    "folder_list": lambda ctx, spec, node, path: node,  # read by the loader with the backend's own rule
 }

@@ -27,7 +27,8 @@ def main(args: argparse.Namespace) -> int:
     previous = _on_signals(stop)
     try:
         with Lab.start(Path(args.state_dir), smart_hosts_per_forest=args.smart_hosts,
-                       mailboxes_per_forest=args.mailboxes, fixed_ports=args.fixed_ports) as lab:
+                       mailboxes_per_forest=args.mailboxes, fixed_ports=args.fixed_ports,
+                       mailbox_backend=args.mailbox_backend) as lab:
             print(summary(lab), flush=True)
             stop.wait()
             print("mailflow-probe lab: stopping", flush=True)
@@ -51,11 +52,19 @@ def summary(lab: Lab) -> str:
     for forest in lab.forests.values():
         lines.append(f"forest {forest.name} ({forest.domain}):")
         lines.append(f"  EWS:        {forest.ews_url}")
+        if forest.graph is not None:
+            lines.append(f"  Graph:      {forest.graph.url} (tenant {forest.graph.tenant_id})")
+        if forest.imap_port:
+            lines.append(f"  IMAP:       imaps://127.0.0.1:{forest.imap_port}, STARTTLS on {forest.imap_starttls_port}")
         lines.append(f"  mailboxes:  {', '.join(forest.mailboxes)}")
         hosts = forest.smart_hosts
         shown = ", ".join(f"{h.name} {h.host}:{h.port}" for h in hosts[:4])
         more = f" and {len(hosts) - 4} more" if len(hosts) > 4 else ""
         lines.append(f"  smart hosts: {shown}{more}")
+        lines.append(f"  submission: {forest.server_address}:{forest.submission_port} (STARTTLS, then AUTH as a "
+                     "mailbox address with the EWS password)")
+        others = [f.name for f in lab.forests.values() if f is not forest]
+        lines.append(f"  Send connectors: to {', '.join(others) or 'none'} (faults: connector/{forest.name})")
     lines.append("passwords: in lab.json and the files under secrets/. Ctrl-C stops the lab.")
     return "\n".join(lines)
 

@@ -43,6 +43,8 @@ def _banner(lab_admin: str, listen: str, port: int, config_path: Path, state_dir
         f"  lab admin     {lab_admin}  (POST /faults to break a smart host, e.g.:",
         f"                curl -XPOST {lab_admin}/faults -d '{{\"target\":\"smarthost/fourthcoffee-edge-1\","
         f"\"kind\":\"no_starttls\"}}')",
+        "                or the Send connector's stored password: {\"target\":\"connector/contoso\",",
+        "                \"kind\":\"bad_credentials\"} (the @connector rows say which smart host carried each probe)",
         f"  probe config  {config_path}",
         f"  lab details   {state_dir / 'lab.json'}",
         "  one line per verdict follows; Ctrl-C stops everything",
@@ -64,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         with Lab.start(state_dir, fixed_ports=not args.ephemeral_ports, transit=DEMO_TRANSIT) as lab:
             config_path = lab.write_probe_config(state_dir / "demo.yaml", interval=DEMO_INTERVAL,
-                                                 timeout=DEMO_TIMEOUT, jitter=DEMO_JITTER)
+                                                 timeout=DEMO_TIMEOUT, jitter=DEMO_JITTER, connector="ews")
             daemon, server = start_daemon(config_path, listen_address=args.listen_address)
             print(_banner(lab.admin_url, args.listen_address, server.port, config_path, state_dir), flush=True)
             stop = threading.Event()

@@ -1,4 +1,4 @@
-"""Faults on demand: what the lab's smart hosts and EWS endpoints should get wrong, and where.
+"""Faults on demand: what the lab's smart hosts and mailbox servers should get wrong, and where.
 
 The kinds of each target type are an enum; each member is one row: its name in the admin API and its
 parameters (required or with a default). A fault is checked against its row when it is posted, so a
@@ -79,8 +79,20 @@ class SmartHostFault(FaultKind):
     DISCLAIMER = "disclaimer"  # a transport rule: a disclaimer after the body
 
 
-class EwsFault(FaultKind):
-    """What a forest's EWS endpoint (target ``ews/FOREST``) can get wrong."""
+class ConnectorFault(FaultKind):
+    """What a forest's Send connector (target ``connector/FOREST``: the source forest's) can get wrong."""
+
+    DISABLED = "disabled"  # no route: messages wait in the Unreachable queue, then expire (NDR)
+    BAD_CREDENTIALS = "bad_credentials"  # the stored password is wrong: the smart hosts answer 535, the queue retries
+    ADDRESS_SPACE_REMOVED = "address_space_removed"  # the target domain is no longer routed: NDR 5.4.4 at once
+    TLS_UNAVAILABLE_REQUIRED = "tls_unavailable_required"  # TLS is required but the source cannot negotiate it
+    PIN = "pin", Param("smart_host", required=True)  # always this smart host: no failover
+
+
+class MailboxFault(FaultKind):
+    """What a forest's mailbox server can get wrong: its EWS endpoint (target ``ews/FOREST``), its IMAP
+    server (``imap/FOREST``) or its Graph endpoint (``graph/FOREST``); each backend's lab part acts on them
+    in its own protocol's terms (probe.lab.imap_front, probe.lab.graph)."""
 
     UNAUTHORIZED = "unauthorized"
     SERVER_ERROR = "server_error"
@@ -90,7 +102,13 @@ class EwsFault(FaultKind):
     CLOCK_OFFSET = "clock_offset", SECONDS
 
 
-TARGET_TYPES: Final[dict[str, type[FaultKind]]] = {"smarthost": SmartHostFault, "ews": EwsFault}
+EwsFault = MailboxFault  # the name the EWS endpoint's code knows them by
+
+MAILBOX_TARGET_TYPES: Final = ("ews", "imap", "graph")
+TARGET_TYPES: Final[dict[str, type[FaultKind]]] = {
+    "smarthost": SmartHostFault, "connector": ConnectorFault, **dict.fromkeys(MAILBOX_TARGET_TYPES, MailboxFault),
+}
+_TARGETS: Final = "smarthost/NAME, connector/FOREST, or ews/FOREST, imap/FOREST or graph/FOREST"
 
 
 class FaultError(ValueError):
@@ -99,7 +117,8 @@ class FaultError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Fault:
-    """One fault: a target (``smarthost/NAME`` or ``ews/FOREST``), a kind, and its parameters."""
+    """One fault: a target (``smarthost/NAME``, ``connector/FOREST``, or ``ews/FOREST``, ``imap/FOREST``,
+    ``graph/FOREST``), a kind, and its parameters."""
 
     target: str
     kind: FaultKind
@@ -107,12 +126,13 @@ class Fault:
     code: int | None = None
     seconds: float | None = None
     back_off_ms: int | None = None
+    smart_host: str | None = None
     status: str | None = None
     notify_after: float | None = None
 
     @property
     def target_type(self) -> str:
-        """Return ``smarthost`` or ``ews``."""
+        """Return ``smarthost``, ``connector``, ``ews``, ``imap`` or ``graph``."""
         return self.target.split("/", 1)[0]
 
     @property
@@ -144,9 +164,9 @@ def parse_fault(data: object) -> Fault:
 
 def _target(target: object) -> str:
     if not isinstance(target, str) or "/" not in target:
-        raise FaultError('target must be "smarthost/NAME" or "ews/FOREST"')
+        raise FaultError(f"target must be one of {_TARGETS}")
     if target.split("/", 1)[0] not in TARGET_TYPES:
-        raise FaultError(f"unknown target type {target.split('/', 1)[0]!r}: use smarthost/NAME or ews/FOREST")
+        raise FaultError(f"unknown target type {target.split('/', 1)[0]!r}: use {_TARGETS}")
     return target
 
 
@@ -173,6 +193,7 @@ def _check(kind: FaultKind, param: Param, value: object) -> None:
     valid = {"stage": value in SMTP_STAGES, "code": isinstance(value, int) and not isinstance(value, bool)
              and 200 <= value <= 599, "seconds": _is_number(value),
              "back_off_ms": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+             "smart_host": isinstance(value, str) and bool(value),
              "status": isinstance(value, str) and _STATUS.fullmatch(value) is not None,
              "notify_after": _is_number(value) and float(str(value)) >= 0}
     if not valid[param.name]:
@@ -184,11 +205,13 @@ _MUST: Final = {
     "code": "an SMTP reply code (200-599)",
     "seconds": "a number",
     "back_off_ms": "a whole number of milliseconds (0 or more)",
+    "smart_host": "the name of a smart host of the lab",
     "status": 'an enhanced status code of a failure, such as "5.1.1" or "4.4.7"',
     "notify_after": "a number of seconds (0 or more)",
 }
 _NEEDS: Final = {"stage": f"stage, {_MUST['stage']}", "seconds": "seconds (a number)",
-                 "status": f"status, {_MUST['status']}"}
+                 "status": f"status, {_MUST['status']}",
+                 "smart_host": "smart_host, the name of a smart host of the lab"}
 
 
 class FaultRegistry:

@@ -67,6 +67,8 @@ class DeliveryRecord:
 
 
 NewMailListener = Callable[[StoredItem], None]
+Sink = Callable[[str, bytes, str, "float | None", str], None]
+"""Where delivered mail goes instead of the store: (address, raw message, folder, accepted_at, Message-ID)."""
 
 
 @dataclass
@@ -155,6 +157,20 @@ class MailboxStore:
         self._records: list[DeliveryRecord] = []
         self._clock = clock or (lambda _forest: time.time())
         self._seq = itertools.count(FIRST_ITEM_COUNTER)
+        self._sink: Sink | None = None
+
+    def set_sink(self, sink: Sink) -> None:
+        """Hand every delivered message to ``sink`` (the lab's Dovecot) instead of keeping it here.
+
+        The sink records each delivery with ``record_delivery`` once it is done; ``deliver`` then returns an
+        item that the store does not hold (``get`` does not find it).
+        """
+        self._sink = sink
+
+    def record_delivery(self, record: DeliveryRecord) -> None:
+        """Add a delivery the sink made to the lab's record."""
+        with self._lock:
+            self._records.append(record)
 
     def add_mailbox(self, address: str, forest: str) -> None:
         """Create an empty mailbox for ``address`` in ``forest``."""
@@ -196,6 +212,8 @@ class MailboxStore:
         if not message_id:
             raw, message_id = _stamp_message_id(raw, address)
             parsed = _parse(raw)
+        if self._sink is not None:
+            return self._hand_over(address, raw, parsed, folder=folder, accepted_at=accepted_at)
         with self._lock:
             box = self._mailboxes[address.lower()]
             now = time.time()
@@ -215,6 +233,20 @@ class MailboxStore:
             listeners = list(self._listeners)
         for listener in listeners:
             listener(item)
+        return item
+
+    def _hand_over(self, address: str, raw: bytes, parsed: _Parsed, *, folder: str,
+                   accepted_at: float | None) -> StoredItem:
+        box = self._mailboxes[address.lower()]
+        now = time.time()
+        item = StoredItem(
+            item_id="", change_key="", mailbox=box.address, folder=folder, raw=raw, subject=parsed.subject,
+            message_id=parsed.message_id, headers=parsed.headers, body=parsed.body, html_body=parsed.html_body,
+            item_class=parsed.item_class, received=_to_milliseconds(datetime.fromtimestamp(now, tz=UTC)),
+            accepted_at=accepted_at, delivered_at=now,
+        )
+        assert self._sink is not None
+        self._sink(box.address, raw, folder, accepted_at, parsed.message_id)
         return item
 
     def items(self, address: str, folders: Iterable[str]) -> list[StoredItem]:

@@ -23,8 +23,22 @@ def _ews(config: MailboxConfig, key: bytes) -> Mailbox:
     return EwsMailbox(config, key=key)
 
 
+def _imap(config: MailboxConfig, key: bytes) -> Mailbox:
+    from probe.mailbox.imap import ImapMailbox
+
+    return ImapMailbox(config, key=key)
+
+
+def _graph(config: MailboxConfig, key: bytes) -> Mailbox:
+    from probe.mailbox.graph import GraphMailbox
+
+    return GraphMailbox(config, key=key)
+
+
 OPENERS: Final[dict[str, MailboxFactory]] = {
     "ews": _ews,
+    "imap": _imap,
+    "graph": _graph,
 }
 """By backend name (a mailbox config's backend section key, probe.config.backends), how to open one."""
 

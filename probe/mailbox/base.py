@@ -49,7 +49,7 @@ class Sighting:
     probe_id: str
     tag: str
     mailbox: str
-    folder: MailboxFolder
+    folder: MailboxFolder | str  # neutral where there is one (IMAP: a plain mailbox keeps its own name)
     item: ItemRef
     message_id: str
     subject: str
@@ -69,7 +69,7 @@ class ReportCandidate:
 
     probe_id: str  # the probe the subject's tag names
     mailbox: str
-    folder: MailboxFolder
+    folder: MailboxFolder | str  # neutral where there is one, as a Sighting's
     item: ItemRef
     raw: bytes  # the whole message as MIME (EWS MimeContent, IMAP BODY[], Graph $value)
     received_server: datetime  # the server's receipt stamp, UTC, on the server's clock

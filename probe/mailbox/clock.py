@@ -1,4 +1,4 @@
-"""The offset of a mailbox server's clock from the probe's, from the HTTP Date of its responses.
+"""The offset of a mailbox server's clock from the probe's, from the HTTP Date of its responses (or any stamp).
 
 A response whose Date header reads D (whole seconds, server clock) was stamped at some moment m between
 the request being sent (t_send) and the response arriving (t_recv), both on the probe's clock; at m the
@@ -124,7 +124,15 @@ class ClockOffset:
     def observe(self, *, sent_at: float, received_at: float, date_header: str | None) -> None:
         """Take one response: its request was sent at ``sent_at`` and it arrived at ``received_at`` (local)."""
         server = parse_http_date(date_header)
-        if server is None or received_at < sent_at:
+        if server is not None:
+            self.observe_stamp(sent_at=sent_at, received_at=received_at, server=server)
+
+    def observe_stamp(self, *, sent_at: float, received_at: float, server: float) -> None:
+        """Take one whole-second server stamp (a Unix time) made between ``sent_at`` and ``received_at`` (local).
+
+        An HTTP Date, or the INTERNALDATE of a message the probe itself appended (IMAP).
+        """
+        if received_at < sent_at:
             return
         low, high = _Edge(server - received_at, received_at), _Edge(server + 1.0 - sent_at, received_at)
         with self._lock:

@@ -26,7 +26,6 @@ import contextlib
 import logging
 import re
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -38,18 +37,7 @@ import requests
 import requests.adapters
 from exchangelib import DELEGATE, Account, Build, Configuration, Credentials, EWSDateTime, FailFast, Q, Version
 from exchangelib.errors import (
-    CASError,
-    ErrorAccessDenied,
-    ErrorExceededConnectionCount,
-    ErrorInternalServerError,
-    ErrorInternalServerTransientError,
     ErrorItemNotFound,
-    ErrorMailboxStoreUnavailable,
-    ErrorServerBusy,
-    ErrorTimeoutExpired,
-    ErrorTooManyObjectsOpened,
-    MalformedResponseError,
-    UnauthorizedError,
 )
 from exchangelib.ewsdatetime import UTC as EWS_UTC
 from exchangelib.fields import FieldPath
@@ -67,6 +55,7 @@ from probe.config import EwsConfig, MailboxConfig
 from probe.local_faults import local_fault
 from probe.mailbox.base import CleanupResult, ItemRef, ReportCandidate, SearchResult, Sighting
 from probe.mailbox.clock import ClockOffset, OffsetEstimate, calibrate, local_arrival
+from probe.mailbox.ews_errors import classify, describe
 from probe.mailbox.ews_internals import (
     FOLDER_ATTR,
     FindTagged,
@@ -78,7 +67,6 @@ from probe.mailbox.ews_internals import (
     streaming_response,
 )
 from probe.mailbox.received import parse_received
-from probe.secret import redact
 from probe.vocabulary import MailboxFolder, MailboxReason
 
 log = logging.getLogger(__name__)
@@ -91,10 +79,10 @@ DEFAULT_LOOKBACK: Final = 86400.0  # how far back a search looks when the caller
 PAGE_SIZE: Final = 500
 GET_CHUNK: Final = 500
 WATCH_MINUTES: Final = 1  # GetStreamingEvents ConnectionTimeout; the stream is reopened after it
-_EWS_FOLDERS: Final = {  # the neutral folder names as EWS distinguished folder ids
+_EWS_FOLDERS: Final[dict[MailboxFolder | str, str]] = {  # the neutral folder names as EWS distinguished ids
     MailboxFolder.INBOX: "inbox", MailboxFolder.JUNKEMAIL: "junkemail", MailboxFolder.DELETEDITEMS: "deleteditems",
 }
-_NEUTRAL_FOLDERS: Final = {ews_id: folder for folder, ews_id in _EWS_FOLDERS.items()}
+_NEUTRAL_FOLDERS: Final = {ews_id: MailboxFolder(folder) for folder, ews_id in _EWS_FOLDERS.items()}
 _DELETE_TYPES: Final = {
     "move_to_deleted_items": "MoveToDeletedItems", "soft_delete": "SoftDelete", "hard_delete": "HardDelete",
 }
@@ -118,65 +106,6 @@ def parse_ews_datetime(text: str | None) -> tuple[datetime, bool] | None:
         sign = -1 if zone[0] == "-" else 1
         tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
     return base.replace(microsecond=micro, tzinfo=tz).astimezone(UTC), fraction is not None
-
-
-# -- errors -------------------------------------------------------------------------------------------
-
-_MAX_ERROR: Final = 400
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """Return the exception and those it was raised from, during, or because of; outermost first."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    pending: list[BaseException] = [exc]
-    while pending and len(chain) < 32:
-        current = pending.pop(0)
-        if current in chain:
-            continue
-        chain.append(current)
-        linked = [current.__cause__, current.__context__, getattr(current, "reason", None),
-                  *(a for a in current.args[:1])]
-        pending += [e for e in linked if isinstance(e, BaseException)]
-    return chain
-
-
-def _is_server_error(exc: BaseException) -> bool:
-    if isinstance(exc, ErrorInternalServerError | ErrorInternalServerTransientError | CASError
-                  | ErrorMailboxStoreUnavailable | ErrorTimeoutExpired):
-        return not any(isinstance(e, requests.RequestException | OSError) for e in _chain(exc))
-    return isinstance(exc, MalformedResponseError) and "Code: 5" in str(exc)
-
-
-_RULES: Final[tuple[tuple[MailboxReason, Callable[[BaseException], bool]], ...]] = (
-    (MailboxReason.UNREACHABLE, lambda e: isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError)),  # dropped
-    (MailboxReason.TLS, lambda e: isinstance(e, requests.exceptions.SSLError | ssl.SSLError)),
-    (MailboxReason.TIMEOUT, lambda e: isinstance(e, requests.exceptions.Timeout | TimeoutError)),
-    (MailboxReason.UNREACHABLE, lambda e: isinstance(
-        e, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError | ConnectionError)),
-    (MailboxReason.UNAUTHORIZED, lambda e: isinstance(e, UnauthorizedError | ErrorAccessDenied)
-     or (isinstance(e, PermissionError) and str(e).startswith("Access denied"))),  # requests_ntlm: a bare 401
-    (MailboxReason.THROTTLED, lambda e: isinstance(
-        e, ErrorServerBusy | ErrorExceededConnectionCount | ErrorTooManyObjectsOpened)),
-    (MailboxReason.SERVER_ERROR, _is_server_error),
-)
-
-
-def classify(exc: BaseException) -> MailboxReason:
-    """Say why a mailbox request failed, from the most specific cause in the exception's chain."""
-    chain = _chain(exc)
-    for reason, matches in _RULES:
-        if any(matches(e) for e in chain):
-            return reason
-    return MailboxReason.PROTOCOL
-
-
-def describe(exc: BaseException) -> str:
-    """Return a short, redacted description of a failure."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    if len(text) > _MAX_ERROR:
-        text = text[:_MAX_ERROR] + "..."
-    return redact(text)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,7 +205,7 @@ def _build(cfg: Any) -> Version | None:
     return Version(build=Build(*parts))
 
 
-def _folder_id(config: MailboxConfig, folder: MailboxFolder) -> DistinguishedFolderId:
+def _folder_id(config: MailboxConfig, folder: MailboxFolder | str) -> DistinguishedFolderId:
     """Return the EWS distinguished folder of the mailbox that a neutral folder name stands for."""
     return DistinguishedFolderId(id=_EWS_FOLDERS[folder], mailbox=EwsAddress(email_address=config.address))
 

@@ -180,6 +180,21 @@ def _deleted_item(world: World, request: etree._Element) -> etree._Element:
     return request
 
 
+def _to_the_mailbox(_world: World, request: etree._Element) -> etree._Element:
+    _text(request, f"{{{T_NS}}}ToRecipients/{{{T_NS}}}Mailbox/{{{T_NS}}}EmailAddress", MAILBOX)
+    return request
+
+
+def _sent_as_someone_else(world: World, request: etree._Element) -> etree._Element:
+    recipients = _to_the_mailbox(world, request).find(f".//{{{T_NS}}}ToRecipients")
+    assert recipients is not None
+    sender = etree.Element(f"{{{T_NS}}}From")  # after ToRecipients, in the schema's order of a message
+    etree.SubElement(etree.SubElement(sender, f"{{{T_NS}}}Mailbox"), f"{{{T_NS}}}EmailAddress").text = (
+        "ceo@fourthcoffee.test")
+    recipients.addnext(sender)
+    return request
+
+
 def _unsubscribe(world: World, request: etree._Element) -> etree._Element:
     _text(request, f"{{{M_NS}}}SubscriptionId", world.subscribe("Subscribe")[0])
     return request
@@ -243,6 +258,8 @@ CASES: Final = (
     Case("DeleteItem", "DeleteItem", _item_without_change_key),
     Case("DeleteItem-error", "DeleteItem", _deleted_item),
     Case("MoveItem", "MoveItem", _item),
+    Case("CreateItem", "CreateItem", _to_the_mailbox),
+    Case("CreateItem-error", "CreateItem", _sent_as_someone_else),  # a From the account may not send as
     Case("Subscribe", "Subscribe"),
     Case("Subscribe-streaming", "Subscribe-streaming"),
     Case("Unsubscribe", "Unsubscribe", _unsubscribe),

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from probe.lab.faults import TARGET_TYPES, EwsFault, FaultError, FaultKind, SmartHostFault, parse_fault
+from probe.lab.faults import (
+    TARGET_TYPES,
+    ConnectorFault,
+    EwsFault,
+    FaultError,
+    FaultKind,
+    SmartHostFault,
+    parse_fault,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_KINDS = [(target_type, kind) for target_type, kinds in TARGET_TYPES.items() for kind in kinds]
@@ -15,7 +23,7 @@ ALL_KINDS = [(target_type, kind) for target_type, kinds in TARGET_TYPES.items() 
 
 def _valid_value(name: str) -> object:
     return {"stage": "rcpt", "code": 421, "seconds": 1.5, "back_off_ms": 250, "status": "5.1.1",
-            "notify_after": 0.5}[name]
+            "notify_after": 0.5, "smart_host": "edge-2"}[name]
 
 
 @pytest.mark.parametrize(("target_type", "kind"), ALL_KINDS, ids=[f"{t}-{k}" for t, k in ALL_KINDS])
@@ -30,7 +38,7 @@ def test_every_kind_takes_exactly_its_parameters(target_type: str, kind: FaultKi
     for name in required:
         with pytest.raises(FaultError, match=f"^{kind} needs {name}"):
             parse_fault({"target": target, "kind": str(kind), **{k: v for k, v in required.items() if k != name}})
-    for name in {"stage", "code", "seconds", "back_off_ms", "status", "notify_after", "color"} - {
+    for name in {"stage", "code", "seconds", "back_off_ms", "status", "notify_after", "smart_host", "color"} - {
             p.name for p in kind.params}:
         with pytest.raises(FaultError, match=f"^unknown parameters for {kind}: {name}; its parameters: "):
             parse_fault({"target": target, "kind": str(kind), **required, name: 1})
@@ -43,6 +51,8 @@ def test_the_kinds_are_those_of_the_design() -> None:
         "reject", "slow", "delay_delivery", "drop", "duplicate", "to_junk", "bounce", "subject_prefix", "disclaimer"}
     assert {str(k) for k in EwsFault} == {
         "unauthorized", "server_error", "server_busy", "slow", "unreachable", "clock_offset"}
+    assert {str(k) for k in ConnectorFault} == {
+        "disabled", "bad_credentials", "address_space_removed", "tls_unavailable_required", "pin"}
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -57,7 +67,12 @@ def test_the_kinds_are_those_of_the_design() -> None:
     ({"target": "smarthost/x", "kind": "bounce"}, 'bounce needs status, an enhanced status code of a failure'),
     ({"target": "smarthost/x", "kind": "delay_delivery", "seconds": 5, "notify_after": -1},
      "delay_delivery: notify_after must be a number of seconds (0 or more)"),
-    ({"target": "connector/x", "kind": "disabled"}, "unknown target type 'connector'"),
+    ({"target": "mta/x", "kind": "disabled"}, "unknown target type 'mta': use smarthost/NAME, connector/FOREST, "
+     "or ews/FOREST, imap/FOREST or graph/FOREST"),
+    ({"target": "connector/x", "kind": "pin"}, "pin needs smart_host, the name of a smart host of the lab"),
+    ({"target": "connector/x", "kind": "pin", "smart_host": 3}, "pin: smart_host must be the name of a smart host"),
+    ({"target": "connector/x", "kind": "refuse_connections"}, "unknown connector fault kind 'refuse_connections'; "
+     "known: address_space_removed, bad_credentials, disabled, pin, tls_unavailable_required"),
 ])
 def test_bad_parameter_values_are_refused_by_name(data: dict[str, object], message: str) -> None:
     """A parameter of the wrong type or range is refused, naming the kind, the parameter and what it must be."""
@@ -91,3 +106,19 @@ def test_every_lookup_names_its_kind_by_enum_member() -> None:
                   if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                   and node.value.id in {"SmartHostFault", "EwsFault"})
     assert lookups >= 18
+
+
+def test_every_mailbox_backend_has_the_same_fault_kinds() -> None:
+    """ews/FOREST, imap/FOREST and graph/FOREST take the same kinds: each backend's lab part acts on all of them."""
+    assert TARGET_TYPES["ews"] is TARGET_TYPES["imap"] is TARGET_TYPES["graph"]
+
+
+def test_a_fault_for_a_backend_the_lab_does_not_run_is_refused(tmp_path: Path) -> None:
+    """In a lab serving its mailboxes over EWS, an imap/ or graph/ fault is refused, saying which target to use."""
+    from probe.lab import Lab
+
+    with Lab.start(tmp_path / "lab", smart_hosts_per_forest=1) as lab:
+        for target_type in ("imap", "graph"):
+            with pytest.raises(FaultError, match=f"over ews, not {target_type}: use ews/FOREST"):
+                lab.add_fault(target=f"{target_type}/contoso", kind="unreachable")
+        assert lab.add_fault(target="ews/contoso", kind="unreachable").target == "ews/contoso"

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 import probe
+from probe.config import EwsConfig
 from probe.lab import Lab, LabError
 from probe.lab.faults import FaultError, SmartHostFault
 from tests.lab.test_smarthost import RECIPIENT, message, secure_session
@@ -100,7 +101,9 @@ def test_probe_yaml_loads_with_the_probes_own_loader(lab: Lab) -> None:
     lab_host = lab.smart_host("fourthcoffee-edge-1")
     assert (first.host, first.port, first.username) == (lab_host.host, lab_host.port, lab_host.username)
     assert first.password == lab_host.password
-    assert config.mailboxes["fourthcoffee"].backend.password == lab.forests["fourthcoffee"].ews_password
+    backend = config.mailboxes["fourthcoffee"].backend
+    assert isinstance(backend, EwsConfig)
+    assert backend.password == lab.forests["fourthcoffee"].ews_password
 
 
 def test_more_mailboxes_give_more_routes(tmp_path: Path) -> None:

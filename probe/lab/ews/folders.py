@@ -187,7 +187,8 @@ def get_folder(request: EwsRequest) -> etree._Element:
     return root
 
 
-def _page(view: etree._Element | None, total: int) -> tuple[int, int]:
+def page_bounds(view: etree._Element | None, total: int) -> tuple[int, int]:
+    """Return the (offset, size) an indexed page view asks for over ``total`` entries, at most MAX_PAGE."""
     if view is None:
         return 0, min(total, MAX_PAGE)
     try:
@@ -205,7 +206,7 @@ def _find_in(messages: etree._Element, ref: FolderRef, request: EwsRequest, shap
     if op.find(m("Restriction")) is not None:
         raise FolderError("ErrorUnsupportedQueryFilter", "The lab does not evaluate FindFolder restrictions.")
     names = descendants(ref.name) if op.get("Traversal") == "Deep" else children(ref.name)
-    offset, size = _page(op.find(m("IndexedPageFolderView")), len(names))
+    offset, size = page_bounds(op.find(m("IndexedPageFolderView")), len(names))
     page = names[offset:offset + size]
     end = offset + len(page)
     msg = soap.success(messages, "FindFolder")

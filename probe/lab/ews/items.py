@@ -15,7 +15,7 @@ from lxml import etree
 from probe.lab import ids
 from probe.lab.ews import message_fields, soap
 from probe.lab.ews.context import EwsRequest
-from probe.lab.ews.folders import FolderError, FolderRef, resolve, resolve_all
+from probe.lab.ews.folders import FolderError, FolderRef, page_bounds, resolve, resolve_all
 from probe.lab.ews.message_fields import FIELDS, View
 from probe.lab.ews.restrictions import (
     RestrictionError,
@@ -27,7 +27,6 @@ from probe.lab.ews.restrictions import (
 from probe.lab.ews.soap import m, sub, t
 from probe.lab.store import DeleteMode, StoredItem
 
-MAX_PAGE: Final = 1000
 DELETE_TYPES: Final[dict[str, DeleteMode]] = {
     "HardDelete": "HardDelete", "SoftDelete": "SoftDelete", "MoveToDeletedItems": "MoveToDeletedItems",
 }
@@ -126,23 +125,10 @@ def _filtered(request: EwsRequest, ref: FolderRef) -> list[StoredItem]:
     return sort_items(items, op.find(m("SortOrder")))
 
 
-def _page_bounds(view: etree._Element | None, total: int) -> tuple[int, int]:
-    if view is None:
-        return 0, min(total, MAX_PAGE)
-    try:
-        offset = max(0, int(view.get("Offset", "0")))
-        size = max(0, min(int(view.get("MaxEntriesReturned", str(MAX_PAGE))), MAX_PAGE))
-    except ValueError:
-        raise RestrictionError("ErrorInvalidPagingMaxRows", "Offset and MaxEntriesReturned are integers.") from None
-    if view.get("BasePoint") == "End":
-        offset = max(0, total - offset - size)
-    return offset, size
-
-
 def _find_in_folder(messages: etree._Element, ref: FolderRef, request: EwsRequest, shape: Shape) -> None:
     items = _filtered(request, ref)
     view = request.operation.find(m("IndexedPageItemView"))
-    offset, size = _page_bounds(view, len(items))
+    offset, size = page_bounds(view, len(items))
     page = items[offset:offset + size]
     msg = soap.success(messages, "FindItem")
     end = offset + len(page)
@@ -177,7 +163,7 @@ def find_item(request: EwsRequest) -> etree._Element:
             continue
         try:
             _find_in_folder(messages, ref, request, shape)
-        except RestrictionError as exc:
+        except (RestrictionError, FolderError) as exc:
             soap.error(messages, "FindItem", exc.code, exc.text)
     return root
 

@@ -7,7 +7,7 @@ from typing import Final
 
 from lxml import etree
 
-from probe.lab.ews import convert, folders, items, soap, subscriptions
+from probe.lab.ews import convert, create, folders, items, soap, subscriptions
 from probe.lab.ews.context import EwsRequest
 
 Handler = Callable[[EwsRequest], etree._Element]
@@ -22,6 +22,7 @@ OPERATIONS: Final[dict[str, Handler]] = {
     "GetItem": items.get_item,
     "DeleteItem": items.delete_item,
     "MoveItem": items.move_item,
+    "CreateItem": create.create_item,
     "Subscribe": subscriptions.subscribe,
     "Unsubscribe": subscriptions.unsubscribe,
     "GetEvents": subscriptions.get_events,

@@ -24,7 +24,7 @@ from lxml import etree
 from probe.lab.ews import soap
 from probe.lab.ews.auth import Authenticator, AuthResult, ConnectionAuth, NtlmUserFile
 from probe.lab.ews.chunking import Chunking, EnvelopePerChunk
-from probe.lab.ews.context import EwsRequest
+from probe.lab.ews.context import EwsRequest, Outbox
 from probe.lab.ews.operations import OPERATIONS, STREAMING_OPERATIONS, is_known, operation_name
 from probe.lab.ews.subscriptions import SubscriptionRegistry
 from probe.lab.faults import EwsFault, Fault, FaultRegistry
@@ -323,6 +323,7 @@ class EwsServer:
         self.authenticator = Authenticator(users)
         self.subscriptions = SubscriptionRegistry(forest)
         self.stream_chunking: Callable[[], Chunking] = EnvelopePerChunk  # tests may cut streams otherwise
+        self.outbox: Outbox | None = None  # the forest's transport, for CreateItem's sends (set by the lab)
         self._ports = (https_port, http_port)
         self._ssl_context = ssl_context
         self._servers: list[_HttpServer] = []
@@ -407,7 +408,7 @@ class EwsServer:
         return EwsRequest(store=self.store, forest=self.forest, operation=operation, header=header,
                           milliseconds=soap.wants_milliseconds(header),
                           default_mailbox=self._default_mailbox(anchor, user), subscriptions=self.subscriptions,
-                          owa_url=f"https://{host or self.host}/owa/")
+                          owa_url=f"https://{host or self.host}/owa/", outbox=self.outbox)
 
     def _default_mailbox(self, anchor: str | None, user: str | None) -> str:
         for candidate in (anchor, user):

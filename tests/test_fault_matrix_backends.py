@@ -1,0 +1,138 @@
+"""The fault matrix's mailbox rows for every other backend: the same verdicts as over EWS (unknown, never lost).
+
+Each mailbox row of tests/test_fault_matrix.py is run again with its fault on the backend's own lab part
+(``imap/FOREST``: the IMAP front before Dovecot; ``graph/FOREST``: the lab's Graph endpoint), plus the clock
+offset both ways (+-30 s). One ``check`` and one daemon run cover them all; each row must show what it shows
+over EWS. The table is written to ``artifacts/fault-matrix-BACKEND.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+
+from probe.check import CheckOptions, run_check
+from probe.config import load_config
+from probe.daemon import start_daemon
+from probe.lab import Lab
+from tests.test_fault_matrix import (
+    MAILBOX_FORESTS,
+    MAILBOX_ROWS,
+    TIMEOUT,
+    PairView,
+    Scenario,
+    check_problems,
+    daemon_done,
+    daemon_problems,
+    daemon_summary,
+    describe,
+    mailbox_of,
+    scrape,
+    wait_until,
+)
+
+BACKENDS: Final = ("imap", "graph")
+CLOCK_ROWS: Final = (
+    Scenario(name="clock_offset +30 s", route="contoso-to-clock", smart_host="clock-edge-1",
+             faults=(("ews/clock", {"kind": "clock_offset", "seconds": 30}),), verdict="delivered", latency_below=5.0),
+    Scenario(name="clock_offset -30 s", route="contoso-to-clockback", smart_host="clockback-edge-1",
+             faults=(("ews/clockback", {"kind": "clock_offset", "seconds": -30}),), verdict="delivered",
+             latency_below=5.0),
+)
+FORESTS: Final = (*MAILBOX_FORESTS, "clockback")
+
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]  # the imap lab runs Debian's Dovecot; 80-130 s each
+
+
+def rows_for(backend: str) -> tuple[Scenario, ...]:
+    """Return the mailbox rows with each ``ews/FOREST`` fault aimed at the backend's ``BACKEND/FOREST`` instead."""
+    rows = [r for r in MAILBOX_ROWS if "clock_offset" not in r.name] + list(CLOCK_ROWS)
+    moved = []
+    for row in rows:
+        faults = tuple((f"{backend}/{t.split('/', 1)[1]}" if t.startswith("ews/") else t, p) for t, p in row.faults)
+        moved.append(dataclasses.replace(row, name=row.name.replace("EWS", backend.upper()), faults=faults))
+    return tuple(moved)
+
+
+@contextlib.contextmanager
+def matrix_lab(directory: Path, backend: str) -> Iterator[Lab]:
+    with Lab.start(directory, forests=("contoso", *FORESTS), smart_hosts_per_forest=2,
+                   mailbox_backend=backend) as lab:  # type: ignore[arg-type]
+        for row in rows_for(backend):
+            for target, params in row.faults:
+                lab.add_fault(target=target, **params)
+        yield lab
+
+
+def matrix_config(lab: Lab, path: Path, *, interval: float) -> Path:
+    lab.write_probe_config(path, interval=interval, timeout=TIMEOUT, jitter=0.2,
+                           routes=[f"contoso-to-{forest}" for forest in FORESTS])
+    data = yaml.safe_load(path.read_text())
+    data["state_file"] = str(path.with_suffix(".db"))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def write_table(backend: str, observed: dict[tuple[str, str], dict[str, str]]) -> None:
+    lines = ["| scenario | pair | expected | observed (check) | observed (daemon) |", "|---|---|---|---|---|"]
+    for row in rows_for(backend):
+        seen = observed.get((row.route, row.smart_host), {})
+        lines.append(f"| {row.name} | {row.route} / {row.smart_host} | {row.expected} | {seen.get('check', '-')} |"
+                     f" {seen.get('daemon', '-')} |")
+    artifact = Path(__file__).resolve().parent.parent / "artifacts" / f"fault-matrix-{backend}.md"
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_text(f"# Fault matrix: mailbox rows over {backend}\n\n" + "\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_mailbox_rows_give_the_ews_verdicts_on_every_backend(tmp_path: Path, backend: str) -> None:
+    """check and the daemon with every mailbox fault in force on the backend: each pair's verdict and metric
+    movement as over EWS (unknown with the mailbox's reason, never lost; slow and clock offsets delivered)."""
+    rows = rows_for(backend)
+    observed: dict[tuple[str, str], dict[str, str]] = {}
+    problems: list[str] = []
+    with matrix_lab(tmp_path / "lab", backend) as lab:
+        config = load_config(matrix_config(lab, tmp_path / "check.yaml", interval=60))
+        outcome = run_check(config, CheckOptions(poll_seconds=0.5))
+        by_pair: dict[tuple[str, str], list[Any]] = {}
+        for d in outcome.decisions:
+            by_pair.setdefault((d.route, d.smart_host), []).append(d)
+        for row in rows:
+            found = by_pair.get((row.route, row.smart_host), [])
+            observed.setdefault((row.route, row.smart_host), {})["check"] = "; ".join(
+                describe(str(d.verdict), d.stage, d.reason, d.latency) for d in found) or "none"
+            problems += check_problems(row, found)
+        problems += daemon_run(lab, rows, tmp_path, observed)
+    write_table(backend, observed)
+    assert not problems, problems
+    assert "lost" not in {str(d.verdict) for d in outcome.decisions}
+
+
+def daemon_run(lab: Lab, rows: tuple[Scenario, ...], tmp_path: Path,
+               observed: dict[tuple[str, str], dict[str, str]]) -> list[str]:
+    """Run the daemon until every row has shown enough; return how the rows differ from what they expect."""
+    daemon, server = start_daemon(matrix_config(lab, tmp_path / "daemon.yaml", interval=3),
+                                  listen_address="127.0.0.1:0")
+
+    def views() -> list[tuple[Scenario, PairView]]:
+        samples = scrape(server.port)
+        return [(row, PairView(daemon.ledger.history(row.route, row.smart_host, limit=50), samples, row.route,
+                               row.smart_host, mailbox_of(row))) for row in rows]
+
+    try:
+        wait_until(lambda: all(daemon_done(row, view) for row, view in views()), timeout=90)
+        final = views()
+    finally:
+        server.close()
+        daemon.stop()
+    problems = []
+    for row, view in final:
+        observed.setdefault((row.route, row.smart_host), {})["daemon"] = daemon_summary(view)
+        problems += daemon_problems(row, view)
+    return problems
