@@ -24,6 +24,10 @@ from probe.lab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("ews", "imap", "graph")
+# the lab's probe.yaml: each route's two smart hosts and its connector probe (submit: ews over EWS, else smtp)
+PAIRS = [(route, host) for route, hosts in (("contoso-to-fourthcoffee", ("fourthcoffee-edge-1", "fourthcoffee-edge-2")),
+                                            ("fourthcoffee-to-contoso", ("contoso-edge-1", "contoso-edge-2")))
+         for host in (*hosts, "@connector")]
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]  # the imap lab runs Debian's Dovecot; 10-20 s each
 
@@ -55,7 +59,8 @@ def lab_command(state_dir: Path, backend: str) -> Iterator[dict[str, object]]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_lab_command_then_check_json_delivers_every_pair(tmp_path: Path, backend: str) -> None:
     """The lab started with --mailbox-backend writes a probe.yaml whose mailboxes use that backend; check
-    --format json over it says delivered for every (route, smart host), and exits 0."""
+    --format json over it says delivered for every (route, smart host) and each route's connector probe, and
+    exits 0."""
     with lab_command(tmp_path / "lab", backend) as info:
         assert info["mailbox_backend"] == backend
         config = (tmp_path / "lab" / "probe.yaml").read_text()
@@ -64,7 +69,7 @@ def test_the_lab_command_then_check_json_delivers_every_pair(tmp_path: Path, bac
                                "--format", "json"], cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
     results = json.loads(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(results) == 4
+    assert sorted((r["route"], r["smart_host"]) for r in results) == sorted(PAIRS)
     assert {r["verdict"] for r in results} == {"delivered"}
     assert all(0 <= r["latency_seconds"] < 5 for r in results)
 
