@@ -34,7 +34,7 @@ PAIRS = 4  # the lab's 2 forests x 2 smart hosts
 
 @dataclass
 class Instance:
-    """One daemon process: its name, config, state file, log and port (0 until it listens)."""
+    """One daemon process: its name, config, state file, port and log."""
 
     name: str
     config: Path
