@@ -19,7 +19,8 @@ from probe.lab.stats import LabStats
 from probe.lab.store import MailboxStore
 from probe.lab.transport import RecordedNotices, SourceTransport
 
-SCHEMA_DIR = Path(__file__).resolve().parent / "data" / "ews" / "schema"  # copied from ../shared/ews/schema
+# Microsoft's EWS schema (its origin: tests/data/ews/schema/README.md)
+SCHEMA_DIR = Path(__file__).resolve().parent / "data" / "ews" / "schema"
 EWS_NAMESPACES = frozenset({
     "http://schemas.microsoft.com/exchange/services/2006/messages",
     "http://schemas.microsoft.com/exchange/services/2006/types",
