@@ -386,19 +386,15 @@ def wait_until(condition: Callable[[], bool], *, timeout: float) -> bool:
     return condition()
 
 
-@pytest.mark.slow
-def test_daemon_gives_every_fault_its_verdict_and_metric_movement_and_the_other_hosts_stay_green(
-        matrix_lab: Lab, tmp_path: Path) -> None:
-    """One daemon run with every fault in force: each pair's verdicts and series move as DESIGN.md says
-    (success, send_failures_total, lost_total, late_total, delivered_total, mailbox_up, mailbox_errors_total);
-    controls stay green."""
-    daemon, server = start_daemon(matrix_config(matrix_lab, tmp_path / "daemon.yaml", interval=3),
-                                  listen_address="127.0.0.1:0")
+def daemon_run(config: Path, rows: tuple[Scenario, ...], observed: dict[tuple[str, str], dict[str, str]]) -> list[str]:
+    """Run the daemon on ``config`` until every row has shown enough; return how the rows differ from what they
+    expect (and note what each showed in ``observed``)."""
+    daemon, server = start_daemon(config, listen_address="127.0.0.1:0")
 
     def views() -> list[tuple[Scenario, PairView]]:
         samples = scrape(server.port)
         return [(row, PairView(daemon.ledger.history(row.route, row.smart_host, limit=50), samples, row.route,
-                               row.smart_host, mailbox_of(row))) for row in ROWS]
+                               row.smart_host, mailbox_of(row))) for row in rows]
 
     try:
         wait_until(lambda: all(daemon_done(row, view) for row, view in views()), timeout=90)
@@ -408,7 +404,17 @@ def test_daemon_gives_every_fault_its_verdict_and_metric_movement_and_the_other_
         daemon.stop()
     problems = []
     for row, view in final:
-        _observed.setdefault((row.route, row.smart_host), {})["daemon"] = daemon_summary(view)
+        observed.setdefault((row.route, row.smart_host), {})["daemon"] = daemon_summary(view)
         problems += daemon_problems(row, view)
+    return problems
+
+
+@pytest.mark.slow
+def test_daemon_gives_every_fault_its_verdict_and_metric_movement_and_the_other_hosts_stay_green(
+        matrix_lab: Lab, tmp_path: Path) -> None:
+    """One daemon run with every fault in force: each pair's verdicts and series move as DESIGN.md says
+    (success, send_failures_total, lost_total, late_total, delivered_total, mailbox_up, mailbox_errors_total);
+    controls stay green."""
+    problems = daemon_run(matrix_config(matrix_lab, tmp_path / "daemon.yaml", interval=3), ROWS, _observed)
     write_table()
     assert not problems, problems

@@ -19,22 +19,15 @@ import yaml
 
 from probe.check import CheckOptions, run_check
 from probe.config import load_config
-from probe.daemon import start_daemon
 from probe.lab import Lab
 from tests.test_fault_matrix import (
     MAILBOX_FORESTS,
     MAILBOX_ROWS,
     TIMEOUT,
-    PairView,
     Scenario,
     check_problems,
-    daemon_done,
-    daemon_problems,
-    daemon_summary,
+    daemon_run,
     describe,
-    mailbox_of,
-    scrape,
-    wait_until,
 )
 
 BACKENDS: Final = ("imap", "graph")
@@ -108,31 +101,9 @@ def test_the_mailbox_rows_give_the_ews_verdicts_on_every_backend(tmp_path: Path,
             observed.setdefault((row.route, row.smart_host), {})["check"] = "; ".join(
                 describe(str(d.verdict), d.stage, d.reason, d.latency) for d in found) or "none"
             problems += check_problems(row, found)
-        problems += daemon_run(lab, rows, tmp_path, observed)
+        problems += daemon_run(matrix_config(lab, tmp_path / "daemon.yaml", interval=3), rows, observed)
     write_table(backend, observed)
     assert not problems, problems
     assert "lost" not in {str(d.verdict) for d in outcome.decisions}
 
 
-def daemon_run(lab: Lab, rows: tuple[Scenario, ...], tmp_path: Path,
-               observed: dict[tuple[str, str], dict[str, str]]) -> list[str]:
-    """Run the daemon until every row has shown enough; return how the rows differ from what they expect."""
-    daemon, server = start_daemon(matrix_config(lab, tmp_path / "daemon.yaml", interval=3),
-                                  listen_address="127.0.0.1:0")
-
-    def views() -> list[tuple[Scenario, PairView]]:
-        samples = scrape(server.port)
-        return [(row, PairView(daemon.ledger.history(row.route, row.smart_host, limit=50), samples, row.route,
-                               row.smart_host, mailbox_of(row))) for row in rows]
-
-    try:
-        wait_until(lambda: all(daemon_done(row, view) for row, view in views()), timeout=90)
-        final = views()
-    finally:
-        server.close()
-        daemon.stop()
-    problems = []
-    for row, view in final:
-        observed.setdefault((row.route, row.smart_host), {})["daemon"] = daemon_summary(view)
-        problems += daemon_problems(row, view)
-    return problems
