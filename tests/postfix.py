@@ -417,8 +417,9 @@ def smtpd_sessions(maillog: str) -> list[list[str]]:
 # -- Postfix
 
 
-_MAIN_CF: Final = """\
-# A private Postfix for one test run: a smart host on {address}:{port} relaying {domain} to {nexthop}.
+# What every private Postfix of the tests shares: its own directories and log, a fixed name, and (below) no
+# local delivery, aliases, DNS or peer lookups.
+_BASE_CF: Final = """\
 compatibility_level = 3.6
 queue_directory = {queue}
 data_directory = {data}
@@ -429,11 +430,8 @@ maillog_file_prefixes = {directory}
 myhostname = postfix.contoso.test
 mydomain = contoso.test
 myorigin = $myhostname
-# Postfix accepts only an interface's own address here; master.cf binds smtpd to {address} itself.
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-smtp_bind_address = {address}
-mynetworks = {address}/32
+"""
+_LOCAL_OFF_CF: Final = """\
 mydestination =
 local_recipient_maps =
 alias_maps =
@@ -442,6 +440,16 @@ biff = no
 smtputf8_enable = no
 smtpd_peername_lookup = no
 smtp_dns_support_level = disabled
+"""
+_MAIN_CF: Final = """\
+# A private Postfix for one test run: a smart host on {address}:{port} relaying {domain} to {nexthop}.
+""" + _BASE_CF + """\
+# Postfix accepts only an interface's own address here; master.cf binds smtpd to {address} itself.
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+smtp_bind_address = {address}
+mynetworks = {address}/32
+""" + _LOCAL_OFF_CF + """\
 relayhost =
 relay_domains = {domain}
 transport_maps = texthash:{transport}
@@ -600,28 +608,12 @@ _SEND_CONNECTOR_CF: Final = """\
 # A private Postfix for one test run: a source forest's transport on {address}:{port}, relaying everything
 # through its smart hosts exactly as a Send connector does: the first as relayhost, the rest as fallback
 # relays, STARTTLS required (encrypt) before the stored credentials (SASL) are sent.
-compatibility_level = 3.6
-queue_directory = {queue}
-data_directory = {data}
-mail_owner = postfix
-setgid_group = postdrop
-maillog_file = {maillog}
-maillog_file_prefixes = {directory}
-myhostname = postfix.contoso.test
-mydomain = contoso.test
-myorigin = $myhostname
+""" + _BASE_CF + """\
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 smtp_bind_address = {address}
 mynetworks =
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
-biff = no
-smtputf8_enable = no
-smtpd_peername_lookup = no
-smtp_dns_support_level = disabled
+""" + _LOCAL_OFF_CF + """\
 relay_domains =
 relayhost = {relayhost}
 smtp_fallback_relay = {fallback}
