@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config-schema", help="print a JSON Schema of the configuration for editors")
 
-    lab = sub.add_parser("lab", help="run the two-forest lab on loopback until interrupted")
+    lab = sub.add_parser("lab", help=_lab_help("run the two-forest lab on loopback until interrupted"))
     lab.add_argument("--state-dir", default="lab-state", metavar="DIR")
     lab.add_argument("--smart-hosts", type=int, default=2, metavar="N", help="smart hosts per forest")
     lab.add_argument("--mailboxes", type=int, default=1, metavar="N", help="probe mailboxes per forest")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--mailbox-backend", choices=("ews", "imap", "graph"), default="ews",
                      help="how probe.yaml's mailboxes are read, and where the smart hosts deliver (default: ews)")
 
-    demo = sub.add_parser("demo", help="the lab and the daemon together, on fixed local ports")
+    demo = sub.add_parser("demo", help=_lab_help("the lab and the daemon together, on fixed local ports"))
     demo.add_argument("--state-dir", default="demo-state", metavar="DIR")
     demo.add_argument("--web.listen-address", dest="listen_address", default="127.0.0.1:9425",
                       metavar="HOST:PORT")
@@ -102,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ephemeral-ports", action="store_true",
                       help="put the lab on free ports instead of the fixed ones (a second demo, tests)")
     return parser
+
+
+def _lab_help(text: str) -> str:
+    """Return a lab command's help line, saying so when the lab is not installed (as in the image)."""
+    installed = all(importlib.util.find_spec(name) is not None for name in sorted(_LAB_MODULES))
+    return text if installed else f"{text} (not installed: needs mailflow-probe[lab])"
 
 
 def _resolve(target: str) -> Callable[[argparse.Namespace], int]:

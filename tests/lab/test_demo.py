@@ -100,7 +100,8 @@ def test_the_demo_shows_a_different_nonzero_latency_for_each_smart_host(
 
 
 def test_demo_and_lab_without_the_lab_extra_say_how_to_install_it() -> None:
-    """Without the lab's dependencies, ``demo`` and ``lab`` print one line naming the extra, no traceback."""
+    """Without the lab's dependencies, ``demo`` and ``lab`` print one line naming the extra, no traceback, and
+    ``--help`` lists them as not installed."""
     for command in ("demo", "lab"):
         done = subprocess.run(mailflow(command, prelude="import sys; sys.modules['aiosmtpd'] = None; "),
                               env=ENV, capture_output=True, text=True, timeout=60, check=False)
@@ -108,6 +109,12 @@ def test_demo_and_lab_without_the_lab_extra_say_how_to_install_it() -> None:
         assert done.stderr.splitlines() == [
             f"mailflow-probe {command}: the lab is not installed: pip install 'mailflow-probe[lab]' "
             "(in a checkout, ./scripts/demo installs it and starts the demo)"]
+    helped = subprocess.run(mailflow("--help", prelude="import sys; sys.modules['aiosmtpd'] = None; "),
+                            env=ENV, capture_output=True, text=True, timeout=60, check=False)
+    words = " ".join(helped.stdout.split())  # argparse wraps the help lines
+    for command, summary in (("lab", "run the two-forest lab on loopback until interrupted"),
+                             ("demo", "the lab and the daemon together, on fixed local ports")):
+        assert f"{command} {summary} (not installed: needs mailflow-probe[lab])" in words, helped.stdout
 
 
 def test_a_demo_whose_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None:
