@@ -60,13 +60,14 @@ def test_hadolint_can_fail(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
-def test_both_stages_start_from_the_base_image_argument() -> None:
-    """The base image is a build argument, declared before the first FROM and used by both stages."""
+def test_both_stages_start_from_base_image_arguments_and_the_runtime_one_defaults_to_the_builder_one() -> None:
+    """The bases are build arguments declared before the first FROM: the builder's, and the final stage's,
+    which is the builder's unless given (scripts/build-image gives one without the venv module)."""
     words = instructions()
-    assert words[0][0] == "ARG"
-    assert words[0][1].startswith("BASE_IMAGE=")
+    assert words[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")
+    assert words[1] == ("ARG", "RUNTIME_IMAGE=${BASE_IMAGE}")
     froms = [args for word, args in words if word == "FROM"]
-    assert froms == ["${BASE_IMAGE} AS builder", "${BASE_IMAGE}"]
+    assert froms == ["${BASE_IMAGE} AS builder", "${RUNTIME_IMAGE}"]
     assert "COPY --from=builder /opt/venv /opt/venv" in {f"COPY {a}" for w, a in words if w == "COPY"}
     assert not any("/usr/local/bin/python" in args for _, args in words)
 
