@@ -8,7 +8,7 @@ clears random faults through the lab's admin API, samples the daemon's threads, 
 got a verdict (none left open past its deadline plus grace) and none was counted twice. Prints tables;
 exits 1 when a limit is broken (threads or fds grew, RSS grew more than 10 %, a probe unresolved).
 
-``--quick`` is the smoke run (tests/test_bench_scripts.py): 8 pairs for 6 s, faults changed every 2 s. Its
+``--quick`` is the smoke run (tests/test_bench_scripts.py): 8 pairs for 4 s, faults changed every 2 s. Its
 sampling starts once the daemon is ready, and its settle ends as soon as every probe sent before the faults
 were cleared has its verdict; the end checks are the same as the full soak's, and so are their results (a
 verdict is final: what is decided early is still decided when the full settle would end).
@@ -54,7 +54,7 @@ ALLOWED_SEQUENCES: Final = (["lost", "late"], ["unknown", "delivered"], ["unknow
 THREAD_CEILING: Final = SEND_WORKERS + 2 + 2 * 2 + 8
 LOGFMT_FIELD: Final = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 # The smoke run: a few pairs, every phase (samples, fault changes, the settle, the checks) in seconds.
-QUICK: Final[dict[str, float]] = {"minutes": 0.1, "pairs": 8, "interval": 2.0, "timeout": 3.0,
+QUICK: Final[dict[str, float]] = {"minutes": 0.07, "pairs": 8, "interval": 2.0, "timeout": 3.0,
                                   "sample_seconds": 1.0, "fault_seconds": 2.0}
 SETTLE_GRACE: Final = 15.0  # beyond a timeout: the expire tick, and scheduling and state-file waits under load
 
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", default=None, help="also write the report (markdown) here")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run (8 pairs, 6 s, faults every 2 s; settles as soon as every verdict is in)")
+                        help="a smoke run (8 pairs, 4 s, faults every 2 s; settles as soon as every verdict is in)")
     args = parser.parse_args(argv)
     if args.quick:
         vars(args).update(QUICK)
