@@ -14,6 +14,7 @@ streaming, polling, and streaming with the EWS clock of one forest 30 s ahead an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sqlite3
 import sys
@@ -28,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import LabProcess, lab_process, percentile, table, update_report, write_config
 
+from probe.config import load_config
 from probe.daemon import start_daemon
 
 DELAYS = (0.0, 0.5, 2.0, 10.0, 60.0)
-QUICK_DELAYS = (0.0, 2.0)
+QUICK_DELAYS = (0.0, 0.5)
 FORESTS = ("contoso", "fourthcoffee")
 STREAMING_GOAL, OTHER_GOAL = 0.25, 1.0
 
@@ -58,6 +60,7 @@ class Plan:
     hosts_per_delay: int
     interval: float
     duration: float
+    until_each_pair: bool = False  # end a run as soon as every pair has a verdict (within ``duration``)
 
 
 RUNS = (
@@ -88,17 +91,30 @@ def set_faults(lab: LabProcess, delays: dict[str, float], run: Run) -> None:
 
 
 def run_daemon(lab: LabProcess, run: Run, plan: Plan, work: Path, routes: list[str]) -> Path:
-    """Run the daemon on the lab for the plan's duration; return its state file."""
+    """Run the daemon on the lab for the plan's duration (a quick plan: only until every pair has a verdict);
+    return its state file."""
     state = work / run.label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     config = write_config(lab, state / "probe.yaml", interval=plan.interval, timeout=max(DELAYS) * 2 + 30,
                           jitter=0.0, watch=run.watch, poll_interval=2.0, routes=routes, state_dir=state)
+    pairs = sum(len(route.smart_hosts) for route in load_config(config).routes)
     daemon, server = start_daemon(config, listen_address="127.0.0.1:0")
     try:
-        time.sleep(plan.duration)
+        end = time.monotonic() + plan.duration
+        while time.monotonic() < end and not (plan.until_each_pair and pairs_decided(state / "state.db") >= pairs):
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
     finally:
         server.close()
         daemon.stop()
     return state / "state.db"
+
+
+def pairs_decided(state_db: Path) -> int:
+    """Return how many (route, smart host) pairs have a probe with a verdict."""
+    if not state_db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30)) as db:
+        return int(db.execute("SELECT COUNT(DISTINCT route || '/' || smart_host) FROM probes"
+                              " WHERE decided_at IS NOT NULL").fetchone()[0])
 
 
 def errors_by_delay(state_db: Path, lab: LabProcess, delays: dict[str, float],
@@ -154,7 +170,7 @@ def main() -> int:
     parser.add_argument("--backend", choices=("ews", "imap", "graph"), default="ews",
                         help="how the lab's mailboxes are read (imap: IDLE for streaming; graph: polled)")
     args = parser.parse_args()
-    plan = (Plan(QUICK_DELAYS, 2, 3.0, 12.0) if args.quick
+    plan = (Plan(QUICK_DELAYS, 2, 2.0, 12.0, until_each_pair=True) if args.quick
             else Plan(DELAYS, 10, 10.0, 100.0))
     runs = RUNS[:1] if args.quick else RUNS
     rows: list[list[object]] = []
@@ -168,8 +184,9 @@ def main() -> int:
             for run in runs:
                 set_faults(lab, delays, run)
                 started = datetime.now().strftime("%H:%M:%S")
+                until = " at most, until every pair has a verdict" if plan.until_each_pair else ""
                 print(f"{started} {run.label}: {len(delays)} pairs every {plan.interval:g} s "
-                      f"for {plan.duration:g} s", flush=True)
+                      f"for {plan.duration:g} s{until}", flush=True)
                 state_db = run_daemon(lab, run, plan, work, routes)
                 errors, others = errors_by_delay(state_db, lab, delays, run)
                 rows += rows_of(run, errors, others)

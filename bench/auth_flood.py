@@ -98,10 +98,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=25.0)
     parser.add_argument("--cost", type=int, default=10, help="bcrypt cost of the user's hash")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 16 threads, 3 s a phase")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 16 threads, 1 s a phase")
     args = parser.parse_args()
     if args.quick:
-        args.threads, args.seconds, args.cost = 16, 3.0, 6
+        args.threads, args.seconds, args.cost = 16, 1.0, 6
     with tempfile.TemporaryDirectory(prefix="bench-auth-") as tmp, \
             lab_process(Path(tmp) / "lab", smart_hosts=2, mailboxes=1) as lab:
         config = write_config(lab, Path(tmp) / "probe.yaml", interval=5, timeout=30, jitter=0.5,
@@ -147,7 +147,7 @@ def wait_up(port: int, timeout: float = 60.0) -> None:
         with contextlib.suppress(OSError):
             if get(port, auth(PASSWORD))[0] == 200:
                 return
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise RuntimeError("the daemon did not answer in time")
 
 

@@ -24,13 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import lab_process, table, update_report
-from scale import PROBE_RUN, ROUTES_PER_LAB, Result, measure
+from scale import POLL_INTERVAL, PROBE_RUN, QUICK_PAIRS, QUICK_POLL_INTERVAL, ROUTES_PER_LAB, Result, measure
 
 from probe.config import MailboxConfig
 from probe.mailbox.base import SearchResult
 from probe.mailbox.ews import EwsMailbox
 
 NAIVE_RUN = (str(Path(__file__).resolve()), "serve", "--mode", "naive")
+QUICK_INTERVAL = 2.0  # the smoke run's one interval: each of its 20 pairs probes once, both ways
 
 
 class PerProbeMailbox(EwsMailbox):
@@ -97,13 +98,15 @@ def main() -> int:
     if sys.argv[1:2] == ["serve"]:
         return serve(sys.argv[2:])
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke-sized run (20 pairs, one 5 s interval)")
+    parser.add_argument("--quick", action="store_true", help="a smoke-sized run (20 pairs, one 2 s interval)")
     parser.add_argument("--pairs", type=int, default=500)
     parser.add_argument("--interval", type=float, default=60.0)
     parser.add_argument("--intervals", type=int, default=2)
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
-    pairs, interval, intervals = (20, 5.0, 1) if args.quick else (args.pairs, args.interval, args.intervals)
+    pairs, interval, intervals = (QUICK_PAIRS, QUICK_INTERVAL, 1) if args.quick else (args.pairs, args.interval,
+                                                                                      args.intervals)
+    poll_interval = QUICK_POLL_INTERVAL if args.quick else POLL_INTERVAL
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
         work = Path(tmp)
@@ -112,7 +115,7 @@ def main() -> int:
                 print(f"{time.strftime('%H:%M:%S')} {label}: {pairs} pairs, {interval:g} s x {intervals}",
                       flush=True)
                 result = measure(lab, work / label.split()[0], pairs, interval, intervals, runner=runner,
-                                 scrape_every=0)
+                                 scrape_every=0, poll_interval=poll_interval)
                 rows.append(row(label, result))
                 print(table(HEADER, rows[-1:]), flush=True)
     body = table(HEADER, rows)

@@ -27,6 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "benchmarks.md"
 LAB_START_TIMEOUT = 300.0
+LAB_STARTED = b"Ctrl-C stops the lab."  # the last line of the summary ``mailflow-probe lab`` prints once started
 HTTP_TIMEOUT = 30.0
 
 if str(ROOT) not in sys.path:
@@ -132,16 +133,16 @@ def lab_process(state_dir: Path, *, smart_hosts: int, mailboxes: int, backend: s
 
 
 def _wait_for_lab(process: subprocess.Popen[bytes], json_path: Path, config_path: Path) -> dict[str, Any]:
+    """Wait until the lab has started: it prints its summary (to lab.log) once its files are written whole."""
+    log = json_path.parent / "lab.log"
     end = time.monotonic() + LAB_START_TIMEOUT
     while time.monotonic() < end:
         if process.poll() is not None:
-            raise RuntimeError(f"the lab exited with {process.returncode}; see {json_path.parent / 'lab.log'}")
-        if json_path.exists() and config_path.exists():
-            with contextlib.suppress(json.JSONDecodeError):
-                info: dict[str, Any] = json.loads(json_path.read_text(encoding="utf-8"))
-                time.sleep(0.5)  # probe.yaml is written just after lab.json
-                return info
-        time.sleep(0.2)
+            raise RuntimeError(f"the lab exited with {process.returncode}; see {log}")
+        if json_path.exists() and config_path.exists() and LAB_STARTED in log.read_bytes():
+            info: dict[str, Any] = json.loads(json_path.read_text(encoding="utf-8"))
+            return info
+        time.sleep(0.05)
     raise RuntimeError("the lab did not start in time")
 
 

@@ -56,6 +56,10 @@ LAG = "mailflow_probe_scheduler_lag_seconds"
 LAG_PAGE = f"/metrics?name[]={LAG}_bucket"  # only the lag buckets: cheap, unlike the whole page at scale
 DRAIN_SECONDS = 20.0
 SCRAPE_EVERY = 15.0
+POLL_INTERVAL = 10.0
+# The smoke run: 20 pairs, one 5 s interval; its mailboxes searched at most every second on new mail (not 10 s),
+# so that the drain after the window does not wait out a 10 s poll interval; 5 submissions for the floor.
+QUICK_PAIRS, QUICK_INTERVAL, QUICK_POLL_INTERVAL, QUICK_SUBMIT_COUNT = 20, 5.0, 1.0, 5
 # What Prometheus 2.x asks for: OpenMetrics first, the text format as a fallback.
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
@@ -225,12 +229,13 @@ def ledger_counts(state_db: Path, start: float, end: float, due: int) -> tuple[i
 
 
 def measure(lab: LabProcess, work: Path, pairs: int, interval: float, intervals: int, *,
-            runner: Sequence[str] = PROBE_RUN, profile: bool = False, scrape_every: float = SCRAPE_EVERY) -> Result:
+            runner: Sequence[str] = PROBE_RUN, profile: bool = False, scrape_every: float = SCRAPE_EVERY,
+            poll_interval: float = POLL_INTERVAL) -> Result:
     """Run the daemon on the lab for ``intervals`` intervals and return its figures."""
     # poll_interval 10 s: with streaming, new mail starts a search at most every 10 s per mailbox, so one
     # search covers every delivery of the gap (the setting for thousands of pairs; the lab's default is 2 s).
     config = write_config(lab, work / "probe.yaml", interval=interval, timeout=120.0, jitter=0.0,
-                          watch="streaming", poll_interval=10.0, state_dir=work / "state")
+                          watch="streaming", poll_interval=poll_interval, state_dir=work / "state")
     port = free_port()
     with daemon_process(config, port, work / "daemon.log", runner) as process:
         wait_ready(process, port)
@@ -275,7 +280,7 @@ def _drain(state_db: Path, start: float, end: float, due: int) -> tuple[int, int
     deadline = time.monotonic() + DRAIN_SECONDS
     counts = ledger_counts(state_db, start, end, due)
     while counts[3] and time.monotonic() < deadline:
-        time.sleep(1.0)
+        time.sleep(0.2)
         counts = ledger_counts(state_db, start, end, due)
     return counts
 
@@ -339,8 +344,9 @@ def main() -> int:
     parser.add_argument("--probe-root", type=Path, default=None,
                         help="run the daemon from another checkout's probe/ (before/after comparisons)")
     args = parser.parse_args()
-    sizes = [20] if args.quick else [int(s) for s in args.sizes.split(",")]
-    interval, intervals = (5.0, 1) if args.quick else (args.interval, args.intervals)
+    sizes = [QUICK_PAIRS] if args.quick else [int(s) for s in args.sizes.split(",")]
+    interval, intervals = (QUICK_INTERVAL, 1) if args.quick else (args.interval, args.intervals)
+    poll_interval = QUICK_POLL_INTERVAL if args.quick else POLL_INTERVAL
     results = []
     header = [h.replace("EWS", args.backend.upper()) for h in HEADER]  # the requests are the backend's
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -350,8 +356,9 @@ def main() -> int:
             with lab_process(work / "lab", smart_hosts=pairs // ROUTES_PER_LAB, mailboxes=2,
                              backend=args.backend) as lab:
                 result = measure(lab, work, pairs, interval, intervals, profile=args.profile,
-                                 runner=runner_from(args.probe_root), scrape_every=args.scrape_every)
-                results.append(with_submit_costs(result, lab, 20 if args.quick else args.submit_count))
+                                 runner=runner_from(args.probe_root), scrape_every=args.scrape_every,
+                                 poll_interval=poll_interval)
+                results.append(with_submit_costs(result, lab, QUICK_SUBMIT_COUNT if args.quick else args.submit_count))
             print(table(header, [results[-1].row()]), flush=True)
             print(table(FLOOR_HEADER, [floor_row(results[-1])]), flush=True)
             if args.profile:

@@ -7,6 +7,11 @@ clears random faults through the lab's admin API, samples the daemon's threads, 
 ``--sample-seconds``, and at the end checks from the state file and the daemon's log that every probe
 got a verdict (none left open past its deadline plus grace) and none was counted twice. Prints tables;
 exits 1 when a limit is broken (threads or fds grew, RSS grew more than 10 %, a probe unresolved).
+
+``--quick`` is the smoke run (tests/test_bench_scripts.py): 8 pairs for 4 s, faults changed every 2 s. Its
+sampling starts once the daemon is ready, and its settle ends as soon as every probe sent before the faults
+were cleared has its verdict; the end checks are the same as the full soak's, and so are their results (a
+verdict is final: what is decided early is still decided when the full settle would end).
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ ALLOWED_SEQUENCES: Final = (["lost", "late"], ["unknown", "delivered"], ["unknow
 # per mailbox a watcher and a stream, plus main, scheduler and web. More than that would be a leak.
 THREAD_CEILING: Final = SEND_WORKERS + 2 + 2 * 2 + 8
 LOGFMT_FIELD: Final = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+# The smoke run: a few pairs, every phase (samples, fault changes, the settle, the checks) in seconds.
+QUICK: Final[dict[str, float]] = {"minutes": 0.07, "pairs": 8, "interval": 2.0, "timeout": 3.0,
+                                  "sample_seconds": 1.0, "fault_seconds": 2.0}
+SETTLE_GRACE: Final = 15.0  # beyond a timeout: the expire tick, and scheduling and state-file waits under load
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-dir", default=None, help="where lab and daemon keep files (default: a temp dir)")
     parser.add_argument("--report", default=None, help="also write the report (markdown) here")
     parser.add_argument("--seed", type=int, default=7)
-    return parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (8 pairs, 4 s, faults every 2 s; settles as soon as every verdict is in)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+    return args
 
 
 def free_port() -> int:
@@ -106,10 +120,10 @@ def start_lab(state: Path, hosts_per_forest: int, log: Path) -> tuple[subprocess
                 described: dict[str, Any] = json.loads(lab_json.read_text())
                 http("GET", described["admin_url"] + "/faults")
             except (ValueError, OSError):
-                time.sleep(0.5)
+                time.sleep(0.1)
                 continue
             return proc, described
-        time.sleep(0.5)
+        time.sleep(0.1)
     proc.kill()
     raise SystemExit("soak: the lab did not start within 300 s")
 
@@ -237,9 +251,67 @@ def report(args: argparse.Namespace, *, samples: list[Sample], counts: dict[str,
     return "\n".join(lines)
 
 
+def wait_ready(daemon: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Wait until the daemon answers /-/ready (the quick run samples a started daemon, not its imports)."""
+    end = time.monotonic() + 300
+    while time.monotonic() < end:
+        if daemon.poll() is not None:
+            raise SystemExit(f"soak: the daemon exited with {daemon.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=30):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("soak: the daemon was not ready within 300 s")
+
+
+def open_sent_before(state_file: Path, deadline_before: float) -> int:
+    """Return how many probes with a deadline before ``deadline_before`` are still open."""
+    db = sqlite3.connect(f"file:{state_file}?mode=ro", uri=True, timeout=30)
+    try:
+        row = db.execute("SELECT COUNT(*) FROM probes WHERE state IN ('submitting', 'in_flight') AND deadline < ?",
+                         (deadline_before,)).fetchone()
+    finally:
+        db.close()
+    return int(row[0])
+
+
+def settle(state_file: Path, args: argparse.Namespace, grace: float) -> None:
+    """Let the probes sent under faults reach their verdicts: wait one timeout plus ``grace`` after the faults
+    were cleared (the last of them is past its deadline + grace then); with --quick, only until every one of
+    them (a deadline before now + timeout) has its verdict, which is final, so the checks come out the same."""
+    cleared = time.time()
+    if not args.quick:
+        time.sleep(args.timeout + grace)
+        return
+    end = time.monotonic() + args.timeout + grace
+    while time.monotonic() < end and open_sent_before(state_file, cleared + args.timeout):
+        time.sleep(0.2)
+
+
+def run_faults(args: argparse.Namespace, daemon: subprocess.Popen[bytes], admin: str, described: dict[str, Any],
+               samples: list[Sample]) -> Counter[str]:
+    """Sample the daemon and change the lab's faults for ``--minutes``; return the faults applied."""
+    rng = random.Random(args.seed)
+    applied: Counter[str] = Counter()
+    end = time.monotonic() + args.minutes * 60
+    next_fault = time.monotonic() + args.fault_seconds
+    while time.monotonic() < end:
+        if daemon.poll() is not None:
+            raise SystemExit(f"soak: the daemon exited with {daemon.returncode}")
+        samples.append(sample(daemon.pid))
+        s = samples[-1]
+        print(f"t={s.at - samples[0].at:6.0f}s threads={s.threads} fds={s.fds} rss={s.rss_kib / 1024:.1f}MiB",
+              flush=True)
+        if time.monotonic() >= next_fault:
+            change_faults(admin, described, rng, applied)
+            next_fault = time.monotonic() + args.fault_seconds
+        time.sleep(args.sample_seconds)
+    return applied
+
+
 def soak(args: argparse.Namespace, state: Path) -> int:
     """Run the soak in ``state`` and print its report; return the exit code."""
-    rng = random.Random(args.seed)
     lab_log, daemon_log = state / "lab.log", state / "daemon.log"
     lab, described = start_lab(state, max(1, args.pairs // 2), lab_log)
     daemon: subprocess.Popen[bytes] | None = None
@@ -250,26 +322,18 @@ def soak(args: argparse.Namespace, state: Path) -> int:
             daemon = subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config),
                                        "--web.listen-address", f"127.0.0.1:{port}"], stdout=out,
                                       stderr=subprocess.STDOUT)
+        if args.quick:
+            wait_ready(daemon, port, daemon_log)
         admin = described["admin_url"]
         samples: list[Sample] = []
-        applied: Counter[str] = Counter()
-        end = time.monotonic() + args.minutes * 60
-        next_fault = time.monotonic() + args.fault_seconds
-        while time.monotonic() < end:
-            if daemon.poll() is not None:
-                print(f"soak: the daemon exited with {daemon.returncode}; see {daemon_log}", file=sys.stderr)
-                return 1
-            samples.append(sample(daemon.pid))
-            s = samples[-1]
-            print(f"t={s.at - samples[0].at:6.0f}s threads={s.threads} fds={s.fds} rss={s.rss_kib / 1024:.1f}MiB",
-                  flush=True)
-            if time.monotonic() >= next_fault:
-                change_faults(admin, described, rng, applied)
-                next_fault = time.monotonic() + args.fault_seconds
-            time.sleep(args.sample_seconds)
+        try:
+            applied = run_faults(args, daemon, admin, described, samples)
+        except SystemExit as exc:
+            print(f"{exc}; see {daemon_log}", file=sys.stderr)
+            return 1
         http("DELETE", admin + "/faults")
-        grace = args.timeout + 15.0  # a probe whose mailbox was unobservable waits one timeout more for unknown
-        time.sleep(args.timeout + grace)  # let the last probes sent under faults reach their verdicts
+        grace = args.timeout + SETTLE_GRACE  # a probe whose mailbox was unobservable waits one timeout more for unknown
+        settle(state / "state.db", args, grace)
         samples.append(sample(daemon.pid))
         unresolved = open_past_deadline(state / "state.db", grace)
         counts = state_counts(state / "state.db")

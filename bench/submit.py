@@ -163,11 +163,11 @@ def measure(hosts: Sequence[SmartHostConfig], sender: str, recipient: str, count
 def main() -> int:
     """Measure against a lab in its own process, print the table, and update docs/benchmarks.md."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke-sized run (20 of each)")
+    parser.add_argument("--quick", action="store_true", help="a smoke-sized run (10 of each)")
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
-    count = 20 if args.quick else args.count
+    count = 10 if args.quick else args.count
     with tempfile.TemporaryDirectory(prefix="bench-submit-") as tmp, \
             lab_process(Path(tmp) / "lab", smart_hosts=SMART_HOSTS_PER_FOREST, mailboxes=1) as lab:
         config = load_config(lab.state_dir / "probe.yaml")
