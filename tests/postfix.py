@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from probe.lab.ca import IssuedCert
+from probe.lab.dovecot import running
 from probe.secret import Secret
 
 POSTFIX: Final = Path("/usr/sbin/postfix")
@@ -310,7 +311,7 @@ def _read_pid(pid_file: Path, marker: str) -> int | None:
         seen = (proc / "cmdline").read_bytes() + b"\0" + (proc / "environ").read_bytes()
     except (OSError, ValueError, IndexError):
         return None
-    return pid if marker.encode() in seen and _alive(pid) else None
+    return pid if marker.encode() in seen and running(pid) else None
 
 
 def _stop_pid_file(pid_file: Path, *, marker: str, name: str, timeout: float = 10.0) -> None:
@@ -324,20 +325,11 @@ def _stop_pid_file(pid_file: Path, *, marker: str, name: str, timeout: float = 1
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not running(pid):
             return
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     raise MailServerError(f"{name} (pid {pid}) did not stop on TERM in {timeout:.0f} s; killed")
-
-
-def _alive(pid: int) -> bool:
-    """Say whether ``pid`` runs (a zombie, left to a parent that does not reap, counts as ended)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def process_tree(pid: int) -> set[int]:

@@ -220,7 +220,17 @@ class Dovecot:
             return
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
-            if not Path(f"/proc/{pid}").exists():
+            if not running(pid):
                 return
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
+
+
+def running(pid: int) -> bool:
+    """Say whether ``pid`` runs. A zombie has ended: Dovecot's master daemonizes, so its parent is PID 1, and
+    where PID 1 reaps late (a container's init) /proc/PID stays as a zombie (here 1.3 s of each 2.6 s stop)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
