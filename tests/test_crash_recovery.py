@@ -157,7 +157,7 @@ def test_kill_9_during_submission_then_restart_never_reports_those_probes_lost(l
         return bool(old >= 3)
 
     state_file, log, caught = crash_then_restart(
-        lab, tmp_path, timeout=4, ready=stalled, fault_targets=all_hosts(lab, kind="slow", stage="data", seconds=30))
+        lab, tmp_path, timeout=3, ready=stalled, fault_targets=all_hosts(lab, kind="slow", stage="data", seconds=30))
     final = states(state_file)
     assert len([pid for pid in caught if final[pid] == "unknown"]) >= 3
     assert not [pid for pid in caught if final[pid] == "lost"]
