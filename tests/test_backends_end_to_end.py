@@ -85,10 +85,10 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_daemon_delivers_for_three_intervals(tmp_path: Path, backend: str) -> None:
-    """The daemon on a lab of each backend: every pair delivered three times (a probe per 3 s interval), none
+    """The daemon on a lab of each backend: every pair delivered three times (a probe per 1 s interval), none
     lost or unknown, mailbox_up 1 with the backend's label, and the probes cleaned up."""
     with Lab.start(tmp_path / "lab", mailbox_backend=backend) as lab:  # type: ignore[arg-type]
-        config = lab.write_probe_config(tmp_path / "probe.yaml", interval=3.0, timeout=20.0, jitter=0.2)
+        config = lab.write_probe_config(tmp_path / "probe.yaml", interval=1.0, timeout=20.0, jitter=0.2)
         daemon, server = start_daemon(config, listen_address="127.0.0.1:0")
         try:
             end = time.monotonic() + 60

@@ -59,7 +59,7 @@ def rig() -> Iterator[Rig]:
     submission = Secret(secrets.token_urlsafe(18))
     try:
         with ExitStack() as stack:
-            lab = stack.enter_context(Lab.start(directory / "lab"))
+            lab = stack.enter_context(Lab.start(directory / "lab", tarpit_seconds=0.5))
             relays = tuple(Relay(domain=h.domain, host=h.host, port=h.port, username=h.username, password=h.password,
                                  ca_file=lab.ca_file) for h in (lab.smart_host(EDGE_1), lab.smart_host(EDGE_2)))
             postfix = PostfixSendConnector.configure_connector(
@@ -98,8 +98,9 @@ def healthy(rig: Rig) -> Iterator[None]:
     rig.postfix.store_password(rig.stored)
 
 
-def check(rig: Rig) -> tuple[dict[str, Decision], Report]:
-    outcome = run_check(load_config(rig.config_path), CheckOptions(poll_seconds=0.25))
+def check(rig: Rig, *, timeout: float | None = None) -> tuple[dict[str, Decision], Report]:
+    """Run one check of the route; ``timeout`` (seconds) stands for the config's 15 s."""
+    outcome = run_check(load_config(rig.config_path), CheckOptions(poll_seconds=0.25, timeout=timeout))
     return {d.smart_host: d for d in outcome.decisions}, Report(decisions=outcome.decisions)
 
 
@@ -141,10 +142,13 @@ def test_with_the_relayhost_refusing_postfix_falls_back_and_the_probe_says_which
 @pytest.mark.slow
 def test_a_wrong_stored_password_at_postfix_fails_only_the_connector_row_and_names_the_source_side(rig: Rig) -> None:
     """Postfix's stored password wrong: the smart hosts answer 535 and Postfix keeps the probe queued; the
-    connector row is not delivered while both direct rows are, and the diagnosis names the source side."""
+    connector row is not delivered while both direct rows are, and the diagnosis names the source side.
+
+    The connector probe can only end lost, at its timeout: 6 s here, time enough for the direct rows' deliveries
+    and for Postfix's attempts at both smart hosts (each refused after the lab's half-second AUTH tarpit)."""
     rig.postfix.store_password(Secret("not-the-stored-password"))
     since = len(rig.postfix.maillog())
-    rows, report = check(rig)
+    rows, report = check(rig, timeout=6)
     assert (rows[EDGE_1].verdict, rows[EDGE_2].verdict) == (Verdict.DELIVERED, Verdict.DELIVERED)
     assert rows[CONNECTOR_PAIR].verdict is Verdict.LOST
     assert report.diagnoses()[ROUTE].diagnosis is Diagnosis.SOURCE_SIDE

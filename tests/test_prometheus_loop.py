@@ -14,6 +14,7 @@ once the daemon is scraped, as they would be in a Prometheus that has been runni
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -22,7 +23,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,9 @@ from typing import Any
 
 import pytest
 import yaml
+from exchangelib.protocol import close_connections
 
+from probe.daemon import Daemon, start_daemon
 from probe.lab import Lab
 from tests.alertmanager import Webhook, running_alertmanager, webhook_receiver
 from tests.daemon_harness import Samples, fetch, free_port, running_daemon, scrape, value, wait_for
@@ -148,10 +152,12 @@ def _ready(prometheus: Prometheus) -> bool:
         return False
 
 
-def scraped(prometheus: Prometheus, pairs: int) -> bool:
-    """Say whether Prometheus holds the daemon's success series for every pair."""
+def scraped(prometheus: Prometheus, pairs: int, *, since: float = 0.0) -> bool:
+    """Say whether Prometheus holds the daemon's success series for every pair, each scraped at ``since`` or
+    later (a Unix time)."""
     _alive(prometheus)
-    return len(prometheus.api("query", query="mailflow_probe_success")["result"]) == pairs
+    result = prometheus.api("query", query="timestamp(mailflow_probe_success)")["result"]
+    return len(result) == pairs and all(float(r["value"][1]) >= since for r in result)
 
 
 def rules_evaluated(prometheus: Prometheus) -> bool:
@@ -172,9 +178,12 @@ def load_rules(prometheus: Prometheus, folder: Path, target_port: int, **more: A
 
 
 @contextmanager
-def running_prometheus(folder: Path, target_port: int, *, pairs: int, **more: Any) -> Iterator[Prometheus]:
+def running_prometheus(folder: Path, target_port: int, *, pairs: int, meanwhile: Callable[[], object] = lambda: None,
+                       **more: Any) -> Iterator[Prometheus]:
     """Run Prometheus on the daemon until it is scraped and the rules are in force; stop it afterwards.
 
+    ``meanwhile`` runs once Prometheus answers, before its first scrape (which comes about 5 s after it starts):
+    the test's wait for the daemon's state, which the rules then see, as every pair is scraped again after it.
     ``more``: ``more_targets`` (other daemons' ports; ``pairs`` counts the pairs of all of them) and
     ``alertmanager`` (host:port to send alerts to), as write_prometheus_config takes them.
     """
@@ -192,7 +201,9 @@ def running_prometheus(folder: Path, target_port: int, *, pairs: int, **more: An
     prometheus = Prometheus(url=f"http://{address}", log=log, process=process)
     try:
         wait_for(lambda: _ready(prometheus), timeout=30, what="prometheus /-/ready")
-        wait_for(lambda: scraped(prometheus, pairs), timeout=30, what="the daemon scraped by prometheus")
+        meanwhile()
+        since = time.time()
+        wait_for(lambda: scraped(prometheus, pairs, since=since), timeout=30, what="the daemon scraped by prometheus")
         load_rules(prometheus, folder, target_port, **more)
         yield prometheus
     finally:
@@ -207,6 +218,16 @@ def running_prometheus(folder: Path, target_port: int, *, pairs: int, **more: An
 def firing(alerts: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     """Return the alerts named ``name`` that are firing."""
     return [a for a in alerts if a["state"] == "firing" and a["labels"]["alertname"] == name]
+
+
+def failing_alone(port: int) -> bool:
+    """Say whether the daemon on ``port`` counts FAULTY_HOST's AUTH failure while every other pair's success is 1
+    (the state MailflowSmartHostFailing must fire on, for that pair only)."""
+    samples = scrape(port)
+    others = [v for (n, labels), v in samples.items() if n == "mailflow_probe_success"
+              and dict(labels)["smart_host"] != FAULTY_HOST]
+    return (value(samples, "mailflow_probe_send_failures_total", smart_host=FAULTY_HOST, reason="auth_failed") >= 1
+            and bool(others) and all(v == 1 for v in others))
 
 
 def every_pair_delivered(samples: Samples, pairs: list[tuple[str, str]]) -> bool:
@@ -236,10 +257,10 @@ def test_a_failing_smart_host_fires_smart_host_failing_for_that_pair_only(lab: L
     lab.add_fault(target=f"smarthost/{FAULTY_HOST}", kind="auth_reject")
     path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=5, jitter=0.2)
     with running_daemon(path) as (daemon, server):
-        wait_for(lambda: value(scrape(server.port), "mailflow_probe_send_failures_total", smart_host=FAULTY_HOST,
-                               reason="auth_failed") >= 1, timeout=30, what=f"{FAULTY_HOST} failing on auth")
         pairs = sum(len(r.smart_hosts) for r in daemon.config.routes)
-        with running_prometheus(tmp_path / "prometheus", server.port, pairs=pairs) as prometheus:
+        failing = functools.partial(wait_for, lambda: failing_alone(server.port), timeout=30,
+                                    what=f"{FAULTY_HOST} failing on auth, every other smart host delivering")
+        with running_prometheus(tmp_path / "prometheus", server.port, pairs=pairs, meanwhile=failing) as prometheus:
             wait_for(lambda: bool(firing(prometheus.alerts(), "MailflowSmartHostFailing")), timeout=30,
                      what="MailflowSmartHostFailing firing", every=0.25)
             (alert,) = firing(prometheus.alerts(), "MailflowSmartHostFailing")
@@ -259,9 +280,10 @@ def test_with_no_fault_no_alert_fires(lab: Lab, tmp_path: Path) -> None:
     path = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=5, jitter=0.2)
     with running_daemon(path) as (daemon, server):
         pairs = [(r.name, h.name) for r in daemon.config.routes for h in r.smart_hosts]
-        wait_for(lambda: every_pair_delivered(scrape(server.port), pairs), timeout=30,
-                 what="a delivery through every smart host")
-        with running_prometheus(tmp_path / "prometheus", server.port, pairs=len(pairs)) as prometheus:
+        delivered = functools.partial(wait_for, lambda: every_pair_delivered(scrape(server.port), pairs), timeout=30,
+                                      what="a delivery through every smart host")
+        with running_prometheus(tmp_path / "prometheus", server.port, pairs=len(pairs),
+                                meanwhile=delivered) as prometheus:
             end = time.monotonic() + QUIET_SECONDS
             while time.monotonic() < end:
                 assert not [a for a in prometheus.alerts() if a["state"] == "firing"], prometheus.seen
@@ -278,6 +300,24 @@ def test_with_no_fault_no_alert_fires(lab: Lab, tmp_path: Path) -> None:
 
 
 NOTIFICATIONS = '{__name__=~"prometheus_notifications.*"}'
+
+
+@contextmanager
+def running_daemons(*paths: Path) -> Iterator[list[tuple[Daemon, Any]]]:
+    """Start a daemon (and its web server, on an ephemeral port) per config, in this process; stop them all at
+    once afterwards: Daemon.stop waits for every probe and mailbox thread of the process, so stopped one after
+    the other, the first would wait out its grace period (5 s) for the threads of the other, still running."""
+    started: list[tuple[Daemon, Any]] = []
+    try:
+        for path in paths:
+            started.append(start_daemon(path, listen_address="127.0.0.1:0"))
+        yield started
+    finally:
+        for _, server in started:
+            server.close()
+        with ThreadPoolExecutor(max_workers=max(1, len(started)), thread_name_prefix="stopping") as pool:
+            list(pool.map(lambda pair: pair[0].stop(), started))
+        close_connections()
 
 
 def second_instance_config(path: Path, folder: Path) -> Path:
@@ -304,14 +344,15 @@ def test_two_instances_and_a_failing_smart_host_make_one_alertmanager_notificati
     first = lab.write_probe_config(tmp_path / "probe.yaml", interval=1, timeout=5, jitter=0.2)
     second = second_instance_config(first, tmp_path / "second")
     with webhook_receiver() as hook, running_alertmanager(tmp_path / "alertmanager", hook) as alertmanager, \
-            running_daemon(first) as (daemon, server), running_daemon(second) as (_, other):
-        for port in (server.port, other.port):
-            wait_for(lambda port=port: value(scrape(port), "mailflow_probe_send_failures_total",  # type: ignore[misc]
-                                             smart_host=FAULTY_HOST, reason="auth_failed") >= 1,
-                     timeout=30, what=f"{FAULTY_HOST} failing on auth, seen by the instance on {port}")
+            running_daemons(first, second) as ((daemon, server), (_, other)):
+        def both_failing() -> None:
+            for port in (server.port, other.port):
+                wait_for(functools.partial(failing_alone, port), timeout=30,
+                         what=f"{FAULTY_HOST} failing on auth, every other delivering, by the instance on {port}")
+
         pairs = sum(len(r.smart_hosts) for r in daemon.config.routes)
         with running_prometheus(tmp_path / "prometheus", server.port, pairs=2 * pairs, more_targets=[other.port],
-                                alertmanager=alertmanager) as prometheus:
+                                alertmanager=alertmanager, meanwhile=both_failing) as prometheus:
             try:
                 wait_for(lambda: bool(notified(hook, "MailflowSmartHostFailing")), timeout=45,
                          what="a MailflowSmartHostFailing notification at the webhook", every=0.25)

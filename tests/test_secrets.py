@@ -160,10 +160,15 @@ def test_with_starttls_the_credentials_travel_only_inside_tls(lab: Lab, tmp_path
 # -- nowhere in what the program shows ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def faulty_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """The fault matrix's lab: every fault kind in force at once."""
-    with faulty_lab_at(tmp_path_factory.mktemp("secrets") / "lab") as lab:
+@pytest.fixture
+def faulty_lab(tmp_path: Path) -> Iterator[Lab]:
+    """The fault matrix's lab: every fault kind in force at once.
+
+    One per test (it starts in under a second): a lab kept for the module would still run while this module's
+    other tests start theirs on the same worker, and two labs of a process that share forest names do not share
+    NTLM passwords (probe.lab.ews.auth keeps the first), so the second lab's mailboxes would refuse the probe.
+    """
+    with faulty_lab_at(tmp_path / "faulty-lab") as lab:
         yield lab
 
 
@@ -231,6 +236,7 @@ def test_a_daemon_under_every_fault_shows_no_password_in_logs_metrics_pages_or_s
                  timeout=120, what="the daemon's send_failed, lost, unknown and delivered verdicts", every=0.5)
         bodies = pages(port, config)
     finally:
+        faulty_lab.clear_faults("ews/slowews")  # a search it holds at 2 s a request would hold the stop up to 5 s
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     log = log_file.read_text(errors="replace")

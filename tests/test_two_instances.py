@@ -26,7 +26,7 @@ from probe.lab import Lab
 from probe.message import parse_tag
 from tests.daemon_harness import bound_port, fetch, scrape, start_process, value, wait_for
 
-INTERVAL = 2.0
+INTERVAL = 1.0
 INTERVALS = 3
 TIMEOUT = 10.0
 PAIRS = 4  # the lab's 2 forests x 2 smart hosts
