@@ -215,7 +215,8 @@ def test_kill_9_during_cleanup_then_restart_cleans_up_once_and_counts_nothing_tw
 
     The mailboxes turn slow (2 s a request, so a cleanup lasts long enough to be caught) once each has been
     searched: the daemon's clock calibration and first searches run at full speed, and only sightings made
-    after that, whose cleanup is slow, count as caught."""
+    after that, whose cleanup is slow, count as caught. So the timeout can be short (8 s): what it bounds is
+    how long a probe the kill caught mid-submission (never delivered) waits to be unknown, twice the timeout."""
     before_slow: list[set[str]] = []  # the probes sighted before the mailboxes turned slow, once they have
     uncleaned: set[str] = set()
 
@@ -233,7 +234,7 @@ def test_kill_9_during_cleanup_then_restart_cleans_up_once_and_counts_nothing_tw
     def all_cleaned(state_file: Path) -> bool:
         return all(cleaned == 1 for _, cleaned in sightings(state_file))
 
-    state_file, log, _ = crash_then_restart(lab, tmp_path, timeout=20, ready=cleaning_remembered,
+    state_file, log, _ = crash_then_restart(lab, tmp_path, timeout=8, ready=cleaning_remembered,
                                             fault_targets=[], settled=all_cleaned)
     counted = {pid: states(state_file)[pid] for pid, _ in sightings(state_file)}
     assert uncleaned <= set(counted)
