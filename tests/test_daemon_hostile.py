@@ -82,8 +82,9 @@ def test_a_daemon_out_of_file_descriptors_counts_no_send_failure(lab: Any, tmp_p
         wait_for(lambda: value(scrape(port), "mailflow_probe_delivered_total") >= 2, timeout=30,
                  what="deliveries before the starvation")
         held = slow_clients(port, 200)
-        try:
-            time.sleep(6)  # several send intervals with no descriptor to spare
+        try:  # several send intervals with no descriptor to spare: three probes per pair ended unknown for it
+            wait_for(lambda: len(local_unknowns(log)) >= 3 * 4, timeout=60, every=0.5,
+                     what="probes ending unknown (reason local) while the descriptors are taken")
         finally:
             for sock in held:
                 sock.close()
@@ -105,6 +106,11 @@ def _state_file(config: Path) -> Path:
     import yaml
 
     return Path(yaml.safe_load(config.read_text())["state_file"])
+
+
+def local_unknowns(log: Path) -> list[dict[str, Any]]:
+    """Return the verdict lines of the daemon's log that say unknown for a failure of its own host."""
+    return [line for line in log_lines(log) if line.get("verdict") == "unknown" and line.get("reason") == "local"]
 
 
 def test_a_hundred_clients_that_reset_do_not_flood_the_log(lab: Any, tmp_path: Path) -> None:

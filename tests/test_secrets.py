@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,31 +161,95 @@ def test_with_starttls_the_credentials_travel_only_inside_tls(lab: Lab, tmp_path
 # -- nowhere in what the program shows ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def faulty_lab(tmp_path: Path) -> Iterator[Lab]:
-    """The fault matrix's lab: every fault kind in force at once.
+@dataclass(frozen=True, kw_only=True)
+class UnderEveryFault:
+    """What a check and a daemon showed, run side by side with every fault in force, and the lab's secrets."""
 
-    One per test (it starts in under a second): a lab kept for the module would still run while this module's
-    other tests start theirs on the same worker, and two labs of a process that share forest names do not share
-    NTLM passwords (probe.lab.ews.auth keeps the first), so the second lab's mailboxes would refuse the probe.
+    forms: set[str]  # every password of the lab, in every form it travels in
+    check_log: str  # every log record of this process (the check, the lab) at DEBUG
+    check_decisions: list[dict[str, Any]]  # the check's JSON verdicts
+    check_details: list[dict[str, Any]]  # the check's ledger rows: SMTP transcripts, errors, hops
+    daemon_log: str  # the daemon process's output at --log.level debug
+    daemon_pages: list[str]  # its /metrics, /, and /debug of every pair
+    daemon_state: str  # every row of its state file
+
+
+@pytest.fixture(scope="module")
+def under_every_fault(tmp_path_factory: pytest.TempPathFactory) -> UnderEveryFault:
+    """Start the fault matrix's lab (every fault kind in force) and a daemon process on it at --log.level debug;
+    run one check in this process while the daemon probes, with every logger at DEBUG; wait for the daemon's
+    send_failed, lost, unknown and delivered verdicts; keep what each showed; stop both.
+
+    One run for the module's two tests below (the slow mailbox and the timeouts are waited out once), and its
+    lab stopped before they start: a lab kept for the module would still run while this module's other tests
+    start theirs on the same worker, and two labs of a process that share forest names do not share NTLM
+    passwords (probe.lab.ews.auth keeps the first), so the second lab's mailboxes would refuse the probe.
     """
-    with faulty_lab_at(tmp_path / "faulty-lab") as lab:
-        yield lab
+    folder = tmp_path_factory.mktemp("under-every-fault")
+    with faulty_lab_at(folder / "lab") as lab:
+        config = matrix_config(lab, folder / "daemon.yaml", interval=2)
+        port = free_port()
+        log_file = folder / "daemon.log"
+        with log_file.open("wb") as out:  # a file, not a pipe: a full pipe would block the daemon's logging
+            proc = subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
+                                     f"127.0.0.1:{port}", "--log.level", "debug"], stdout=out,
+                                    stderr=subprocess.STDOUT)
+        verdicts = ("send_failed", "lost", "unknown", "delivered")
+        try:
+            check_config = load_config(matrix_config(lab, folder / "check.yaml", interval=60))
+            with debug_log() as records:
+                outcome = run_check(check_config, CheckOptions(poll_seconds=0.5))
+            wait_for(lambda: all(f"verdict={v}" in log_file.read_text(errors="replace") for v in verdicts),
+                     timeout=120, what="the daemon's send_failed, lost, unknown and delivered verdicts", every=0.5)
+            bodies = pages(port, config)
+        finally:
+            lab.clear_faults("ews/slowews")  # a search it holds at 2 s a request would hold the stop up to 5 s
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        forms = secret_forms(lab)
+    return UnderEveryFault(
+        forms=forms, check_log="\n".join(records),
+        check_decisions=[d.to_json() for d in outcome.decisions],
+        check_details=[h for r in check_config.routes for s in r.smart_hosts
+                       for h in outcome.ledger.history(r.name, s.name)],
+        daemon_log=log_file.read_text(errors="replace"), daemon_pages=bodies,
+        daemon_state=ledger_text(Path(yaml.safe_load(config.read_text())["state_file"])))
+
+
+@contextlib.contextmanager
+def debug_log() -> Iterator[list[str]]:
+    """Keep every log record of this process, formatted (with any traceback), with the root logger at DEBUG
+    while the block runs (as pytest's caplog.set_level(logging.DEBUG) would, for a module-scoped run)."""
+    kept: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(self.format(record))
+
+    handler = Keep(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield kept
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @pytest.mark.slow
 def test_a_check_under_every_fault_shows_no_password_in_logs_verdicts_or_transcripts(
-        faulty_lab: Lab, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        under_every_fault: UnderEveryFault) -> None:
     """check with every fault in force, every logger at DEBUG: no password form in the log records,
     the JSON verdicts, or the ledger's detail (SMTP transcripts, errors, hops)."""
-    caplog.set_level(logging.DEBUG)
-    config = load_config(matrix_config(faulty_lab, tmp_path / "check.yaml", interval=60))
-    outcome = run_check(config, CheckOptions(poll_seconds=0.5))
-    details = [h for r in config.routes for s in r.smart_hosts for h in outcome.ledger.history(r.name, s.name)]
-    assert any("C: AUTH" in json.dumps(d["detail"]) for d in details)  # the transcripts are there...
-    everything = "\n".join([caplog.text, json.dumps([d.to_json() for d in outcome.decisions]),
-                            json.dumps(details, default=str)])
-    assert not leaks(everything, secret_forms(faulty_lab))  # ...without a password
+    seen = under_every_fault
+    assert any("C: AUTH" in json.dumps(d["detail"]) for d in seen.check_details)  # the transcripts are there...
+    assert seen.check_log  # ...and the log records...
+    everything = "\n".join([seen.check_log, json.dumps(seen.check_decisions),
+                            json.dumps(seen.check_details, default=str)])
+    assert not leaks(everything, seen.forms)  # ...without a password
 
 
 def fetch(url: str) -> str:
@@ -194,7 +259,6 @@ def fetch(url: str) -> str:
             return str(resp.read().decode(errors="replace"))
     except urllib.error.HTTPError as exc:
         return str(exc.read().decode(errors="replace"))
-
 
 
 def pages(port: int, config_path: Path) -> list[str]:
@@ -220,32 +284,15 @@ def ledger_text(state_file: Path) -> str:
 
 @pytest.mark.slow
 def test_a_daemon_under_every_fault_shows_no_password_in_logs_metrics_pages_or_state(
-        faulty_lab: Lab, tmp_path: Path) -> None:
+        under_every_fault: UnderEveryFault) -> None:
     """The daemon as a process at --log.level debug with every fault in force until it has given send_failed,
     lost, unknown and delivered verdicts: no password form in its stderr, /metrics, the status page, the debug
     view of every pair, or the state file."""
-    config = matrix_config(faulty_lab, tmp_path / "daemon.yaml", interval=2)
-    port = free_port()
-    log_file = tmp_path / "daemon.log"
-    with log_file.open("wb") as out:  # a file, not a pipe: a full pipe would block the daemon's logging
-        proc = subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(config), "--web.listen-address",
-                                 f"127.0.0.1:{port}", "--log.level", "debug"], stdout=out, stderr=subprocess.STDOUT)
-    verdicts = ("send_failed", "lost", "unknown", "delivered")
-    try:
-        wait_for(lambda: all(f"verdict={v}" in log_file.read_text(errors="replace") for v in verdicts),
-                 timeout=120, what="the daemon's send_failed, lost, unknown and delivered verdicts", every=0.5)
-        bodies = pages(port, config)
-    finally:
-        faulty_lab.clear_faults("ews/slowews")  # a search it holds at 2 s a request would hold the stop up to 5 s
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    log = log_file.read_text(errors="replace")
-    state = ledger_text(Path(yaml.safe_load(config.read_text())["state_file"]))
-    assert "C: AUTH" in "".join(bodies) + state  # transcripts are shown...
-    forms = secret_forms(faulty_lab)
-    assert not leaks(log, forms)  # ...and no password, anywhere
-    assert not leaks("\n".join(bodies), forms)
-    assert not leaks(state, forms)
+    seen = under_every_fault
+    assert "C: AUTH" in "".join(seen.daemon_pages) + seen.daemon_state  # transcripts are shown...
+    assert not leaks(seen.daemon_log, seen.forms)  # ...and no password, anywhere
+    assert not leaks("\n".join(seen.daemon_pages), seen.forms)
+    assert not leaks(seen.daemon_state, seen.forms)
 
 
 # -- basic auth on the metrics endpoint -----------------------------------------------------------------------
